@@ -1,0 +1,5 @@
+//! iwf
+pub mod envelope;
+pub mod outcome;
+pub mod plan;
+pub mod reply;
