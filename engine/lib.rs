@@ -2,4 +2,5 @@
 pub mod envelope;
 pub mod outcome;
 pub mod plan;
+pub mod render;
 pub mod reply;

@@ -1,0 +1,5 @@
+//! Mechanisms that write protocol text: the header encoder every value goes through,
+//! SIP requests (on rsipstack's message types), CPIM, resource-lists XML and the SDP offer.
+
+pub mod encoder;
+pub mod sip;

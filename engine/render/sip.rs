@@ -1,0 +1,203 @@
+//! SIP request rendering on rsipstack's message types.
+//!
+//! A [`Delivery`] plus a [`Stamp`] becomes an `rsipstack::sip::Request`; its `to_bytes()`
+//! is what goes on the wire and what `iwf map` prints. Header order follows RFC 3261 §7.3.1
+//! practice: Via, Max-Forwards, From, To, Call-ID, CSeq first, then the rule headers, then
+//! Content-Type and Content-Length.
+
+use rsipstack::sip::{self, Headers, Method, Request, Uri, Version, headers::make_header};
+
+use crate::plan::{Delivery, Stamp};
+use crate::render::encoder::{self, EncodeError};
+
+/// Why a delivery could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("Request-URI `{0}` is not a valid SIP/tel URI")]
+    BadUri(String),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// Headers the mechanism owns; a rule that sets one of them is overridden.
+const MECHANISM_HEADERS: [&str; 6] = [
+    "via",
+    "call-id",
+    "cseq",
+    "content-length",
+    "content-type",
+    "contact",
+];
+
+/// Header order: these first, in this order, when the rules set them.
+const LEADING: [&str; 2] = ["max-forwards", "from"];
+
+/// Renders the SIP MESSAGE (pager mode) carrying `delivery.content`.
+pub fn render_message(delivery: &Delivery, stamp: &Stamp) -> Result<Request, RenderError> {
+    render(
+        Method::Message,
+        delivery,
+        stamp,
+        &delivery.content.content_type,
+        delivery.content.body.clone(),
+        None,
+    )
+}
+
+/// Renders the INVITE (large mode) carrying the SDP offer `sdp`; `contact` is our Contact URI.
+pub fn render_invite(
+    delivery: &Delivery,
+    stamp: &Stamp,
+    sdp: Vec<u8>,
+    contact: &str,
+) -> Result<Request, RenderError> {
+    render(
+        Method::Invite,
+        delivery,
+        stamp,
+        "application/sdp",
+        sdp,
+        Some(contact),
+    )
+}
+
+fn render(
+    method: Method,
+    delivery: &Delivery,
+    stamp: &Stamp,
+    content_type: &str,
+    body: Vec<u8>,
+    contact: Option<&str>,
+) -> Result<Request, RenderError> {
+    let uri = Uri::try_from(delivery.request_uri.as_str())
+        .map_err(|_| RenderError::BadUri(delivery.request_uri.clone()))?;
+    let mut lines: Vec<(String, String)> = Vec::with_capacity(delivery.headers.len() + 8);
+    let push = |lines: &mut Vec<(String, String)>, n: &str, v: String| -> Result<(), EncodeError> {
+        lines.push(encoder::header(n, &v)?);
+        Ok(())
+    };
+    push(
+        &mut lines,
+        "Via",
+        format!(
+            "SIP/2.0/{} {};branch={}",
+            stamp.transport, stamp.sent_by, stamp.branch
+        ),
+    )?;
+    let rule = |name: &str| {
+        delivery
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    push(
+        &mut lines,
+        "Max-Forwards",
+        rule("max-forwards").unwrap_or_else(|| "70".into()),
+    )?;
+    if let Some(from) = rule("from") {
+        push(&mut lines, "From", format!("{from};tag={}", stamp.from_tag))?;
+    }
+    push(
+        &mut lines,
+        "To",
+        rule("to").unwrap_or_else(|| format!("<{}>", delivery.request_uri)),
+    )?;
+    push(&mut lines, "Call-ID", stamp.call_id.clone())?;
+    push(&mut lines, "CSeq", format!("{} {}", stamp.cseq, method))?;
+    if let Some(c) = contact {
+        push(&mut lines, "Contact", format!("<{c}>"))?;
+    }
+    for (n, v) in &delivery.headers {
+        let lower = n.to_ascii_lowercase();
+        if LEADING.contains(&lower.as_str())
+            || lower == "to"
+            || MECHANISM_HEADERS.contains(&lower.as_str())
+        {
+            continue;
+        }
+        push(&mut lines, n, v.clone())?;
+    }
+    push(&mut lines, "Content-Type", content_type.to_string())?;
+    push(&mut lines, "Content-Length", body.len().to_string())?;
+    let headers: Headers = lines
+        .into_iter()
+        .map(|(n, v)| make_header(&n, v))
+        .collect::<Vec<sip::Header>>()
+        .into();
+    Ok(Request {
+        method,
+        uri,
+        version: Version::V2,
+        headers,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Content, Mode};
+
+    fn delivery(headers: Vec<(&str, &str)>) -> Delivery {
+        Delivery {
+            recipient: "+15551234567@cpm.example.net".into(),
+            mode: Mode::Pager,
+            request_uri: "tel:+15551234567".into(),
+            headers: headers
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            content: Content {
+                content_type: "text/plain;charset=UTF-8".into(),
+                body: b"hi".to_vec(),
+            },
+            imdn_message_id: None,
+            success_report: false,
+        }
+    }
+
+    fn stamp() -> Stamp {
+        Stamp {
+            transport: "TCP".into(),
+            sent_by: "iwf.example.net:5060".into(),
+            branch: "z9hG4bK1".into(),
+            call_id: "c1@iwf.example.net".into(),
+            from_tag: "t1".into(),
+            cseq: 1,
+        }
+    }
+
+    #[test]
+    fn renders_wire_order() {
+        let d = delivery(vec![
+            ("Subject", "Lunch?"),
+            ("From", "<sip:a@iwf.example.net>"),
+            ("Max-Forwards", "70"),
+        ]);
+        let wire = String::from_utf8(render_message(&d, &stamp()).unwrap().to_bytes()).unwrap();
+        assert_eq!(
+            wire,
+            "MESSAGE tel:+15551234567 SIP/2.0\r\n\
+             Via: SIP/2.0/TCP iwf.example.net:5060;branch=z9hG4bK1\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:a@iwf.example.net>;tag=t1\r\n\
+             To: <tel:+15551234567>\r\n\
+             Call-ID: c1@iwf.example.net\r\n\
+             CSeq: 1 MESSAGE\r\n\
+             Subject: Lunch?\r\n\
+             Content-Type: text/plain;charset=UTF-8\r\n\
+             Content-Length: 2\r\n\r\nhi"
+        );
+    }
+
+    #[test]
+    fn refuses_injected_values() {
+        let d = delivery(vec![("Subject", "x\r\nVia: evil")]);
+        assert!(matches!(
+            render_message(&d, &stamp()),
+            Err(RenderError::Encode(_))
+        ));
+    }
+}
