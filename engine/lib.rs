@@ -1,4 +1,5 @@
 //! iwf
+pub mod dsl;
 pub mod envelope;
 pub mod outcome;
 pub mod plan;

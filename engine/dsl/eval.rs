@@ -1,0 +1,363 @@
+//! Evaluator: pure and bounded. It reads the phase's input through [`Input`] and counts
+//! steps; past the limit evaluation stops with an error instead of running on.
+
+use std::sync::Arc;
+
+use super::ast::BinOp;
+use super::compile::Code;
+use super::functions;
+use super::value::Value;
+
+/// The phase's input, as seen by compiled code (slots were resolved at load).
+pub trait Input {
+    fn field(&self, slot: u16) -> Value;
+    fn field_fn(&self, slot: u16, arg: &str) -> Value;
+}
+
+/// Why evaluation stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("step limit of {0} exceeded")]
+    StepLimit(u32),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Per-rule evaluation state: the step budget and the last regex captures.
+pub struct Frame {
+    pub steps_left: u32,
+    pub limit: u32,
+    pub captures: Option<Value>,
+}
+
+impl Frame {
+    pub fn new(limit: u32) -> Self {
+        Frame {
+            steps_left: limit,
+            limit,
+            captures: None,
+        }
+    }
+}
+
+pub fn eval(code: &Code, input: &dyn Input, frame: &mut Frame) -> Result<Value, EvalError> {
+    if frame.steps_left == 0 {
+        return Err(EvalError::StepLimit(frame.limit));
+    }
+    frame.steps_left -= 1;
+    Ok(match code {
+        Code::Const(v) => v.clone(),
+        Code::Field(slot) => input.field(*slot),
+        Code::FieldFn(slot, arg) => input.field_fn(*slot, arg),
+        Code::Captures => frame.captures.clone().unwrap_or(Value::List(Arc::from([]))),
+        Code::Builtin(b, args) => {
+            let mut vals = Vec::with_capacity(args.len());
+            for a in args {
+                vals.push(eval(a, input, frame)?);
+            }
+            if !b.takes_null
+                && vals
+                    .iter()
+                    .zip(b.params)
+                    .any(|(v, p)| v.is_null() && *p != functions::P::Any)
+            {
+                return Ok(Value::Null);
+            }
+            (b.f)(&vals).map_err(|e| EvalError::Runtime(format!("{}(): {e}", b.name)))?
+        }
+        Code::Lookup(table, key) => match eval(key, input, frame)? {
+            Value::Str(k) => table.get(&*k).cloned().unwrap_or(Value::Null),
+            _ => Value::Null,
+        },
+        Code::Match {
+            subject,
+            re,
+            negate,
+        } => {
+            let s = eval(subject, input, frame)?;
+            let Value::Str(s) = s else {
+                return Ok(Value::Bool(*negate));
+            };
+            match re.captures(&s) {
+                Some(c) => {
+                    if !negate {
+                        frame.captures = Some(Value::List(
+                            c.iter()
+                                .map(|m| m.map(|m| Value::str(m.as_str())).unwrap_or(Value::Null))
+                                .collect(),
+                        ));
+                    }
+                    Value::Bool(!negate)
+                }
+                None => Value::Bool(*negate),
+            }
+        }
+        Code::Not(a) => Value::Bool(!eval(a, input, frame)?.is_true()),
+        Code::Neg(a) => match eval(a, input, frame)? {
+            Value::Int(n) => Value::Int(n.checked_neg().ok_or_else(overflow)?),
+            _ => Value::Null,
+        },
+        Code::If(c, a, b) => {
+            if eval(c, input, frame)?.is_true() {
+                eval(a, input, frame)?
+            } else {
+                eval(b, input, frame)?
+            }
+        }
+        Code::Concat(parts) => {
+            let mut out = String::new();
+            for p in parts {
+                use std::fmt::Write;
+                let _ = write!(out, "{}", eval(p, input, frame)?);
+            }
+            Value::str(out)
+        }
+        Code::List(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for i in items {
+                out.push(eval(i, input, frame)?);
+            }
+            Value::List(out.into())
+        }
+        Code::Map(entries) => {
+            let mut out = std::collections::BTreeMap::new();
+            for (k, v) in entries {
+                out.insert(k.clone(), eval(v, input, frame)?);
+            }
+            Value::Map(Arc::new(out))
+        }
+        Code::Index(base, key) => {
+            let b = eval(base, input, frame)?;
+            let k = eval(key, input, frame)?;
+            match (b, k) {
+                (Value::List(l), Value::Int(i)) => {
+                    let idx = if i < 0 { l.len() as i64 + i } else { i };
+                    usize::try_from(idx)
+                        .ok()
+                        .and_then(|i| l.get(i).cloned())
+                        .unwrap_or(Value::Null)
+                }
+                (Value::Map(m), Value::Str(k)) => m.get(&*k).cloned().unwrap_or(Value::Null),
+                _ => Value::Null,
+            }
+        }
+        Code::Bin(op, a, b) => binary(*op, a, b, input, frame)?,
+    })
+}
+
+fn overflow() -> EvalError {
+    EvalError::Runtime("integer overflow".into())
+}
+
+fn binary(
+    op: BinOp,
+    a: &Code,
+    b: &Code,
+    input: &dyn Input,
+    frame: &mut Frame,
+) -> Result<Value, EvalError> {
+    // Short-circuit operators first.
+    match op {
+        BinOp::And => {
+            return Ok(Value::Bool(
+                eval(a, input, frame)?.is_true() && eval(b, input, frame)?.is_true(),
+            ));
+        }
+        BinOp::Or => {
+            return Ok(Value::Bool(
+                eval(a, input, frame)?.is_true() || eval(b, input, frame)?.is_true(),
+            ));
+        }
+        BinOp::Coalesce => {
+            let l = eval(a, input, frame)?;
+            return if l.is_null() {
+                eval(b, input, frame)
+            } else {
+                Ok(l)
+            };
+        }
+        _ => {}
+    }
+    let l = eval(a, input, frame)?;
+    let r = eval(b, input, frame)?;
+    Ok(match op {
+        BinOp::Eq => Value::Bool(l == r),
+        BinOp::Ne => Value::Bool(l != r),
+        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+            let ord = match (&l, &r) {
+                (Value::Int(x), Value::Int(y)) => x.cmp(y),
+                (Value::Str(x), Value::Str(y)) => x.cmp(y),
+                _ => return Ok(Value::Bool(false)),
+            };
+            Value::Bool(match op {
+                BinOp::Lt => ord.is_lt(),
+                BinOp::Le => ord.is_le(),
+                BinOp::Gt => ord.is_gt(),
+                _ => ord.is_ge(),
+            })
+        }
+        BinOp::In => Value::Bool(functions::contains(&r, &l)),
+        BinOp::Add => match (l, r) {
+            (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_add(y).ok_or_else(overflow)?),
+            (Value::List(x), Value::List(y)) => {
+                Value::List(x.iter().chain(y.iter()).cloned().collect())
+            }
+            (Value::Null, _) | (_, Value::Null) => Value::Null,
+            (x, y) => Value::str(format!("{x}{y}")),
+        },
+        BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => {
+            let (Value::Int(x), Value::Int(y)) = (l, r) else {
+                return Ok(Value::Null);
+            };
+            Value::Int(
+                match op {
+                    BinOp::Sub => x.checked_sub(y),
+                    BinOp::Mul => x.checked_mul(y),
+                    BinOp::Div => x.checked_div(y),
+                    _ => x.checked_rem(y),
+                }
+                .ok_or_else(|| {
+                    if y == 0 {
+                        EvalError::Runtime("division by zero".into())
+                    } else {
+                        overflow()
+                    }
+                })?,
+            )
+        }
+        BinOp::And | BinOp::Or | BinOp::Coalesce | BinOp::Match | BinOp::NotMatch => {
+            unreachable!("handled before")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::dsl::compile::{Scope, compile};
+    use crate::dsl::parser::parse_expression;
+    use crate::dsl::value::Ty;
+
+    struct S;
+    impl Scope for S {
+        fn field(&self, name: &str) -> Option<(u16, Ty)> {
+            match name {
+                "rcpt.local" => Some((0, Ty::Str)),
+                "n" => Some((1, Ty::Int)),
+                "absent" => Some((2, Ty::Str)),
+                _ => None,
+            }
+        }
+        fn field_fn(&self, name: &str) -> Option<(u16, Ty, bool)> {
+            (name == "mail.header").then_some((0, Ty::Str, true))
+        }
+        fn constant(&self, name: &str) -> Option<Value> {
+            (name == "config.limit").then_some(Value::Int(1300))
+        }
+        fn table(&self, name: &str) -> Option<Arc<BTreeMap<String, Value>>> {
+            (name == "prio")
+                .then(|| Arc::new(BTreeMap::from([("1".to_string(), Value::str("urgent"))])))
+        }
+        fn captures(&self) -> bool {
+            true
+        }
+        fn names(&self) -> Vec<String> {
+            vec!["rcpt.local".into(), "n".into()]
+        }
+    }
+    struct I;
+    impl Input for I {
+        fn field(&self, slot: u16) -> Value {
+            match slot {
+                0 => Value::str("+15551234567"),
+                1 => Value::Int(7),
+                _ => Value::Null,
+            }
+        }
+        fn field_fn(&self, _: u16, arg: &str) -> Value {
+            (arg == "x-priority")
+                .then(|| Value::str("1 (Highest)"))
+                .unwrap_or_default()
+        }
+    }
+
+    fn run(src: &str) -> Value {
+        let e = parse_expression(src).unwrap();
+        let (code, _) = compile(&e, &S).unwrap_or_else(|e| panic!("{src}: {e:?}"));
+        eval(&code, &I, &mut Frame::new(1000)).unwrap()
+    }
+
+    #[test]
+    fn table() {
+        let cases: Vec<(&str, Value)> = vec![
+            (
+                "rcpt.local ~ /^\\+([0-9]+)$/ and match[1] == \"15551234567\"",
+                Value::Bool(true),
+            ),
+            ("absent ?? \"d\"", Value::str("d")),
+            ("lower(absent) ?? \"d\"", Value::str("d")),
+            ("n * 2 + 1", Value::Int(15)),
+            ("n > 3 and not (n > 10)", Value::Bool(true)),
+            (
+                "if n == 7 then \"seven\" else \"other\"",
+                Value::str("seven"),
+            ),
+            ("\"a\" in [\"a\", \"b\"]", Value::Bool(true)),
+            (
+                "lookup(\"prio\", capture(mail.header(\"X-Priority\"), /^\\s*([0-9])/))",
+                Value::str("urgent"),
+            ),
+            ("{\"high\": \"urgent\"}[\"high\"]", Value::str("urgent")),
+            ("config.limit", Value::Int(1300)),
+            ("\"tel:${rcpt.local}\"", Value::str("tel:+15551234567")),
+            ("[1, 2][5] ?? 0", Value::Int(0)),
+        ];
+        for (src, want) in cases {
+            assert_eq!(run(src), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn compile_errors() {
+        let cases = [
+            (
+                "rcpt.locl",
+                "unknown field `rcpt.locl` (did you mean `rcpt.local`?)",
+            ),
+            ("lowr(n)", "unknown function `lowr` (did you mean `lower`?)"),
+            (
+                "lower(n)",
+                "argument 1 of lower() must be string, found int",
+            ),
+            (
+                "lower(\"a\", \"b\")",
+                "lower() takes 1 argument(s), found 2",
+            ),
+            ("rcpt.local ~ /(/", "invalid regex"),
+            ("mail.header(\"Bad Name\")", "not a valid header name"),
+            ("lookup(\"nope\", \"x\")", "unknown table `nope`"),
+            (
+                "n and true",
+                "the left side of `and` must be bool, found int",
+            ),
+            ("rcpt.local ~ \"x\"", "must be a /regex/ literal"),
+        ];
+        for (src, want) in cases {
+            let e = parse_expression(src).unwrap();
+            let errs = compile(&e, &S).unwrap_err();
+            assert!(errs[0].message.contains(want), "{src}: {:?}", errs);
+        }
+    }
+
+    #[test]
+    fn step_limit() {
+        let e = parse_expression("n + n + n + n + n + n").unwrap();
+        let (code, _) = compile(&e, &S).unwrap();
+        assert_eq!(
+            eval(&code, &I, &mut Frame::new(3)),
+            Err(EvalError::StepLimit(3))
+        );
+    }
+}
