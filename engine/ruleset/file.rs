@@ -1,0 +1,139 @@
+//! The on-disk YAML shapes of rule files and self-tests (deserialized with spans).
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A rule file: one phase and its rules.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub phase: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub rules: Vec<RawRule>,
+}
+
+/// One rule as written. Every action is an optional key; the phase decides which are allowed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub cite: Option<Spanned<String>>,
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub when: Option<Spanned<String>>,
+    #[serde(default)]
+    pub uri: Option<Spanned<String>>,
+    #[serde(default)]
+    pub reject: Option<Spanned<String>>,
+    #[serde(default)]
+    pub set_header: Option<IndexMap<String, Spanned<String>>>,
+    #[serde(default)]
+    pub append_header: Option<IndexMap<String, Spanned<String>>>,
+    #[serde(default)]
+    pub remove_header: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub cpim_header: Option<IndexMap<String, Spanned<String>>>,
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub request_uri: Option<Spanned<String>>,
+    #[serde(default)]
+    pub imdn: Option<Spanned<String>>,
+    #[serde(default)]
+    pub body: Option<Spanned<String>>,
+    #[serde(default)]
+    pub text: Option<Spanned<String>>,
+    #[serde(default)]
+    pub recipient_list: Option<Spanned<String>>,
+    #[serde(default)]
+    pub exploder: Option<Spanned<String>>,
+    #[serde(default)]
+    pub reply: Option<Spanned<String>>,
+    #[serde(default)]
+    pub retry: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dsn: Option<Spanned<String>>,
+    #[serde(default)]
+    pub stop: Option<Spanned<bool>>,
+}
+
+/// One self-test case (a file under `tests/` holds a list of them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTest {
+    pub name: String,
+    /// The raw mail (headers, blank line, body). Required unless only `response` is tested.
+    #[serde(default)]
+    pub mail: Option<String>,
+    /// What follows `MAIL FROM:`; default: the From: header.
+    #[serde(default)]
+    pub mail_from: Option<String>,
+    /// What follows `RCPT TO:`, one per recipient; default: To/Cc addresses.
+    #[serde(default)]
+    pub rcpt: Vec<String>,
+    #[serde(default)]
+    pub authenticated: bool,
+    /// Fixed clock, RFC 3339; default 2025-11-21T14:03:07Z.
+    #[serde(default)]
+    pub now: Option<String>,
+    /// Seconds since MAIL FROM at mapping time (for BY arithmetic).
+    #[serde(default)]
+    pub elapsed: Option<i64>,
+    /// Expected result per recipient address.
+    #[serde(default)]
+    pub expect: IndexMap<String, Expect>,
+    /// Response-phase cases: outcome → expected reply.
+    #[serde(default)]
+    pub response: Vec<ResponseCase>,
+}
+
+/// What a self-test expects for one recipient.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub request_uri: Option<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// Headers that must be absent.
+    #[serde(default)]
+    pub absent: Vec<String>,
+    /// CPIM headers that must be present with these values.
+    #[serde(default)]
+    pub cpim: IndexMap<String, String>,
+    /// Text the body must contain.
+    #[serde(default)]
+    pub body_contains: Vec<String>,
+    /// The reply of a rejection (compared by prefix).
+    #[serde(default)]
+    pub reject: Option<String>,
+}
+
+/// A response-phase self-test.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseCase {
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub failure: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub retried: Vec<String>,
+    /// Expected reply (prefix), e.g. `550 5.1.1`.
+    #[serde(default)]
+    pub reply: Option<String>,
+    /// Expected retry instead of a reply.
+    #[serde(default)]
+    pub retry: Option<String>,
+}
