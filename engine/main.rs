@@ -1,1 +1,263 @@
-fn main() {}
+//! The `iwf` command: `check`, `map` (dry run), and the server commands.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use iwf::dryrun::{self, Options};
+use iwf::envelope::{Client, MailFrom, Rcpt};
+use iwf::ids::{RandomIds, SequentialIds};
+use iwf::ruleset::{self, diag};
+
+#[derive(Parser)]
+#[command(name = "iwf", version, about = "E-mail <-> CPM interworking function")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and compile a rule set and run its self-tests; exit 0 only when clean.
+    Check {
+        /// Rule-set directory (also accepted as a positional argument).
+        #[arg(long = "rules", value_name = "DIR")]
+        rules_flag: Option<PathBuf>,
+        #[arg(value_name = "DIR")]
+        rules: Option<PathBuf>,
+    },
+    /// Dry run: print the SIP request(s) a mail would become, or the SMTP rejections.
+    Map {
+        #[arg(long, value_name = "DIR", default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Sip)]
+        format: Format,
+        /// Show each rule that fired, with its file:line and the value it produced.
+        #[arg(long)]
+        explain: bool,
+        /// What follows `MAIL FROM:`, e.g. '<a@mail.example.org> BY=3600;R'.
+        #[arg(long, value_name = "ARGS")]
+        mail_from: Option<String>,
+        /// What follows `RCPT TO:` (repeatable), e.g. '<+15551230001@cpm.example.net> NOTIFY=SUCCESS'.
+        #[arg(long = "rcpt", value_name = "ARGS")]
+        rcpts: Vec<String>,
+        /// The client authenticated (SMTP AUTH), for the P-Asserted-Identity rule.
+        #[arg(long)]
+        authenticated: bool,
+        /// Reproducible identifiers and clock (as in snapshots and self-tests).
+        #[arg(long)]
+        deterministic: bool,
+        /// MSRP chunk size for large mode.
+        #[arg(long, default_value_t = 2048)]
+        chunk_size: usize,
+        /// The mail (RFC 5322), or - for standard input.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Sip,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { rules_flag, rules } => {
+            check(rules_flag.or(rules).unwrap_or_else(|| "rules".into()))
+        }
+        Command::Map {
+            rules,
+            format,
+            explain,
+            mail_from,
+            rcpts,
+            authenticated,
+            deterministic,
+            chunk_size,
+            file,
+        } => map(MapArgs {
+            rules,
+            format,
+            explain,
+            mail_from,
+            rcpts,
+            authenticated,
+            deterministic,
+            chunk_size,
+            file,
+        }),
+    }
+}
+
+fn check(dir: PathBuf) -> ExitCode {
+    match ruleset::load(&dir, 1) {
+        Err(diags) => {
+            eprint!("{}", diag::render_all(&diags));
+            ExitCode::FAILURE
+        }
+        Ok(rules) => {
+            let failures = iwf::selftest::run_all(&rules);
+            for f in &failures {
+                eprintln!("error: {f}");
+            }
+            if failures.is_empty() {
+                println!(
+                    "{}: {} rules in {} phases, {} self-tests passed",
+                    dir.display(),
+                    rules.rule_count(),
+                    rules.phases.iter().filter(|p| !p.is_empty()).count(),
+                    rules.tests.len()
+                );
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{} self-test failure(s)", failures.len());
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+struct MapArgs {
+    rules: PathBuf,
+    format: Format,
+    explain: bool,
+    mail_from: Option<String>,
+    rcpts: Vec<String>,
+    authenticated: bool,
+    deterministic: bool,
+    chunk_size: usize,
+    file: PathBuf,
+}
+
+fn map(a: MapArgs) -> ExitCode {
+    let rules = match ruleset::load(&a.rules, 1) {
+        Ok(r) => r,
+        Err(diags) => {
+            eprint!("{}", diag::render_all(&diags));
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut raw = Vec::new();
+    let read = if a.file.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut raw).map(|_| ())
+    } else {
+        std::fs::read(&a.file).map(|d| raw = d)
+    };
+    if let Err(e) = read {
+        eprintln!("error: cannot read {}: {e}", a.file.display());
+        return ExitCode::FAILURE;
+    }
+    let raw = normalize_line_ends(raw);
+    let mail_from = match a.mail_from.as_deref().map(MailFrom::parse).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: --mail-from: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut rcpts = Vec::new();
+    for r in &a.rcpts {
+        match Rcpt::parse(r) {
+            Ok(r) => rcpts.push(r),
+            Err(e) => {
+                eprintln!("error: --rcpt: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let seq = SequentialIds::new();
+    let ids: &dyn iwf::ids::Ids = if a.deterministic { &seq } else { &RandomIds };
+    let now = if a.deterministic {
+        iwf::ids::fixed_now()
+    } else {
+        chrono::Utc::now()
+    };
+    let run = dryrun::run(
+        &rules,
+        &raw,
+        &Options {
+            mail_from,
+            rcpts,
+            client: Client {
+                authenticated: a.authenticated,
+                helo: "localhost".into(),
+                ..Client::default()
+            },
+            now,
+            elapsed: 0,
+            ids,
+            explain: a.explain,
+            chunk_size: a.chunk_size.max(1),
+        },
+    );
+    match a.format {
+        Format::Json => match serde_json::to_string_pretty(&run) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Format::Sip => print!("{}", render_text(&run)),
+    }
+    ExitCode::SUCCESS
+}
+
+/// A mail file with bare LF line ends is read as CRLF, the way it would arrive over SMTP.
+fn normalize_line_ends(raw: Vec<u8>) -> Vec<u8> {
+    if raw.windows(2).any(|w| w == b"\r\n") {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 40);
+    for b in raw {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn render_text(run: &dryrun::DryRun) -> String {
+    let mut out = String::new();
+    for d in &run.deliveries {
+        out.push_str(&format!(
+            "=== {} ({} mode) ===\n",
+            d.recipient,
+            d.mode.as_str()
+        ));
+        if !d.covers.is_empty() {
+            out.push_str(&format!("(also covers: {})\n", d.covers.join(", ")));
+        }
+        out.push_str(&d.request);
+        if !d.request.ends_with('\n') {
+            out.push_str("\r\n");
+        }
+        for chunk in &d.msrp {
+            out.push_str("--- MSRP ---\n");
+            out.push_str(chunk);
+        }
+        out.push('\n');
+    }
+    for r in &run.rejections {
+        out.push_str(&format!(
+            "=== {} rejected ===\n{}\n\n",
+            r.recipient, r.reply
+        ));
+    }
+    if !run.explain.is_empty() {
+        out.push_str("=== rules that fired ===\n");
+        for f in &run.explain {
+            out.push_str(&format!("{:<11} {:<34} {}\n", f.phase, f.rule, f.at));
+            for (k, v) in &f.values {
+                out.push_str(&format!("{:<11}   {k} = {v}\n", ""));
+            }
+        }
+    }
+    out
+}

@@ -1,5 +1,7 @@
 //! Mechanisms that write protocol text: the header encoder every value goes through,
 //! SIP requests (on rsipstack's message types), CPIM, resource-lists XML and the SDP offer.
 
+pub mod cpim;
 pub mod encoder;
+pub mod resource_lists;
 pub mod sip;

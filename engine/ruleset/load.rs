@@ -516,7 +516,8 @@ fn compile_rule(
                 ));
                 continue;
             }
-            if let Some(code) = template(action, v, diags, Some(Ty::Str)) {
+            // Header values may be strings or integers (written in decimal).
+            if let Some(code) = template(action, v, diags, None) {
                 out.push((hname.clone(), code));
             }
         }

@@ -1,0 +1,156 @@
+//! The facts every phase reads: envelope, recipient, mail, clock. Derived values are
+//! computed once per mail and shared by every phase and recipient.
+
+use std::cell::OnceCell;
+
+use chrono::{DateTime, Utc};
+
+use crate::dsl::Value;
+use crate::envelope::{Envelope, Rcpt};
+use crate::mail::{Mail, Mailbox};
+use crate::ruleset::schema::{F, Fn};
+
+/// What is known of the mail, computed lazily once.
+pub struct MailFacts<'x> {
+    pub mail: Mail<'x>,
+    from: OnceCell<Vec<Mailbox>>,
+    to: OnceCell<Vec<Mailbox>>,
+    cc: OnceCell<Vec<Mailbox>>,
+    text: OnceCell<Option<String>>,
+    /// The author's URI, set by the mapper from the address phase.
+    pub from_uri: Option<String>,
+}
+
+impl<'x> MailFacts<'x> {
+    pub fn new(mail: Mail<'x>) -> Self {
+        MailFacts {
+            mail,
+            from: OnceCell::new(),
+            to: OnceCell::new(),
+            cc: OnceCell::new(),
+            text: OnceCell::new(),
+            from_uri: None,
+        }
+    }
+
+    pub fn from(&self) -> &[Mailbox] {
+        self.from.get_or_init(|| self.mail.mailboxes("From"))
+    }
+    pub fn to(&self) -> &[Mailbox] {
+        self.to.get_or_init(|| self.mail.mailboxes("To"))
+    }
+    pub fn cc(&self) -> &[Mailbox] {
+        self.cc.get_or_init(|| self.mail.mailboxes("Cc"))
+    }
+    pub fn text(&self) -> Option<&str> {
+        self.text.get_or_init(|| self.mail.text()).as_deref()
+    }
+}
+
+fn addresses(boxes: &[Mailbox]) -> Value {
+    Value::list_of_str(boxes.iter().map(|m| m.address.as_str()))
+}
+
+/// Envelope, recipient and mail, as one field source.
+pub struct Facts<'a, 'x> {
+    pub envelope: &'a Envelope,
+    pub rcpt: Option<&'a Rcpt>,
+    /// The URI the address/recipient phases gave this recipient.
+    pub rcpt_uri: Option<&'a str>,
+    pub mail: Option<&'a MailFacts<'x>>,
+    pub now: DateTime<Utc>,
+}
+
+impl Facts<'_, '_> {
+    pub fn field(&self, f: F) -> Value {
+        let env = self.envelope;
+        let mf = &env.mail_from;
+        match f {
+            F::EnvMailFrom => Value::str(mf.address.as_str()),
+            F::EnvSize => mf.size.map(|s| Value::Int(s as i64)).unwrap_or_default(),
+            F::EnvBody => Value::opt_str(mf.body),
+            F::EnvRet => Value::opt_str(mf.ret),
+            F::EnvEnvid => Value::opt_str(mf.envid.as_deref()),
+            F::EnvBy => mf.by.map(|b| Value::Int(b.seconds)).unwrap_or_default(),
+            F::EnvByMode => mf
+                .by
+                .map(|b| Value::str(b.mode.to_string()))
+                .unwrap_or_default(),
+            F::EnvByTrace => Value::Bool(mf.by.is_some_and(|b| b.trace)),
+            F::EnvByRemaining => mf
+                .by
+                .map(|b| {
+                    let elapsed = (self.now - env.received_at).num_seconds().max(0);
+                    Value::Int(b.seconds.saturating_sub(elapsed))
+                })
+                .unwrap_or_default(),
+            F::EnvSmtputf8 => Value::Bool(mf.smtputf8),
+            F::EnvRcpts => Value::list_of_str(env.rcpts.iter().map(|r| r.address.as_str())),
+            F::ClientIp => Value::opt_str(env.client.ip.map(|i| i.to_string())),
+            F::ClientHelo => Value::str(env.client.helo.as_str()),
+            F::ClientAuthenticated => Value::Bool(env.client.authenticated),
+            F::ClientTls => Value::Bool(env.client.tls),
+            F::Now => Value::Int(self.now.timestamp()),
+            F::RcptAddress | F::RcptLocal | F::RcptDomain | F::RcptNotify | F::RcptOrcpt => {
+                let Some(r) = self.rcpt else {
+                    return Value::Null;
+                };
+                let (local, domain) = split(&r.address);
+                match f {
+                    F::RcptAddress => Value::str(r.address.as_str()),
+                    F::RcptLocal => Value::str(local),
+                    F::RcptDomain => Value::str(domain.to_ascii_lowercase()),
+                    F::RcptNotify => Value::list_of_str(r.notify.iter().copied()),
+                    _ => Value::opt_str(r.orcpt.as_deref()),
+                }
+            }
+            F::RcptUri => Value::opt_str(self.rcpt_uri),
+            _ => self.mail_field(f),
+        }
+    }
+
+    fn mail_field(&self, f: F) -> Value {
+        let Some(m) = self.mail else {
+            return Value::Null;
+        };
+        match f {
+            F::MailFrom => addresses(m.from()),
+            F::MailFromName => Value::opt_str(m.from().first().and_then(|b| b.name.as_deref())),
+            F::MailFromUri => Value::opt_str(m.from_uri.as_deref()),
+            F::MailTo => addresses(m.to()),
+            F::MailCc => addresses(m.cc()),
+            F::MailBcc => addresses(&m.mail.mailboxes("Bcc")),
+            F::MailDnt => addresses(&m.mail.mailboxes("Disposition-Notification-To")),
+            F::MailSubject => Value::opt_str(m.mail.subject()),
+            F::MailDate => m.mail.date().map(|d| Value::Int(d.0)).unwrap_or_default(),
+            F::MailDateIso => Value::opt_str(m.mail.date().map(|d| d.1)),
+            F::MailMessageId => Value::opt_str(m.mail.message_id()),
+            F::MailSize => Value::Int(m.mail.raw.len() as i64),
+            F::MailText => Value::opt_str(m.text()),
+            F::MailContentType => Value::str(m.mail.content_type()),
+            F::MailAttachments => Value::Int(m.mail.attachments() as i64),
+            F::MailReceivedCount => Value::Int(m.mail.header_count("Received") as i64),
+            _ => Value::Null,
+        }
+    }
+
+    pub fn field_fn(&self, f: Fn, arg: &str) -> Value {
+        let Some(m) = self.mail else {
+            return Value::Null;
+        };
+        match f {
+            Fn::MailHeader => Value::opt_str(m.mail.header(arg)),
+            Fn::MailHeaders => Value::list_of_str(m.mail.headers(arg)),
+            Fn::MailRawHeader => Value::opt_str(m.mail.raw_header(arg)),
+            Fn::MailHeaderCount => Value::Int(m.mail.header_count(arg) as i64),
+            _ => Value::Null,
+        }
+    }
+}
+
+pub fn split(address: &str) -> (&str, &str) {
+    match address.rfind('@') {
+        Some(at) => (&address[..at], &address[at + 1..]),
+        None => (address, ""),
+    }
+}

@@ -1,0 +1,893 @@
+//! The mapper: runs the rule phases over one mail and turns their decisions into
+//! deliveries and replies. Every decision is a rule's; this module only assembles what
+//! the rules chose (CPIM document, RFC 5365 list, multipart body) and applies fail-safe
+//! defaults when no rule decided (a temporary failure, so nothing is lost).
+//!
+//! ```text
+//! RCPT TO ──address──► uri ──recipient──► accept(uri) | reject(reply)
+//! DATA ──parse──► MailFacts ──message (per recipient)──► Delivery | reject(reply)
+//! SIP outcome ──response──► reply | retry(large|text)
+//! replies of all recipients ──transaction──► one DATA reply (+ DSN)
+//! ```
+
+pub mod facts;
+pub mod run;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::dsl::{Input, Value};
+use crate::envelope::{Envelope, Rcpt};
+use crate::ids::Ids;
+use crate::mail::Mail;
+use crate::outcome::Outcome;
+use crate::plan::{Content, Delivery, Mode, Stamp};
+use crate::render::{cpim, resource_lists, sip};
+use crate::reply::Reply;
+use crate::ruleset::RuleSet;
+use crate::ruleset::schema::{Action, F, FIELD_FNS, FIELDS, Fn};
+pub use facts::{Facts, MailFacts};
+pub use run::{Fired, RunError};
+
+fn field_of(slot: u16) -> Option<F> {
+    FIELDS.get(slot as usize).map(|f| f.1)
+}
+fn fn_of(slot: u16) -> Option<Fn> {
+    FIELD_FNS.get(slot as usize).map(|f| f.1)
+}
+
+/// Text of a value as a list of words (a list, or a comma-separated string).
+fn words(v: &Value) -> Vec<String> {
+    match v {
+        Value::List(items) => items
+            .iter()
+            .filter(|i| !i.is_null())
+            .map(|i| i.to_string().trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Value::Null => Vec::new(),
+        other => other
+            .to_string()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    }
+}
+
+fn reply_of(v: &Value) -> Result<Reply, String> {
+    Reply::parse(&v.to_string()).map_err(|e| format!("invalid SMTP reply `{v}`: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// address phase
+
+struct AddressState<'a> {
+    address: &'a str,
+    name: Option<&'a str>,
+    role: &'a str,
+    now: i64,
+    uri: Option<String>,
+}
+
+impl Input for AddressState<'_> {
+    fn field(&self, slot: u16) -> Value {
+        let (local, domain) = facts::split(self.address);
+        match field_of(slot) {
+            Some(F::AddrAddress) => Value::str(self.address),
+            Some(F::AddrLocal) => Value::str(local),
+            Some(F::AddrDomain) => Value::str(domain.to_ascii_lowercase()),
+            Some(F::AddrName) => Value::opt_str(self.name),
+            Some(F::AddrRole) => Value::str(self.role),
+            Some(F::Now) => Value::Int(self.now),
+            _ => Value::Null,
+        }
+    }
+    fn field_fn(&self, _: u16, _: &str) -> Value {
+        Value::Null
+    }
+}
+
+impl run::PhaseState for AddressState<'_> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+        if action == Action::Uri && !value.is_null() {
+            self.uri = Some(value.to_string());
+        }
+        Ok(())
+    }
+    fn done(&self) -> bool {
+        self.uri.is_some()
+    }
+}
+
+/// Maps an e-mail address to a URI with the address phase.
+pub fn address_uri(
+    rules: &RuleSet,
+    address: &str,
+    name: Option<&str>,
+    role: &str,
+    now: DateTime<Utc>,
+    explain: Option<&mut Vec<Fired>>,
+) -> Result<Option<String>, RunError> {
+    let mut st = AddressState {
+        address,
+        name,
+        role,
+        now: now.timestamp(),
+        uri: None,
+    };
+    run::run(
+        "address",
+        rules.rules("address"),
+        &mut st,
+        rules.step_limit,
+        explain,
+    )?;
+    Ok(st.uri)
+}
+
+// ---------------------------------------------------------------------------------------
+// recipient phase
+
+/// The RCPT-time decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum RcptDecision {
+    Accept { uri: String },
+    Reject(Reply),
+}
+
+struct RecipientState<'a, 'x> {
+    facts: Facts<'a, 'x>,
+    uri: Option<String>,
+    reject: Option<Reply>,
+}
+
+impl Input for RecipientState<'_, '_> {
+    fn field(&self, slot: u16) -> Value {
+        field_of(slot)
+            .map(|f| self.facts.field(f))
+            .unwrap_or_default()
+    }
+    fn field_fn(&self, _: u16, _: &str) -> Value {
+        Value::Null
+    }
+}
+
+impl run::PhaseState for RecipientState<'_, '_> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+        match action {
+            Action::Uri if !value.is_null() => self.uri = Some(value.to_string()),
+            Action::Reject => self.reject = Some(reply_of(&value)?),
+            _ => {}
+        }
+        Ok(())
+    }
+    fn done(&self) -> bool {
+        self.reject.is_some() || self.uri.is_some()
+    }
+}
+
+/// Decides one RCPT TO: the address phase proposes a URI, the recipient phase accepts or
+/// rejects. With no decision the recipient is refused (550 5.1.1).
+pub fn resolve_recipient(
+    rules: &RuleSet,
+    envelope: &Envelope,
+    rcpt: &Rcpt,
+    now: DateTime<Utc>,
+    mut explain: Option<&mut Vec<Fired>>,
+) -> RcptDecision {
+    let proposed = match address_uri(
+        rules,
+        &rcpt.address,
+        None,
+        "rcpt",
+        now,
+        explain.as_deref_mut(),
+    ) {
+        Ok(u) => u,
+        Err(e) => return RcptDecision::Reject(rule_failure(&e)),
+    };
+    let mut st = RecipientState {
+        facts: Facts {
+            envelope,
+            rcpt: Some(rcpt),
+            rcpt_uri: proposed.as_deref(),
+            mail: None,
+            now,
+        },
+        uri: None,
+        reject: None,
+    };
+    if let Err(e) = run::run(
+        "recipient",
+        rules.rules("recipient"),
+        &mut st,
+        rules.step_limit,
+        explain,
+    ) {
+        return RcptDecision::Reject(rule_failure(&e));
+    }
+    match (st.reject, st.uri) {
+        (Some(r), _) => RcptDecision::Reject(r),
+        (None, Some(uri)) => RcptDecision::Accept { uri },
+        (None, None) => RcptDecision::Reject(Reply::new(
+            550,
+            "5.1.1",
+            format!("<{}>: no rule accepted this recipient", rcpt.address),
+        )),
+    }
+}
+
+/// A rule failed at run time (step limit, overflow): a temporary local error, logged.
+fn rule_failure(e: &RunError) -> Reply {
+    tracing::error!(rule = %e.rule, at = %e.at, "rule evaluation failed: {}", e.message);
+    Reply::new(451, "4.3.0", format!("local error in rule {}", e.rule))
+}
+
+// ---------------------------------------------------------------------------------------
+// message phase
+
+/// What the message phase decided so far for one recipient.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub request_uri: String,
+    pub headers: Vec<(String, String)>,
+    pub cpim: Vec<(String, String)>,
+    pub mode: Mode,
+    pub imdn: Vec<String>,
+    pub cpim_body: bool,
+    pub text: Option<String>,
+    pub recipient_list: &'static str,
+    pub exploder: Option<String>,
+    pub reject: Option<Reply>,
+}
+
+struct MessageState<'a, 'x> {
+    facts: Facts<'a, 'x>,
+    rules: &'a RuleSet,
+    draft: Draft,
+    /// RFC 5365 history entries (To/Cc mapped by the address phase), computed once per mail.
+    history: &'a [resource_lists::Entry],
+}
+
+impl Input for MessageState<'_, '_> {
+    fn field(&self, slot: u16) -> Value {
+        let Some(f) = field_of(slot) else {
+            return Value::Null;
+        };
+        let d = &self.draft;
+        match f {
+            F::RequestSize => Value::Int(self.request_size() as i64),
+            F::PlanMode => Value::str(d.mode.as_str()),
+            F::PlanImdn => Value::list_of_str(d.imdn.iter().map(String::as_str)),
+            F::PlanRequestUri => Value::str(d.request_uri.as_str()),
+            F::PlanBody => Value::str(if d.cpim_body { "cpim" } else { "text" }),
+            F::PlanRecipientList => Value::str(d.recipient_list),
+            other => self.facts.field(other),
+        }
+    }
+    fn field_fn(&self, slot: u16, arg: &str) -> Value {
+        match fn_of(slot) {
+            Some(Fn::PlanHeader) => Value::opt_str(
+                self.draft
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(arg))
+                    .map(|(_, v)| v.as_str()),
+            ),
+            Some(f) => self.facts.field_fn(f, arg),
+            None => Value::Null,
+        }
+    }
+}
+
+impl run::PhaseState for MessageState<'_, '_> {
+    fn apply(&mut self, action: Action, header: Option<&str>, value: Value) -> Result<(), String> {
+        let d = &mut self.draft;
+        let text = || value.to_string();
+        match action {
+            Action::SetHeader | Action::AppendHeader | Action::CpimHeader => {
+                let name = header.unwrap_or_default();
+                if value.is_null() {
+                    return Ok(());
+                }
+                let v = text();
+                crate::render::encoder::check_value(name, &v).map_err(|e| e.to_string())?;
+                let list = if action == Action::CpimHeader {
+                    &mut d.cpim
+                } else {
+                    &mut d.headers
+                };
+                if action != Action::AppendHeader {
+                    list.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                }
+                list.push((name.to_string(), v));
+            }
+            Action::Mode => {
+                d.mode = match text().as_str() {
+                    "large" => Mode::Large,
+                    "pager" => Mode::Pager,
+                    other => return Err(format!("mode must be pager or large, found `{other}`")),
+                }
+            }
+            Action::RequestUri => {
+                if !value.is_null() {
+                    d.request_uri = text();
+                }
+            }
+            Action::Imdn => {
+                let w = words(&value);
+                if w.iter().any(|x| x == "none") {
+                    d.imdn.clear();
+                    return Ok(());
+                }
+                for w in w {
+                    if !d.imdn.contains(&w) {
+                        d.imdn.push(w);
+                    }
+                }
+            }
+            Action::Body => {
+                d.cpim_body = match text().as_str() {
+                    "cpim" => true,
+                    "text" => false,
+                    other => return Err(format!("body must be text or cpim, found `{other}`")),
+                }
+            }
+            Action::Text => d.text = (!value.is_null()).then(text),
+            Action::RecipientList => {
+                d.recipient_list = match text().as_str() {
+                    "none" => "none",
+                    "history" => "history",
+                    "exploder" => "exploder",
+                    other => {
+                        return Err(format!(
+                            "recipient_list must be none, history or exploder, found `{other}`"
+                        ));
+                    }
+                }
+            }
+            Action::Exploder => d.exploder = (!value.is_null()).then(text),
+            Action::Reject => d.reject = Some(reply_of(&value)?),
+            _ => {}
+        }
+        Ok(())
+    }
+    fn remove_headers(&mut self, names: &[String]) {
+        self.draft
+            .headers
+            .retain(|(n, _)| !names.iter().any(|r| r.eq_ignore_ascii_case(n)));
+    }
+    fn done(&self) -> bool {
+        self.draft.reject.is_some()
+    }
+}
+
+/// A stamp with realistic lengths, for measuring `request.size` before sending.
+fn sizing_stamp() -> Stamp {
+    Stamp {
+        transport: "TCP".into(),
+        sent_by: "iwf.example.net:5060".into(),
+        branch: "z9hG4bK0000000000000000".into(),
+        call_id: "00000000000000000000000000000000@iwf.example.net".into(),
+        from_tag: "0000000000000000".into(),
+        cseq: 1,
+    }
+}
+
+impl MessageState<'_, '_> {
+    fn request_size(&self) -> usize {
+        let ids = crate::ids::SequentialIds::new();
+        match build_delivery(self.rules, &self.facts, &self.draft, self.history, &ids) {
+            Ok(d) => sip::render_message(&d, &sizing_stamp())
+                .map(|r| r.to_bytes().len())
+                .unwrap_or(usize::MAX >> 1),
+            Err(_) => usize::MAX >> 1,
+        }
+    }
+}
+
+/// Assembles the delivery the draft describes (the mechanism part of the message phase).
+fn build_delivery(
+    rules: &RuleSet,
+    facts: &Facts,
+    d: &Draft,
+    history: &[resource_lists::Entry],
+    ids: &dyn Ids,
+) -> Result<Delivery, String> {
+    let recipient = facts.rcpt.map(|r| r.address.clone()).unwrap_or_default();
+    let imdn_id = (!d.imdn.is_empty()).then(|| ids.token());
+    let (inner, cpim_needed) = match d.mode {
+        Mode::Large => (
+            facts.mail.map(|m| m.mail.mime_entity()).unwrap_or_default(),
+            true,
+        ),
+        Mode::Pager => (
+            cpim::text_entity(d.text.as_deref().unwrap_or("")),
+            d.cpim_body || imdn_id.is_some(),
+        ),
+    };
+    let (content_type, body) = if cpim_needed {
+        let doc = cpim::Cpim {
+            headers: &d.cpim,
+            imdn: imdn_id.as_deref().map(|id| (id, d.imdn.as_slice())),
+            inner: &inner,
+        }
+        .render()
+        .map_err(|e| e.to_string())?;
+        ("message/cpim".to_string(), doc)
+    } else {
+        (
+            "text/plain;charset=UTF-8".to_string(),
+            d.text.clone().unwrap_or_default().into_bytes(),
+        )
+    };
+    let mut headers = d.headers.clone();
+    let mut request_uri = d.request_uri.clone();
+    let list: Option<(Vec<resource_lists::Entry>, &str)> = match d.recipient_list {
+        "history" => {
+            // No list when To+Cc name only this recipient (CR Table 2).
+            let others = history.iter().any(|e| e.uri != d.request_uri);
+            (others && d.mode == Mode::Pager).then(|| {
+                (
+                    history.to_vec(),
+                    "recipient-list-history; handling=optional",
+                )
+            })
+        }
+        "exploder" => {
+            let exploder = d
+                .exploder
+                .clone()
+                .ok_or("recipient_list: exploder needs an `exploder:` URI")?;
+            request_uri = exploder;
+            headers.push(("Require".into(), "recipient-list-message".into()));
+            let entries = exploder_entries(rules, facts)?;
+            Some((entries, "recipient-list"))
+        }
+        _ => None,
+    };
+    let content = match list {
+        Some((entries, disposition)) if d.mode == Mode::Pager => {
+            let xml = resource_lists::render(&entries);
+            let boundary = format!("iwf-{}", ids.token());
+            let (ct, body) = resource_lists::multipart(
+                &[
+                    (vec![("Content-Type".into(), content_type)], body),
+                    (
+                        vec![
+                            (
+                                "Content-Type".into(),
+                                "application/resource-lists+xml".into(),
+                            ),
+                            ("Content-Disposition".into(), disposition.into()),
+                        ],
+                        xml.into_bytes(),
+                    ),
+                ],
+                &boundary,
+            );
+            Content {
+                content_type: ct,
+                body,
+            }
+        }
+        _ => Content { content_type, body },
+    };
+    Ok(Delivery {
+        recipient,
+        mode: d.mode,
+        request_uri,
+        headers,
+        content,
+        imdn_message_id: imdn_id,
+        success_report: facts.rcpt.is_some_and(|r| r.notify.contains(&"SUCCESS")),
+    })
+}
+
+/// Exploder list: every envelope recipient, copyControl from where the mail names it.
+fn exploder_entries(rules: &RuleSet, facts: &Facts) -> Result<Vec<resource_lists::Entry>, String> {
+    let mut out = Vec::new();
+    for r in &facts.envelope.rcpts {
+        let role = match facts.mail {
+            Some(m)
+                if m.to()
+                    .iter()
+                    .any(|b| b.address.eq_ignore_ascii_case(&r.address)) =>
+            {
+                "to"
+            }
+            Some(m)
+                if m.cc()
+                    .iter()
+                    .any(|b| b.address.eq_ignore_ascii_case(&r.address)) =>
+            {
+                "cc"
+            }
+            _ => "bcc",
+        };
+        if let Some(uri) = address_uri(rules, &r.address, None, "rcpt", facts.now, None)
+            .map_err(|e| e.to_string())?
+        {
+            out.push(resource_lists::Entry {
+                uri,
+                copy_control: role,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The RFC 5365 history list: To then Cc mailboxes of the mail, mapped by the address phase.
+/// Bcc and envelope-only recipients are never listed (RFC 4356 §2.1.3.3).
+fn history_entries(
+    rules: &RuleSet,
+    mail: &MailFacts,
+    now: DateTime<Utc>,
+) -> Result<Vec<resource_lists::Entry>, RunError> {
+    let mut out: Vec<resource_lists::Entry> = Vec::new();
+    for (boxes, role) in [(mail.to(), "to"), (mail.cc(), "cc")] {
+        for b in boxes {
+            if let Some(uri) = address_uri(rules, &b.address, b.name.as_deref(), role, now, None)?
+                && !out.iter().any(|e| e.uri == uri)
+            {
+                out.push(resource_lists::Entry {
+                    uri,
+                    copy_control: role,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The result of mapping one mail.
+#[derive(Debug, Clone, Default)]
+pub struct MailPlan {
+    pub deliveries: Vec<Delivery>,
+    /// Recipients refused by the message phase (or because the mail cannot be mapped).
+    pub rejections: Vec<(String, Reply)>,
+    /// Recipients covered by an exploder delivery (they share its outcome).
+    pub covered: Vec<(String, usize)>,
+    pub explain: Vec<Fired>,
+}
+
+/// Maps a mail for its accepted recipients: `accepted` pairs each RCPT with the URI the
+/// recipient phase chose.
+pub fn plan_mail(
+    rules: &RuleSet,
+    envelope: &Envelope,
+    accepted: &[(Rcpt, String)],
+    raw: &[u8],
+    ids: &dyn Ids,
+    now: DateTime<Utc>,
+    explain: bool,
+) -> MailPlan {
+    let mut plan = MailPlan::default();
+    let mail = match Mail::parse(raw) {
+        Ok(m) => MailFacts::new(m),
+        Err(e) => {
+            for (r, _) in accepted {
+                plan.rejections.push((
+                    r.address.clone(),
+                    Reply::new(554, "5.6.0", format!("message cannot be parsed: {e}")),
+                ));
+            }
+            return plan;
+        }
+    };
+    let mut fired = explain.then(Vec::new);
+    let mut mail = mail;
+    let author = mail
+        .from()
+        .first()
+        .map(|b| (b.address.clone(), b.name.clone()))
+        .or_else(|| {
+            (!envelope.mail_from.address.is_empty())
+                .then(|| (envelope.mail_from.address.clone(), None))
+        });
+    if let Some((addr, name)) = author {
+        match address_uri(rules, &addr, name.as_deref(), "from", now, fired.as_mut()) {
+            Ok(u) => mail.from_uri = u,
+            Err(e) => {
+                let reply = rule_failure(&e);
+                for (r, _) in accepted {
+                    plan.rejections.push((r.address.clone(), reply.clone()));
+                }
+                return plan;
+            }
+        }
+    }
+    let history = match history_entries(rules, &mail, now) {
+        Ok(h) => h,
+        Err(e) => {
+            let reply = rule_failure(&e);
+            for (r, _) in accepted {
+                plan.rejections.push((r.address.clone(), reply.clone()));
+            }
+            return plan;
+        }
+    };
+    let mut exploder_index: Option<usize> = None;
+    for (rcpt, uri) in accepted {
+        let mut st = MessageState {
+            facts: Facts {
+                envelope,
+                rcpt: Some(rcpt),
+                rcpt_uri: Some(uri),
+                mail: Some(&mail),
+                now,
+            },
+            rules,
+            draft: Draft {
+                request_uri: uri.clone(),
+                headers: Vec::new(),
+                cpim: Vec::new(),
+                mode: Mode::Pager,
+                imdn: Vec::new(),
+                cpim_body: false,
+                text: None,
+                recipient_list: "none",
+                exploder: None,
+                reject: None,
+            },
+            history: &history,
+        };
+        if let Err(e) = run::run(
+            "message",
+            rules.rules("message"),
+            &mut st,
+            rules.step_limit,
+            fired.as_mut(),
+        ) {
+            plan.rejections
+                .push((rcpt.address.clone(), rule_failure(&e)));
+            continue;
+        }
+        if let Some(r) = st.draft.reject.take() {
+            plan.rejections.push((rcpt.address.clone(), r));
+            continue;
+        }
+        if st.draft.recipient_list == "exploder"
+            && let Some(i) = exploder_index
+        {
+            plan.covered.push((rcpt.address.clone(), i));
+            continue;
+        }
+        match build_delivery(rules, &st.facts, &st.draft, &history, ids) {
+            Ok(d) => {
+                if st.draft.recipient_list == "exploder" {
+                    exploder_index = Some(plan.deliveries.len());
+                }
+                plan.deliveries.push(d);
+            }
+            Err(e) => {
+                tracing::error!(recipient = %rcpt.address, "cannot build the request: {e}");
+                plan.rejections.push((
+                    rcpt.address.clone(),
+                    Reply::new(
+                        554,
+                        "5.6.0",
+                        format!("<{}>: the message cannot be converted: {e}", rcpt.address),
+                    ),
+                ));
+            }
+        }
+    }
+    plan.explain = fired.unwrap_or_default();
+    plan
+}
+
+// ---------------------------------------------------------------------------------------
+// response phase
+
+/// What to do after an outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ResponseDecision {
+    Reply(Reply),
+    /// Retry once in another form: `large` or `text`.
+    Retry(String),
+}
+
+struct ResponseState<'a, 'x> {
+    facts: Facts<'a, 'x>,
+    outcome: &'a Outcome,
+    cpim_body: bool,
+    retried: &'a [String],
+    reply: Option<Reply>,
+    retry: Option<String>,
+}
+
+impl Input for ResponseState<'_, '_> {
+    fn field(&self, slot: u16) -> Value {
+        let Some(f) = field_of(slot) else {
+            return Value::Null;
+        };
+        match (f, self.outcome) {
+            (F::SipStatus, Outcome::Final { status, .. }) => Value::Int(*status as i64),
+            (F::SipReason, Outcome::Final { reason, .. }) => Value::str(reason.as_str()),
+            (F::SipProtocol, Outcome::Final { protocol, .. }) => Value::str(match protocol {
+                crate::outcome::Protocol::Sip => "sip",
+                crate::outcome::Protocol::Msrp => "msrp",
+            }),
+            (F::Failure, Outcome::Failure { kind, .. }) => Value::str(kind.as_str()),
+            (F::FailureDetail, Outcome::Failure { detail, .. }) => Value::str(detail.as_str()),
+            (F::SipStatus | F::SipReason | F::SipProtocol | F::Failure | F::FailureDetail, _) => {
+                Value::Null
+            }
+            (F::Mode | F::PlanMode, o) => Value::str(o.mode().as_str()),
+            (F::PlanBody, _) => Value::str(if self.cpim_body { "cpim" } else { "text" }),
+            (F::Retried, _) => Value::list_of_str(self.retried.iter().map(String::as_str)),
+            (other, _) => self.facts.field(other),
+        }
+    }
+    fn field_fn(&self, slot: u16, arg: &str) -> Value {
+        match (fn_of(slot), self.outcome) {
+            (Some(Fn::SipHeader), Outcome::Final { headers, .. }) => Value::opt_str(
+                headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(arg))
+                    .map(|(_, v)| v.as_str()),
+            ),
+            (Some(f), _) => self.facts.field_fn(f, arg),
+            _ => Value::Null,
+        }
+    }
+}
+
+impl run::PhaseState for ResponseState<'_, '_> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+        match action {
+            Action::Reply => self.reply = Some(reply_of(&value)?),
+            Action::Retry => {
+                let r = value.to_string();
+                if !self.retried.contains(&r) {
+                    self.retry = Some(r);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    fn done(&self) -> bool {
+        self.reply.is_some() || self.retry.is_some()
+    }
+}
+
+/// Maps a delivery's outcome for one recipient. `retried` lists retries already made
+/// (a retry is offered at most once per kind). With no decision: `451 4.3.0`.
+pub fn respond(
+    rules: &RuleSet,
+    envelope: &Envelope,
+    rcpt: &Rcpt,
+    uri: Option<&str>,
+    outcome: &Outcome,
+    cpim_body: bool,
+    retried: &[String],
+    now: DateTime<Utc>,
+    explain: Option<&mut Vec<Fired>>,
+) -> ResponseDecision {
+    let mut st = ResponseState {
+        facts: Facts {
+            envelope,
+            rcpt: Some(rcpt),
+            rcpt_uri: uri,
+            mail: None,
+            now,
+        },
+        outcome,
+        cpim_body,
+        retried,
+        reply: None,
+        retry: None,
+    };
+    if let Err(e) = run::run(
+        "response",
+        rules.rules("response"),
+        &mut st,
+        rules.step_limit,
+        explain,
+    ) {
+        return ResponseDecision::Reply(rule_failure(&e));
+    }
+    match (st.retry, st.reply) {
+        (Some(r), _) => ResponseDecision::Retry(r),
+        (None, Some(reply)) => ResponseDecision::Reply(reply),
+        (None, None) => ResponseDecision::Reply(Reply::new(
+            451,
+            "4.3.0",
+            format!("<{}>: no response rule matched the outcome", rcpt.address),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// transaction phase
+
+struct TransactionState<'a, 'x> {
+    facts: Facts<'a, 'x>,
+    replies: &'a [Reply],
+    reply: Option<Reply>,
+    dsn: bool,
+}
+
+impl Input for TransactionState<'_, '_> {
+    fn field(&self, slot: u16) -> Value {
+        let Some(f) = field_of(slot) else {
+            return Value::Null;
+        };
+        let count =
+            |c: u16| Value::Int(self.replies.iter().filter(|r| r.code / 100 == c).count() as i64);
+        let first = |c: u16| {
+            Value::opt_str(
+                self.replies
+                    .iter()
+                    .find(|r| r.code / 100 == c)
+                    .map(|r| r.to_string()),
+            )
+        };
+        match f {
+            F::ResultsTotal => Value::Int(self.replies.len() as i64),
+            F::ResultsDelivered => count(2),
+            F::ResultsTemporary => count(4),
+            F::ResultsPermanent => count(5),
+            F::ResultsFirstTemporary => first(4),
+            F::ResultsFirstPermanent => first(5),
+            other => self.facts.field(other),
+        }
+    }
+    fn field_fn(&self, _: u16, _: &str) -> Value {
+        Value::Null
+    }
+}
+
+impl run::PhaseState for TransactionState<'_, '_> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+        match action {
+            Action::Reply => self.reply = Some(reply_of(&value)?),
+            Action::Dsn => self.dsn = value.is_true(),
+            _ => {}
+        }
+        Ok(())
+    }
+    fn done(&self) -> bool {
+        self.reply.is_some()
+    }
+}
+
+/// The one DATA reply of an SMTP transaction from its per-recipient replies, and whether
+/// a DSN for the permanent failures is owed. With no decision: the first reply.
+pub fn aggregate(
+    rules: &RuleSet,
+    envelope: &Envelope,
+    replies: &[Reply],
+    now: DateTime<Utc>,
+    explain: Option<&mut Vec<Fired>>,
+) -> (Reply, bool) {
+    let mut st = TransactionState {
+        facts: Facts {
+            envelope,
+            rcpt: None,
+            rcpt_uri: None,
+            mail: None,
+            now,
+        },
+        replies,
+        reply: None,
+        dsn: false,
+    };
+    if let Err(e) = run::run(
+        "transaction",
+        rules.rules("transaction"),
+        &mut st,
+        rules.step_limit,
+        explain,
+    ) {
+        return (rule_failure(&e), false);
+    }
+    let reply = st
+        .reply
+        .or_else(|| replies.first().cloned())
+        .unwrap_or_else(|| Reply::new(554, "5.5.1", "no valid recipients"));
+    (reply, st.dsn)
+}
