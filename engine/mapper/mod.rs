@@ -220,6 +220,14 @@ pub fn resolve_recipient(
 
 /// A rule failed at run time (step limit, overflow): a temporary local error, logged.
 fn rule_failure(e: &RunError) -> Reply {
+    if e.permanent {
+        tracing::info!(rule = %e.rule, at = %e.at, "mail refused: {}", e.message);
+        return Reply::new(
+            554,
+            "5.6.0",
+            format!("the message cannot be converted: {}", e.message),
+        );
+    }
     tracing::error!(rule = %e.rule, at = %e.at, "rule evaluation failed: {}", e.message);
     Reply::new(451, "4.3.0", format!("local error in rule {}", e.rule))
 }
@@ -292,7 +300,8 @@ impl run::PhaseState for MessageState<'_, '_> {
                     return Ok(());
                 }
                 let v = text();
-                crate::render::encoder::check_value(name, &v).map_err(|e| e.to_string())?;
+                crate::render::encoder::check_value(name, &v)
+                    .map_err(|e| format!("{}{e}", run::CONTENT_ERROR))?;
                 let list = if action == Action::CpimHeader {
                     &mut d.cpim
                 } else {

@@ -37,7 +37,13 @@ pub struct RunError {
     pub rule: String,
     pub at: String,
     pub message: String,
+    /// The mail itself cannot be converted (e.g. a control character in a header value),
+    /// so retrying will not help; otherwise a local, temporary failure.
+    pub permanent: bool,
 }
+
+/// Prefix of action errors caused by the mail's content rather than by the rules.
+pub const CONTENT_ERROR: &str = "content: ";
 
 pub fn run<S: PhaseState>(
     phase: &'static str,
@@ -51,7 +57,8 @@ pub fn run<S: PhaseState>(
         let err = |e: String| RunError {
             rule: rule.name.clone(),
             at: format!("{}:{}", rule.file, rule.line),
-            message: e,
+            permanent: e.starts_with(CONTENT_ERROR),
+            message: e.trim_start_matches(CONTENT_ERROR).to_string(),
         };
         frame.captures = None;
         if let Some(when) = &rule.when {

@@ -155,7 +155,14 @@ fn yaml_error(src: &Source, e: &serde_saphyr::Error) -> Diagnostic {
     // serde-saphyr's Display repeats the location and a snippet; keep the first line.
     let full = e.to_string();
     let msg = full.lines().next().unwrap_or("invalid YAML").trim();
-    let msg = msg.split(" at line ").next().unwrap_or(msg).to_string();
+    let msg = msg.split(" at line ").next().unwrap_or(msg);
+    let msg = msg.trim_start_matches("error: ");
+    // Drop serde-saphyr's own "line N column M: " prefix: the diagnostic shows the position.
+    let msg = match msg.split_once(": ") {
+        Some((pos, rest)) if pos.starts_with("line ") && pos.contains(" column ") => rest,
+        _ => msg,
+    }
+    .to_string();
     src.at(line, col, 1, format!("invalid rule file: {msg}"))
 }
 

@@ -1,0 +1,197 @@
+//! Snapshot corpus: every fixture mail, every corpus mail, every kind of rule diagnostic,
+//! and the shipped rule set's self-tests.
+
+use std::path::Path;
+
+use iwf::dryrun::{self, DryRun, Options};
+use iwf::envelope::{Client, MailFrom, Rcpt};
+use iwf::ids::{SequentialIds, fixed_now};
+use iwf::ruleset::{self, RuleSet, diag};
+
+fn rules() -> RuleSet {
+    ruleset::load(Path::new("rules"), 1).unwrap_or_else(|d| panic!("{}", diag::render_all(&d)))
+}
+
+fn settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path("../snapshots");
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
+
+/// Fixture mails may start with `#! mail-from: ...` / `#! rcpt: ...` lines (the envelope);
+/// the rest is the mail, with LF line ends turned into CRLF as SMTP would carry it.
+fn split_fixture(text: &[u8]) -> (Option<MailFrom>, Vec<Rcpt>, Vec<u8>) {
+    let mut mail_from = None;
+    let mut rcpts = Vec::new();
+    let mut rest = text;
+    while rest.starts_with(b"#! ") {
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let line = String::from_utf8_lossy(&rest[3..end]).trim().to_string();
+        if let Some(v) = line.strip_prefix("mail-from:") {
+            mail_from = Some(MailFrom::parse(v.trim()).unwrap());
+        } else if let Some(v) = line.strip_prefix("rcpt:") {
+            rcpts.push(Rcpt::parse(v.trim()).unwrap());
+        }
+        rest = &rest[(end + 1).min(rest.len())..];
+    }
+    let mut raw = Vec::with_capacity(rest.len());
+    let mut prev = 0u8;
+    for &b in rest {
+        if b == b'\n' && prev != b'\r' {
+            raw.push(b'\r');
+        }
+        raw.push(b);
+        prev = b;
+    }
+    (mail_from, rcpts, raw)
+}
+
+fn dry_run(rules: &RuleSet, mail_from: Option<MailFrom>, rcpts: Vec<Rcpt>, raw: &[u8]) -> DryRun {
+    let ids = SequentialIds::new();
+    dryrun::run(
+        rules,
+        raw,
+        &Options {
+            mail_from,
+            rcpts,
+            client: Client {
+                helo: "client.example.org".into(),
+                ..Client::default()
+            },
+            now: fixed_now(),
+            elapsed: 0,
+            ids: &ids,
+            explain: true,
+            chunk_size: 2048,
+        },
+    )
+}
+
+/// The text a reviewer reads: each request in wire form (CRLF shown as line ends), MSRP
+/// chunks, rejections, and the rules that fired.
+fn render(run: &DryRun) -> String {
+    let mut out = String::new();
+    for d in &run.deliveries {
+        out.push_str(&format!(
+            "=== {} ({} mode) ===\n",
+            d.recipient,
+            d.mode.as_str()
+        ));
+        out.push_str(&d.request.replace("\r\n", "\n"));
+        out.push('\n');
+        for (i, c) in d.msrp.iter().enumerate() {
+            out.push_str(&format!("--- MSRP chunk {} ---\n", i + 1));
+            out.push_str(&c.replace("\r\n", "\n"));
+        }
+    }
+    for r in &run.rejections {
+        out.push_str(&format!("=== {} rejected ===\n{}\n", r.recipient, r.reply));
+    }
+    out.push_str("=== rules that fired ===\n");
+    for f in &run.explain {
+        out.push_str(&format!("{} {} ({})\n", f.phase, f.rule, f.at));
+    }
+    out
+}
+
+/// Every header line of every request must be free of CR/LF taken from the input.
+fn assert_no_injection(run: &DryRun) {
+    for d in &run.deliveries {
+        let head = d.request.split("\r\n\r\n").next().unwrap();
+        for line in head.split("\r\n") {
+            assert!(
+                !line.contains('\r') && !line.contains('\n'),
+                "bare CR/LF in {line:?}"
+            );
+            assert!(
+                line.starts_with(|c: char| c.is_ascii_alphabetic()),
+                "header line does not start with a name: {line:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fixture_mails() {
+    let rules = rules();
+    settings().bind(|| {
+        insta::glob!("fixtures/mails/*.eml", |path| {
+            let (mail_from, rcpts, raw) = split_fixture(&std::fs::read(path).unwrap());
+            let run = dry_run(&rules, mail_from, rcpts, &raw);
+            assert_no_injection(&run);
+            insta::assert_snapshot!(render(&run));
+        });
+    });
+}
+
+/// Every corpus mail maps or is refused cleanly. The snapshot is a summary (mode,
+/// request line, headers, body size, replies) because the bodies are long.
+#[test]
+fn corpus_mails() {
+    let rules = rules();
+    settings().bind(|| {
+        insta::glob!("fixtures/corpus/*/*.eml", |path| {
+            let raw = std::fs::read(path).unwrap();
+            let rcpts = vec![Rcpt::parse("<+15551234567@cpm.example.net>").unwrap()];
+            let run = dry_run(
+                &rules,
+                Some(MailFrom::parse("<sender@mail.example.org>").unwrap()),
+                rcpts,
+                &raw,
+            );
+            assert_no_injection(&run);
+            assert_eq!(
+                run.deliveries.len() + run.rejections.len(),
+                1,
+                "one answer per recipient"
+            );
+            let mut out = String::new();
+            for d in &run.deliveries {
+                let (head, _) = d.request.split_once("\r\n\r\n").unwrap();
+                out.push_str(&format!("mode: {}\n", d.mode.as_str()));
+                for line in head.split("\r\n") {
+                    // Identifiers vary with nothing but the sequence: keep names only.
+                    let shown = match line.split_once(':') {
+                        Some((n, _)) if ["Via", "Call-ID", "From"].contains(&n) => {
+                            format!("{n}: …")
+                        }
+                        _ => line.to_string(),
+                    };
+                    out.push_str(&shown);
+                    out.push('\n');
+                }
+                out.push_str(&format!(
+                    "content: {} ({} bytes), {} MSRP chunk(s)\n",
+                    d.delivery.content.content_type,
+                    d.delivery.content.body.len(),
+                    d.msrp.len()
+                ));
+            }
+            for r in &run.rejections {
+                out.push_str(&format!("rejected: {}\n", r.reply));
+            }
+            insta::assert_snapshot!(out);
+        });
+    });
+}
+
+/// One broken rule set per error kind: all diagnostics at once, with file:line:col and a caret.
+#[test]
+fn rule_diagnostics() {
+    settings().bind(|| {
+        insta::glob!("fixtures/bad-rules/*", |dir| {
+            let rel = dir.strip_prefix(std::env::current_dir().unwrap()).unwrap();
+            let diags = ruleset::load(rel, 1).expect_err("a broken rule set must not load");
+            insta::assert_snapshot!(diag::render_all(&diags));
+        });
+    });
+}
+
+#[test]
+fn shipped_rules_pass_their_self_tests() {
+    let rules = rules();
+    assert!(rules.tests.len() >= 10);
+    let failures = iwf::selftest::run_all(&rules);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
