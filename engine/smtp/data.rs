@@ -186,7 +186,7 @@ impl Session {
             State::Fresh => self.reply(replies::need_hello(self.shared.protocol)),
             State::Ready => self.reply(replies::need_mail("DATA")),
             State::Mail(tx) if tx.envelope.rcpts.is_empty() => {
-                self.reply(replies::no_valid_recipients())
+                self.reply(replies::no_valid_recipients(self.shared.protocol))
             }
             State::Mail(_) => {
                 let State::Mail(tx) = std::mem::replace(&mut self.state, State::Ready) else {

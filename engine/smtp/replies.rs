@@ -149,8 +149,13 @@ pub(crate) fn bare_line_end_in_data() -> Reply {
     )
 }
 
-pub(crate) fn no_valid_recipients() -> Reply {
-    r(554, "5.5.1", "No valid recipients")
+/// DATA after MAIL but no accepted RCPT: 554 over SMTP (RFC 5321 §3.3); LMTP requires 503
+/// (RFC 2033 §4.2).
+pub(crate) fn no_valid_recipients(protocol: Protocol) -> Reply {
+    match protocol {
+        Protocol::Smtp => r(554, "5.5.1", "No valid recipients"),
+        Protocol::Lmtp => r(503, "5.5.1", "No valid recipients"),
+    }
 }
 
 pub(crate) fn non_ascii_address() -> Reply {
@@ -311,7 +316,8 @@ mod tests {
             message_too_big(1),
             text_line_too_long(1),
             bare_line_end_in_data(),
-            no_valid_recipients(),
+            no_valid_recipients(Protocol::Smtp),
+            no_valid_recipients(Protocol::Lmtp),
             non_ascii_address(),
             must_start_tls(),
             need_hello(Protocol::Lmtp),

@@ -227,14 +227,16 @@ impl Session {
         if std::str::from_utf8(&line).is_err() {
             return self.reply(replies::command_not_utf8());
         }
+        // Only MAIL and RCPT get the parameter allowance (see `command_line_max`).
+        let verb = line.get(..4).unwrap_or_default();
+        let with_params = verb.eq_ignore_ascii_case(b"MAIL") || verb.eq_ignore_ascii_case(b"RCPT");
+        if line.len() > self.shared.config.limits.command_line && !with_params {
+            return self.reply(replies::command_line_too_long());
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(e) => return self.reply(parse_error(e)),
         };
-        let long = line.len() > self.shared.config.limits.command_line;
-        if long && !matches!(request, Request::Mail { .. } | Request::Rcpt { .. }) {
-            return self.reply(replies::command_line_too_long());
-        }
         tracing::trace!(peer = %self.peer, verb = request.name(), "command");
         match request {
             Request::Ehlo { host } => self.hello(super::ehlo::Verb::Ehlo, host),

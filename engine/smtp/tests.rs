@@ -379,6 +379,7 @@ async fn lmtp_answers_once_per_accepted_recipient_in_order() {
     assert!(lhlo.contains("250-PIPELINING") && lhlo.contains("250-ENHANCEDSTATUSCODES"));
     c.expect("MAIL FROM:<a@mail.example.org>", "250 2.1.0")
         .await;
+    c.expect("DATA", "503 5.5.1").await;
     for (rcpt, want) in [("a", "250"), ("b", "550 5.1.1"), ("c", "250"), ("d", "250")] {
         c.expect(&format!("RCPT TO:<{rcpt}@cpm.example.net>"), want)
             .await;
@@ -429,6 +430,8 @@ async fn command_lines_over_the_limit_get_500_5_5_6() {
     assert!(line.len() > 512);
     c.expect(&line, "250").await;
     c.expect(&format!("NOOP {}", "x".repeat(600)), "500 5.5.6")
+        .await;
+    c.expect(&format!("XFOO {}", "x".repeat(600)), "500 5.5.6")
         .await;
     c.expect("NOOP", "250").await;
 }
@@ -992,6 +995,72 @@ async fn swaks_delivers_a_message() {
         msg.contains("\r\nhello from swaks\r\n.leading dot\r\n"),
         "{msg}"
     );
+}
+
+/// Python's smtplib as a second real peer: unlike swaks it can send to `+E.164@` addresses
+/// (peers.md), and its LMTP class speaks LHLO.
+#[tokio::test]
+async fn python_smtplib_delivers_to_e164_recipients_over_smtp_and_lmtp() {
+    let Some(python) = which("python3") else {
+        println!("note: python3 is not on PATH, skipping");
+        return;
+    };
+    const SCRIPT: &str = r#"
+import smtplib, sys
+port, proto = int(sys.argv[1]), sys.argv[2]
+rcpts = sys.argv[3:]
+msg = "Subject: from smtplib\r\n\r\nhello\r\n".encode()
+cls = smtplib.LMTP if proto == "lmtp" else smtplib.SMTP
+with cls("127.0.0.1", port, timeout=20) as s:
+    refused = s.sendmail("alice@mail.example.org", rcpts, msg,
+                         mail_options=["BODY=8BITMIME"], rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+    assert refused == {}, refused
+"#;
+    for (protocol, name, rcpts) in [
+        (
+            Protocol::Smtp,
+            "smtp",
+            &[
+                "+15551234567@cpm.example.net",
+                "+15557654321@cpm.example.net",
+            ][..],
+        ),
+        // smtplib reads one reply after DATA, so one recipient for LMTP
+        (
+            Protocol::Lmtp,
+            "lmtp",
+            &["+15551234567@cpm.example.net"][..],
+        ),
+    ] {
+        let server = Server::start(protocol, SmtpConfig::default(), Recorder::default()).await;
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(&python)
+                .arg("-c")
+                .arg(SCRIPT)
+                .arg(server.addr.port().to_string())
+                .arg(name)
+                .args(rcpts)
+                .output(),
+        )
+        .await
+        .expect("python finishes")
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let messages = server.handler.messages();
+        assert_eq!(messages.len(), 1, "{name}");
+        let (env, msg) = &messages[0];
+        let got: Vec<_> = env.rcpts.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(got, rcpts, "{name}");
+        assert!(env.rcpts.iter().all(|r| r.notify == ["SUCCESS", "FAILURE"]));
+        assert_eq!(env.mail_from.body, Some("8BITMIME"));
+        assert!(msg.ends_with(b"Subject: from smtplib\r\n\r\nhello\r\n"));
+        server.finish().await;
+    }
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
