@@ -86,15 +86,18 @@ impl LineScan {
 }
 
 impl DataPhase {
-    /// `max_size`: largest message in octets; `max_line`: longest text line, CRLF included.
-    pub(crate) fn new(max_size: usize, max_line: usize) -> Self {
+    /// `max_size`: largest message in octets; `max_line`: longest text line, CRLF included;
+    /// `size_hint`: the SIZE= the client declared, to allocate once (bounded by `max_size`).
+    pub(crate) fn new(max_size: usize, max_line: usize, size_hint: Option<u64>) -> Self {
         let mut receiver = DataReceiver::new();
         // The CRLF that ended the DATA command starts the content: without it, a message
         // that is empty (".\r\n" at once) or starts with a stuffed dot would not be seen.
         receiver.ingest(&mut b"\r\n".iter(), &mut Vec::new());
         DataPhase {
             receiver: Receiver::Keeping(receiver),
-            message: Vec::new(),
+            message: Vec::with_capacity(size_hint.map_or(0, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX).min(max_size)
+            })),
             max_size,
             scanned: 0,
             lines: LineScan {
@@ -193,7 +196,8 @@ impl Session {
                     unreachable!("matched above")
                 };
                 let limits = &self.shared.config.limits;
-                let phase = DataPhase::new(limits.message_size, limits.text_line);
+                let hint = tx.envelope.mail_from.size;
+                let phase = DataPhase::new(limits.message_size, limits.text_line, hint);
                 self.state = State::Data(tx, Box::new(phase));
                 self.reply(replies::start_data())
             }
@@ -291,7 +295,7 @@ mod tests {
         max_size: usize,
         max_line: usize,
     ) -> (Result<Vec<u8>, ContentError>, Vec<u8>) {
-        let mut phase = DataPhase::new(max_size, max_line);
+        let mut phase = DataPhase::new(max_size, max_line, None);
         for (i, chunk) in chunks.iter().enumerate() {
             let (used, done) = phase.ingest(chunk);
             if done {
@@ -367,7 +371,7 @@ mod tests {
             Err(ContentError::TooBig)
         );
         // far over it, in many pieces, with pipelined input after the end
-        let mut phase = DataPhase::new(10, 1000);
+        let mut phase = DataPhase::new(10, 1000, Some(1 << 40));
         for _ in 0..1000 {
             assert_eq!(phase.ingest(b"0123456789\r\n"), (12, false));
             assert!(

@@ -1,7 +1,7 @@
 //! The ESMTP / LMTP front end: the mail side of the gateway.
 //!
 //! # What it does
-//! [`serve`] accepts TCP connections and runs one [`session`] per connection. A session
+//! [`serve`] accepts TCP connections and runs one session per connection. A session
 //! speaks ESMTP (RFC 5321) or LMTP (RFC 2033), checks sequencing, parameters and limits,
 //! and hands the two decisions that need the rules and the SIP side to a [`MailHandler`]:
 //! whether to accept one recipient ([`MailHandler::rcpt`]) and what to answer for a whole
@@ -27,7 +27,7 @@
 //! `received`, parameter checks in `mail`) have table tests of their own.
 //!
 //! # Extensions (EHLO / LHLO keywords)
-//! PIPELINING, SIZE n, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, DSN, DELIVERBY [min], and
+//! PIPELINING, SIZE n, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, DSN, DELIVERBY \[min\], and
 //! STARTTLS when [`SmtpConfig::tls`] is set and the session is not yet protected (see
 //! `spec/mapping-reference.md` §6 for why each). No AUTH, CHUNKING, BINARYMIME, VRFY, EXPN or
 //! ETRN. MAIL/RCPT parameters of extensions we do not advertise get `555 5.5.4`.
@@ -104,7 +104,7 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Limits, SmtpConfig, VrfyPolicy};
+pub use config::{ESMTP_PARAMETER_ALLOWANCE, Limits, SmtpConfig, VrfyPolicy};
 pub use server::{ServeReport, serve};
 pub use tls::{TlsConfigError, tls_config_from_pem, tls_config_from_pem_files};
 
