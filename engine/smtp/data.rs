@@ -14,6 +14,9 @@ use super::replies;
 use super::session::{Flow, Session, State, Transaction};
 use super::{DataReplies, Protocol};
 
+/// The most a declared SIZE= makes us allocate before the octets arrive.
+const PREALLOCATE_MAX: usize = 1024 * 1024;
+
 /// Why a complete message is refused at the end of data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ContentError {
@@ -87,7 +90,8 @@ impl LineScan {
 
 impl DataPhase {
     /// `max_size`: largest message in octets; `max_line`: longest text line, CRLF included;
-    /// `size_hint`: the SIZE= the client declared, to allocate once (bounded by `max_size`).
+    /// `size_hint`: the SIZE= the client declared, to allocate once; bounded by `max_size`
+    /// and [`PREALLOCATE_MAX`], so a declaration alone cannot reserve much memory.
     pub(crate) fn new(max_size: usize, max_line: usize, size_hint: Option<u64>) -> Self {
         let mut receiver = DataReceiver::new();
         // The CRLF that ended the DATA command starts the content: without it, a message
@@ -96,7 +100,8 @@ impl DataPhase {
         DataPhase {
             receiver: Receiver::Keeping(receiver),
             message: Vec::with_capacity(size_hint.map_or(0, |n| {
-                usize::try_from(n).unwrap_or(usize::MAX).min(max_size)
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                n.min(max_size).min(PREALLOCATE_MAX)
             })),
             max_size,
             scanned: 0,
