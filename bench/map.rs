@@ -1,1 +1,64 @@
-fn main() {}
+//! `cargo bench --bench map`: the time to parse a typical 1 KB mail with mail-parser, beside
+//! the time to evaluate the shipped rules and render the SIP request for it (issue #2's
+//! goal: evaluation + rendering no slower than the parse itself).
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use iwf::envelope::{Client, Envelope, MailFrom, Rcpt};
+use iwf::ids::{SequentialIds, fixed_now};
+use iwf::mail::Mail;
+use iwf::mapper;
+use iwf::render::sip;
+
+fn mail_1k() -> Vec<u8> {
+    let mut m = String::from(
+        "Received: from mx.mail.example.org (mx.mail.example.org [192.0.2.1]) by iwf.example.net with ESMTP id 1; Fri, 21 Nov 2025 09:03:08 -0500\r\n\
+         From: \"Alice Example\" <alice@mail.example.org>\r\n\
+         To: +15551234567@cpm.example.net\r\n\
+         Subject: =?utf-8?q?Lunch_=C3=A0_midi=3F?=\r\n\
+         Date: Fri, 21 Nov 2025 09:03:07 -0500\r\n\
+         Message-ID: <k3q9w7z2m4x8r6t1@mail.example.org>\r\n\
+         X-Priority: 1 (Highest)\r\n\
+         Disposition-Notification-To: alice@mail.example.org\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: quoted-printable\r\n\r\n",
+    );
+    while m.len() < 1000 {
+        m.push_str("Meet at 12:30 at the usual place? Caf=C3=A9 first, then the park.\r\n");
+    }
+    m.into_bytes()
+}
+
+fn bench(c: &mut Criterion) {
+    let rules = iwf::ruleset::load(Path::new("rules"), 1).expect("shipped rules load");
+    let raw = mail_1k();
+    let rcpt = Rcpt::parse("<+15551234567@cpm.example.net> NOTIFY=SUCCESS,FAILURE").unwrap();
+    let envelope = Envelope {
+        mail_from: MailFrom::parse("<alice@mail.example.org> BY=3600;R").unwrap(),
+        rcpts: vec![rcpt.clone()],
+        client: Client::default(),
+        received_at: fixed_now(),
+    };
+    let accepted = vec![(rcpt, "tel:+15551234567".to_string())];
+    let ids = SequentialIds::new();
+    let stamp = iwf::dryrun::stamp(&ids, &rules);
+
+    let mut g = c.benchmark_group("1KB mail");
+    g.bench_function("parse (mail-parser)", |b| {
+        b.iter(|| black_box(Mail::parse(black_box(&raw)).unwrap()))
+    });
+    g.bench_function("parse + rules + render", |b| {
+        b.iter(|| {
+            let plan = mapper::plan_mail(&rules, &envelope, &accepted, black_box(&raw), &ids, fixed_now(), false);
+            let req = sip::render_message(&plan.deliveries[0], &stamp).unwrap();
+            black_box(req.to_bytes())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

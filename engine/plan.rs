@@ -55,7 +55,7 @@ pub struct Content {
 pub struct Stamp {
     /// `SIP/2.0/<transport>` in Via: `UDP`, `TCP` or `TLS`.
     pub transport: String,
-    /// host[:port] of our Via sent-by and Contact.
+    /// `host[:port]` of our Via sent-by and Contact.
     pub sent_by: String,
     /// Via branch, including the `z9hG4bK` magic cookie.
     pub branch: String,

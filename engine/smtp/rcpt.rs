@@ -1,0 +1,147 @@
+//! RCPT TO: checks, then the handler (the rules) decides.
+
+use std::borrow::Cow;
+
+use smtp_proto::{
+    RCPT_CONNEG, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
+    RCPT_RRVS_CONTINUE, RCPT_RRVS_REJECT,
+};
+
+use super::replies;
+use super::session::{Flow, Session, State};
+use crate::envelope::Rcpt;
+use crate::reply::Reply;
+
+type ProtoRcptTo<'a> = smtp_proto::RcptTo<Cow<'a, str>>;
+
+const NOTIFY: u64 =
+    RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY | RCPT_NOTIFY_NEVER;
+
+/// Checks a RCPT command's parameters: only DSN's NOTIFY and ORCPT, and only after EHLO/LHLO.
+pub(crate) fn check(to: &ProtoRcptTo<'_>, esmtp: bool, smtputf8: bool) -> Result<(), Reply> {
+    if to.flags & (RCPT_RRVS_REJECT | RCPT_RRVS_CONTINUE) != 0 {
+        return Err(replies::unsupported_parameter("RRVS"));
+    }
+    if to.flags & RCPT_CONNEG != 0 {
+        return Err(replies::unsupported_parameter("CONNEG"));
+    }
+    if !esmtp && to.flags & NOTIFY != 0 {
+        return Err(replies::unsupported_parameter("NOTIFY"));
+    }
+    if !esmtp && to.orcpt.is_some() {
+        return Err(replies::unsupported_parameter("ORCPT"));
+    }
+    if !to.address.is_ascii() && !smtputf8 {
+        return Err(replies::non_ascii_address());
+    }
+    Ok(())
+}
+
+/// smtp-proto turns `<Postmaster>` (no domain, RFC 5321 §4.1.1.3) into an empty address,
+/// the same as `<>`; tell them apart by the line.
+fn postmaster(line: &[u8]) -> bool {
+    let lower = line.to_ascii_lowercase();
+    lower.windows(12).any(|w| w == b"<postmaster>")
+}
+
+impl Session {
+    pub(super) async fn rcpt(&mut self, to: ProtoRcptTo<'_>, line: &[u8]) -> Flow {
+        let limit = self.config().limits.recipients;
+        let esmtp = self.hello.as_ref().is_some_and(|h| h.esmtp);
+        let (smtputf8, count) = match &self.state {
+            State::Fresh => return self.reply(replies::need_hello(self.shared.protocol)),
+            State::Ready => return self.reply(replies::need_mail("RCPT")),
+            State::Data(..) => unreachable!("no commands are read during DATA"),
+            State::Mail(tx) => (tx.envelope.mail_from.smtputf8, tx.envelope.rcpts.len()),
+        };
+        if let Err(reply) = check(&to, esmtp, smtputf8) {
+            return self.reply(reply);
+        }
+        let mut rcpt = Rcpt::from_proto(&to);
+        if rcpt.address.is_empty() {
+            if !postmaster(line) {
+                return self.reply(replies::bad_recipient_syntax());
+            }
+            rcpt.address = "postmaster".to_string();
+        }
+        if count >= limit {
+            return self.reply(replies::too_many_recipients());
+        }
+        let handler = self.shared.handler.clone();
+        let State::Mail(tx) = &self.state else {
+            unreachable!("matched above")
+        };
+        let decision = handler.rcpt(&tx.envelope, &rcpt).await;
+        tracing::debug!(id = %tx.id, rcpt = %rcpt.address, accepted = decision.is_ok(), "RCPT");
+        match decision {
+            Ok(()) => {
+                if let State::Mail(tx) = &mut self.state {
+                    tx.envelope.rcpts.push(rcpt);
+                }
+                self.reply(replies::recipient_ok())
+            }
+            Err(reply) => self.reply(reply),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_line(args: &str, esmtp: bool, utf8: bool) -> Result<(), String> {
+        let line = format!("RCPT TO:{args}\r\n");
+        let mut iter = line.as_bytes().iter();
+        let Ok(smtp_proto::Request::Rcpt { to }) = smtp_proto::Request::parse(&mut iter) else {
+            panic!("{args} does not parse");
+        };
+        check(&to, esmtp, utf8).map_err(|r| r.to_string())
+    }
+
+    #[test]
+    fn parameter_table() {
+        let cases: &[(&str, bool, bool, Result<(), &str>)] = &[
+            ("<a@b.example>", false, false, Ok(())),
+            (
+                "<a@b.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;x@y.example",
+                true,
+                false,
+                Ok(()),
+            ),
+            (
+                "<a@b.example> NOTIFY=NEVER",
+                false,
+                false,
+                Err("555 5.5.4 Parameter NOTIFY"),
+            ),
+            (
+                "<a@b.example> ORCPT=rfc822;x@y.example",
+                false,
+                false,
+                Err("555 5.5.4 Parameter ORCPT"),
+            ),
+            (
+                "<a@b.example> CONNEG",
+                true,
+                false,
+                Err("555 5.5.4 Parameter CONNEG"),
+            ),
+            ("<\u{e9}@b.example>", true, false, Err("553 5.6.7")),
+            ("<\u{e9}@b.example>", true, true, Ok(())),
+        ];
+        for (args, esmtp, utf8, want) in cases {
+            let got = check_line(args, *esmtp, *utf8);
+            match (want, &got) {
+                (Ok(()), Ok(())) => {}
+                (Err(prefix), Err(reply)) if reply.starts_with(prefix) => {}
+                _ => panic!("{args}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn postmaster_is_told_apart_from_null() {
+        assert!(postmaster(b"RCPT TO:<Postmaster>\r\n"));
+        assert!(!postmaster(b"RCPT TO:<>\r\n"));
+    }
+}

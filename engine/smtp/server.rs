@@ -1,0 +1,181 @@
+//! The listener: accepts connections within the limits, spawns sessions, shuts down.
+//!
+//! Shape of mini-redis's `server.rs`: one accept loop, a semaphore for the total
+//! number of sessions, a per-IP count, a `watch` channel that tells sessions to stop, and a
+//! `JoinSet` to wait for them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::config::SmtpConfig;
+use super::replies;
+use super::session::{Session, Shared};
+use super::{MailHandler, Protocol};
+use crate::reply::Reply;
+
+/// What [`serve`] reports when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServeReport {
+    /// Sessions accepted over the listener's life.
+    pub sessions: u64,
+    /// Sessions still running when the grace period ended, and therefore aborted.
+    pub aborted_sessions: usize,
+}
+
+/// Serves SMTP or LMTP on `listener` until `shutdown` completes, then drains.
+///
+/// * Each connection gets a session (a tokio task). Over [`Limits::connections`] sessions
+///   a new connection gets `421 4.3.2` and is closed; over
+///   [`Limits::connections_per_ip`] from one address, `421 4.7.0`.
+/// * When `shutdown` completes the listener is closed (new connections are refused by the
+///   OS), and every session is told: one waiting for a command answers `421 4.3.2` and
+///   closes; one receiving a message or waiting for [`MailHandler::data`] finishes that
+///   transaction, sends the real reply, then `421 4.3.2`.
+/// * `serve` returns once every session has ended, or after
+///   [`SmtpConfig::shutdown_grace`], aborting the sessions still running.
+///
+/// [`Limits::connections`]: super::Limits::connections
+/// [`Limits::connections_per_ip`]: super::Limits::connections_per_ip
+pub async fn serve(
+    listener: TcpListener,
+    protocol: Protocol,
+    config: SmtpConfig,
+    handler: Arc<dyn MailHandler>,
+    shutdown: impl Future,
+) -> ServeReport {
+    let grace = config.shutdown_grace;
+    let shared = Arc::new(Shared {
+        protocol,
+        handler,
+        ids: AtomicU64::new(0),
+        epoch: chrono::Utc::now().timestamp().max(0) as u64,
+        config,
+    });
+    let slots = Arc::new(Semaphore::new(shared.config.limits.connections));
+    let per_ip = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sessions = JoinSet::new();
+    let mut report = ServeReport::default();
+
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, ?protocol, "listening");
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::info!(%peer, "connection limit reached");
+                    refuse(&socket, &replies::too_many_connections(&shared.config.hostname));
+                    continue;
+                };
+                let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), shared.config.limits.connections_per_ip) else {
+                    tracing::info!(%peer, "per-IP connection limit reached");
+                    refuse(&socket, &replies::too_many_connections_from_ip(&shared.config.hostname));
+                    continue;
+                };
+                report.sessions += 1;
+                let session = Session::new(shared.clone(), socket, peer, stop_rx.clone());
+                sessions.spawn(async move {
+                    session.run().await;
+                    drop(ip_slot);
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracing::info!(sessions = sessions.len(), "shutting down");
+    let drained = tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        report.aborted_sessions = sessions.len();
+        tracing::warn!(
+            aborted = report.aborted_sessions,
+            "grace period over, aborting sessions"
+        );
+        sessions.shutdown().await;
+    }
+    report
+}
+
+/// Writes one reply to a connection we will not serve, without waiting: a fresh socket's
+/// send buffer takes a line, and a client that cannot take it loses nothing it had.
+fn refuse(socket: &TcpStream, reply: &Reply) {
+    let _ = socket.try_write(reply.to_wire().as_bytes());
+}
+
+/// One session's place in the per-IP count; gives it back when dropped.
+struct IpSlot {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(map: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
+        let mut counts = map.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_slots_are_counted_and_given_back() {
+        let map = Arc::new(Mutex::new(HashMap::new()));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = IpSlot::take(&map, ip, 2).unwrap();
+        let b = IpSlot::take(&map, ip, 2).unwrap();
+        assert!(IpSlot::take(&map, ip, 2).is_none());
+        assert!(IpSlot::take(&map, "192.0.2.2".parse().unwrap(), 2).is_some());
+        drop(a);
+        let c = IpSlot::take(&map, ip, 2).unwrap();
+        drop((b, c));
+        assert!(map.lock().unwrap().is_empty());
+    }
+}
