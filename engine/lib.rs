@@ -4,3 +4,4 @@ pub mod outcome;
 pub mod plan;
 pub mod render;
 pub mod reply;
+pub mod sip;
