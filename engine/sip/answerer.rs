@@ -457,7 +457,10 @@ fn parse_datagram(data: &[u8], peer: SocketAddr) -> Option<ReceivedRequest> {
 }
 
 /// Request line and header lines; `None` for a response or a malformed request line.
-fn parse_head(head: &[u8]) -> Option<(String, String, Vec<(String, String)>)> {
+/// Method, Request-URI, header lines.
+type Head = (String, String, Vec<(String, String)>);
+
+fn parse_head(head: &[u8]) -> Option<Head> {
     let text = std::str::from_utf8(head).ok()?;
     let mut lines = text.split("\r\n");
     let mut first = lines.next()?.split(' ');
@@ -571,12 +574,14 @@ pub fn reason_phrase(status: u16) -> &'static str {
         603 => "Decline",
         604 => "Does Not Exist Anywhere",
         606 => "Not Acceptable",
-        100..=199 => "Provisional",
-        200..=299 => "Success",
-        300..=399 => "Redirection",
-        400..=499 => "Client Error",
-        500..=599 => "Server Error",
-        _ => "Global Failure",
+        _ => match status / 100 {
+            1 => "Provisional",
+            2 => "Success",
+            3 => "Redirection",
+            4 => "Client Error",
+            5 => "Server Error",
+            _ => "Global Failure",
+        },
     }
 }
 
