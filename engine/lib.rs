@@ -42,4 +42,5 @@ pub mod render;
 pub mod reply;
 pub mod ruleset;
 pub mod selftest;
+pub mod sip;
 pub mod smtp;

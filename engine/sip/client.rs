@@ -1,0 +1,821 @@
+//! [`RsipBackend`]: the [`SipBackend`] on rsipstack's transaction layer.
+//!
+//! # How rsipstack is driven (DESIGN.md §4)
+//!
+//! * One `Endpoint` per back end. Its `serve()` runs in a spawned task (it reads the
+//!   transports and fires the timers); the task ends when the back end is dropped or
+//!   [`RsipBackend::shutdown`] is called (both cancel the endpoint's token).
+//! * The UDP socket is made here with a 4 MiB receive buffer and handed over with
+//!   `UdpConnection::from_socket`.
+//! * One client transaction per request: `Transaction::new_client` with the connection
+//!   and destination already chosen (so rsipstack does no lookup of its own), `send()`, then
+//!   `receive()` until a final response. The future of `send_message` owns the transaction
+//!   and polls it itself: that is the "owner polling `receive()`" the timers need, and since
+//!   nothing else holds the transaction, dropping the future drops (and detaches) it whole;
+//!   `receive()` is never raced in a `select!`.
+//! * Timer E/F come from rsipstack (T1/T2/T4 and `t1x64` are set from [`Timers`]). Its
+//!   Timer F produces a locally made 408, and a failed write on a stream a locally made
+//!   503; a `MessageInspector` marks every locally made response (they are the only ones
+//!   that reach `after_received` without a source address), so they become
+//!   `Failure{Timeout}` / `Failure{Transport}` and a real 408/503 from the peer stays a
+//!   `Final`.
+//! * A whole delivery (redirects, the authentication retry, DNS, TCP connect) ends within
+//!   one Timer F from its start: follow-up transactions get an extra Timer B event
+//!   scheduled on rsipstack's timer wheel at that deadline.
+//! * TCP/TLS connections are opened here (one per target, reused by every transaction, one
+//!   opener at a time so a burst does not open one each) and registered with the transport
+//!   layer, which reads them. When one closes, the transactions in flight on it are ended
+//!   with `TransactionEvent::Terminate` (after a short grace, so a response read just
+//!   before the close still wins) and report `Failure{Transport}`.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rsipstack::sip::{self, Header, SipMessage, StatusCodeKind};
+use rsipstack::transaction::endpoint::{EndpointInner, EndpointOption, MessageInspector};
+use rsipstack::transaction::key::{TransactionKey, TransactionRole};
+use rsipstack::transaction::transaction::{Transaction, TransactionEvent, TransactionEventSender};
+use rsipstack::transaction::{EndpointBuilder, TransactionTimer};
+use rsipstack::transport::tcp::TcpConnection;
+use rsipstack::transport::tls::TlsConnection;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{SipAddr, SipConnection, TcpListenerConnection, TransportLayer};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::config::{Credentials, SipConfig, Timers};
+use super::next_hop::{self, Dns, HickoryDns, HopHost, HopUri, Target, Transport};
+use super::response::{self, LOCAL_MARKER};
+use super::{BoxFuture, SipBackend, auth, stamp};
+use crate::outcome::{FailureKind, Outcome};
+use crate::plan::{Delivery, Stamp};
+use crate::render::sip::render_message;
+
+/// RFC 3261 §8.1.3.4 leaves the depth of recursion to the UAC; the project uses 3.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// How long a closed connection's transactions wait for a response already read.
+const CLOSE_GRACE: Duration = Duration::from_millis(20);
+
+/// Why the back end could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("binding {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("outbound proxy: {0}")]
+    Proxy(#[from] next_hop::NextHopError),
+    #[error("SIP stack: {0}")]
+    Stack(String),
+}
+
+/// The SIP back end on rsipstack. Cheap to share behind an `Arc`; dropping the last
+/// handle stops the endpoint.
+pub struct RsipBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: Arc<EndpointInner>,
+    cancel: rsipstack::platform::CancellationToken,
+    timers: Timers,
+    host: String,
+    udp: Option<(SipConnection, u16)>,
+    tcp_port: Option<u16>,
+    tls: Option<rsipstack::transport::TlsConfig>,
+    proxy: Option<HopUri>,
+    default_from: String,
+    credentials: Option<Credentials>,
+    dns: tokio::sync::OnceCell<Result<HickoryDns, String>>,
+    streams: Mutex<HashMap<Target, Stream>>,
+    connect_lock: tokio::sync::Mutex<()>,
+}
+
+/// A stream connection and the transactions in flight on it.
+#[derive(Clone)]
+struct Stream {
+    conn: SipConnection,
+    inflight: Arc<Mutex<HashMap<TransactionKey, TransactionEventSender>>>,
+}
+
+/// Marks the responses rsipstack makes itself (Timer F's 408, a failed write's 503).
+struct LocalMarker;
+
+impl MessageInspector for LocalMarker {
+    fn before_send(&self, msg: SipMessage, _dest: Option<&SipAddr>) -> SipMessage {
+        msg
+    }
+    fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
+        match (msg, from) {
+            (SipMessage::Response(mut r), None) => {
+                r.headers
+                    .push(sip::headers::make_header(LOCAL_MARKER, "1".into()));
+                SipMessage::Response(r)
+            }
+            (msg, _) => msg,
+        }
+    }
+}
+
+/// How one client transaction ended.
+enum TxEnd {
+    Final(sip::Response),
+    Timeout,
+    Transport(String),
+}
+
+impl RsipBackend {
+    /// Binds the sockets and starts the endpoint. Must run inside a tokio runtime.
+    pub async fn start(config: SipConfig) -> Result<Self, SipError> {
+        let cancel = rsipstack::platform::CancellationToken::new();
+        let transport_layer = TransportLayer::new(cancel.clone());
+        let mut first_ip = None;
+
+        let udp = match config.udp_listen {
+            Some(addr) => {
+                let bind = |source| SipError::Bind {
+                    what: "UDP",
+                    addr,
+                    source,
+                };
+                let sock = std::net::UdpSocket::bind(addr).map_err(bind)?;
+                sock.set_nonblocking(true).map_err(bind)?;
+                let got = set_recv_buffer(&sock, config.udp_recv_buffer);
+                if got < config.udp_recv_buffer {
+                    debug!(asked = config.udp_recv_buffer, got, "UDP receive buffer");
+                }
+                let sock = tokio::net::UdpSocket::from_std(sock).map_err(bind)?;
+                let local = sock.local_addr().map_err(bind)?;
+                first_ip.get_or_insert(local.ip());
+                let conn =
+                    UdpConnection::from_socket(Arc::new(sock), None, Some(cancel.child_token()))
+                        .await
+                        .map_err(|e| SipError::Stack(e.to_string()))?;
+                let conn: SipConnection = conn.into();
+                transport_layer.add_transport(conn.clone());
+                Some((conn, local.port()))
+            }
+            None => None,
+        };
+
+        let tcp_port = match config.tcp_listen {
+            Some(mut addr) => {
+                if addr.port() == 0 {
+                    // rsipstack binds the listener when serving and reports the configured
+                    // address, so pick the port here.
+                    let probe =
+                        std::net::TcpListener::bind(addr).map_err(|source| SipError::Bind {
+                            what: "TCP",
+                            addr,
+                            source,
+                        })?;
+                    addr = probe.local_addr().map_err(|source| SipError::Bind {
+                        what: "TCP",
+                        addr,
+                        source,
+                    })?;
+                }
+                first_ip.get_or_insert(addr.ip());
+                let l = TcpListenerConnection::new(addr, None)
+                    .await
+                    .map_err(|e| SipError::Stack(e.to_string()))?;
+                transport_layer.add_transport(l.into());
+                Some(addr.port())
+            }
+            None => None,
+        };
+
+        let tls = config.tls.as_ref().map(|t| {
+            // rustls needs one process-wide crypto provider; a second install is refused,
+            // which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            rsipstack::transport::TlsConfig {
+                ca_certs: t.ca_pem.clone(),
+                client_cert: t.client_cert_pem.clone(),
+                client_key: t.client_key_pem.clone(),
+                sni_hostname: t.server_name.clone(),
+                ..Default::default()
+            }
+        });
+
+        let host = match &config.advertised_host {
+            Some(h) => h.clone(),
+            None => match first_ip {
+                Some(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+                Some(ip) => ip.to_string(),
+                None => "127.0.0.1".to_string(),
+            },
+        };
+        let proxy = config
+            .outbound_proxy
+            .as_deref()
+            .map(HopUri::parse)
+            .transpose()?;
+
+        let option = EndpointOption {
+            t1: config.timers.t1,
+            t2: config.timers.t2,
+            t4: config.timers.t4,
+            t1x64: config.timers.timer_f(),
+            callid_suffix: Some(host.clone()),
+            ..Default::default()
+        };
+        let endpoint = EndpointBuilder::new()
+            .with_cancel_token(cancel.clone())
+            .with_transport_layer(transport_layer)
+            .with_option(option)
+            .with_user_agent(&config.user_agent)
+            .with_inspector(Box::new(LocalMarker))
+            .build();
+        let incoming = endpoint
+            .incoming_transactions()
+            .map_err(|e| SipError::Stack(e.to_string()))?;
+        let inner_ep = endpoint.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = inner_ep.serve().await {
+                warn!(error = %e, "SIP endpoint stopped");
+            }
+        });
+        tokio::spawn(refuse_incoming(incoming));
+
+        let default_from = config
+            .default_from
+            .clone()
+            .unwrap_or_else(|| format!("<sip:iwf@{}>", bracket(&host)));
+        Ok(RsipBackend {
+            inner: Arc::new(Inner {
+                endpoint: endpoint.inner.clone(),
+                cancel,
+                timers: config.timers,
+                host,
+                udp,
+                tcp_port,
+                tls,
+                proxy,
+                default_from,
+                credentials: config.credentials,
+                dns: tokio::sync::OnceCell::new(),
+                streams: Mutex::new(HashMap::new()),
+                connect_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The bound UDP address, if UDP is on.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        let (conn, _) = self.inner.udp.as_ref()?;
+        conn.get_addr().get_socketaddr().ok()
+    }
+
+    /// The TCP listener's port, if one is configured.
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.inner.tcp_port
+    }
+
+    /// Opens the connection(s) to the outbound proxy ahead of a burst (DESIGN.md §4), so
+    /// concurrent transactions share it instead of each racing to open one. Does nothing
+    /// for UDP or without a proxy.
+    pub async fn connect_proxy(&self) -> Result<(), String> {
+        let Some(proxy) = self.inner.proxy.clone() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.inner.timers.timer_f();
+        let targets = self.inner.locate(&proxy, deadline).await?;
+        self.inner.connect_any(&targets, deadline).await.map(|_| ())
+    }
+
+    /// Stops the endpoint, its sockets and connections.
+    pub fn shutdown(&self) {
+        self.inner.cancel.cancel();
+    }
+}
+
+impl Drop for RsipBackend {
+    fn drop(&mut self) {
+        self.inner.cancel.cancel();
+    }
+}
+
+impl SipBackend for RsipBackend {
+    fn send_message<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.inner.deliver(delivery))
+    }
+}
+
+/// Requests sent to the back end's own sockets: the reverse direction is not served yet.
+async fn refuse_incoming(mut incoming: rsipstack::transaction::TransactionReceiver) {
+    while let Some(mut tx) = incoming.recv().await {
+        tokio::spawn(async move {
+            let code = match tx.original.method {
+                sip::Method::Ack => return,
+                sip::Method::Options => sip::StatusCode::OK,
+                _ => sip::StatusCode::NotImplemented,
+            };
+            tx.reply(code).await.ok();
+        });
+    }
+}
+
+fn bracket(host: &str) -> Cow<'_, str> {
+    if host.contains(':') && !host.starts_with('[') {
+        Cow::Owned(format!("[{host}]"))
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+impl Inner {
+    async fn deliver(&self, delivery: &Delivery) -> Outcome {
+        let mode = delivery.mode;
+        let deadline = Instant::now() + self.timers.timer_f();
+        let base = self.base_delivery(delivery);
+        let mut request_uri = delivery.request_uri.clone();
+        let mut tried = vec![request_uri.clone()];
+        let mut redirect_queue: VecDeque<String> = VecDeque::new();
+        let mut redirects = 0;
+        let mut authorization: Option<(&'static str, auth::Challenge)> = None;
+        let mut auth_used = false;
+        let mut prev: Option<Stamp> = None;
+        loop {
+            let hop = match self.hop_for(&request_uri) {
+                Ok(h) => h,
+                Err(detail) => return response::failure(FailureKind::Transport, detail, mode),
+            };
+            let targets = match self.locate(&hop, deadline).await {
+                Ok(t) => t,
+                Err(detail) => return response::failure(FailureKind::Transport, detail, mode),
+            };
+            let (target, conn, stream) = match self.connect_any(&targets, deadline).await {
+                Ok(c) => c,
+                Err(detail) => {
+                    let kind = if Instant::now() >= deadline {
+                        FailureKind::Timeout
+                    } else {
+                        FailureKind::Transport
+                    };
+                    return response::failure(kind, detail, mode);
+                }
+            };
+            let sent_by = self.sent_by(target.transport, &conn);
+            let stamp = match &prev {
+                None => stamp::first(target.transport.via_name(), &sent_by, &self.host),
+                Some(p) => stamp::follow_up(p, target.transport.via_name(), &sent_by),
+            };
+            let mut request = match self.render(&base, &request_uri, &stamp) {
+                Ok(r) => r,
+                Err(detail) => return response::failure(FailureKind::Transport, detail, mode),
+            };
+            if let Some((header, challenge)) = authorization.take() {
+                match self.authorize(&challenge, &request) {
+                    Ok(value) => insert_before_content_type(&mut request, header, value),
+                    Err(e) => {
+                        return response::failure(
+                            FailureKind::Transport,
+                            format!("cannot answer the digest challenge: {e}"),
+                            mode,
+                        );
+                    }
+                }
+            }
+            prev = Some(stamp);
+            let dest = SipAddr {
+                r#type: Some(target.transport.to_rsip()),
+                addr: target.addr.into(),
+            };
+            let followup = redirects > 0 || auth_used;
+            let resp = match self
+                .run_transaction(request, conn, dest, stream, followup.then_some(deadline))
+                .await
+            {
+                TxEnd::Final(r) => r,
+                TxEnd::Timeout => {
+                    return response::failure(
+                        FailureKind::Timeout,
+                        format!(
+                            "no final response from {target} within Timer F ({} ms)",
+                            self.timers.timer_f().as_millis()
+                        ),
+                        mode,
+                    );
+                }
+                TxEnd::Transport(d) => {
+                    return response::failure(
+                        FailureKind::Transport,
+                        format!("{target}: {d}"),
+                        mode,
+                    );
+                }
+            };
+            let code = resp.status_code.code();
+            match code {
+                300..=399 => {
+                    for c in response::redirect_targets(&resp) {
+                        if !tried.contains(&c) && !redirect_queue.contains(&c) {
+                            redirect_queue.push_back(c);
+                        }
+                    }
+                    if redirects < MAX_REDIRECTS
+                        && let Some(next) = redirect_queue.pop_front()
+                    {
+                        debug!(from = %request_uri, to = %next, code, "following redirect");
+                        tried.push(next.clone());
+                        request_uri = next;
+                        redirects += 1;
+                        continue;
+                    }
+                    return response::final_outcome(&resp, mode);
+                }
+                401 | 407 if !auth_used && self.credentials.is_some() => {
+                    match challenge_of(&resp, code) {
+                        Some(c) => {
+                            auth_used = true;
+                            let header = if code == 401 {
+                                "Authorization"
+                            } else {
+                                "Proxy-Authorization"
+                            };
+                            authorization = Some((header, c));
+                            continue;
+                        }
+                        None => return response::final_outcome(&resp, mode),
+                    }
+                }
+                _ => return response::final_outcome(&resp, mode),
+            }
+        }
+    }
+
+    /// The delivery as rendered: with our default From when the rules set none, and the
+    /// original To kept when a redirect changes the Request-URI.
+    fn base_delivery<'d>(&self, delivery: &'d Delivery) -> Cow<'d, Delivery> {
+        let has = |n: &str| {
+            delivery
+                .headers
+                .iter()
+                .any(|(h, _)| h.eq_ignore_ascii_case(n))
+        };
+        if has("from") && has("to") {
+            return Cow::Borrowed(delivery);
+        }
+        let mut d = delivery.clone();
+        if !has("from") {
+            d.headers.push(("From".into(), self.default_from.clone()));
+        }
+        if !has("to") {
+            d.headers
+                .push(("To".into(), format!("<{}>", delivery.request_uri)));
+        }
+        Cow::Owned(d)
+    }
+
+    fn render(
+        &self,
+        base: &Delivery,
+        request_uri: &str,
+        stamp: &Stamp,
+    ) -> Result<sip::Request, String> {
+        let rendered = if base.request_uri == request_uri {
+            render_message(base, stamp)
+        } else {
+            let mut d = base.clone();
+            d.request_uri = request_uri.to_string();
+            render_message(&d, stamp)
+        };
+        rendered.map_err(|e| format!("cannot render the MESSAGE: {e}"))
+    }
+
+    fn authorize(
+        &self,
+        challenge: &auth::Challenge,
+        request: &sip::Request,
+    ) -> Result<String, String> {
+        let Some(c) = &self.credentials else {
+            return Err("no credentials".into());
+        };
+        auth::authorization(
+            challenge,
+            &c.username,
+            &c.password,
+            c.realm.as_deref(),
+            &request.method.to_string(),
+            &request.uri.to_string(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The next hop's URI: the outbound proxy, else the Request-URI.
+    fn hop_for(&self, request_uri: &str) -> Result<HopUri, String> {
+        if let Some(p) = &self.proxy {
+            return Ok(p.clone());
+        }
+        let scheme = request_uri
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if scheme != "sip" && scheme != "sips" {
+            return Err(format!(
+                "Request-URI `{request_uri}` cannot be routed: only sip:/sips: hosts resolve by \
+                 RFC 3263, a {scheme}: URI needs an outbound proxy"
+            ));
+        }
+        HopUri::parse(request_uri).map_err(|e| e.to_string())
+    }
+
+    fn supported(&self) -> Vec<Transport> {
+        let mut t = Vec::with_capacity(3);
+        if self.udp.is_some() {
+            t.push(Transport::Udp);
+        }
+        t.push(Transport::Tcp);
+        if self.tls.is_some() {
+            t.push(Transport::Tls);
+        }
+        t
+    }
+
+    async fn locate(&self, hop: &HopUri, deadline: Instant) -> Result<Vec<Target>, String> {
+        let supported = self.supported();
+        let targets = if let HopHost::Ip(_) = hop.host {
+            next_hop::locate(hop, &supported, &NoDns).await
+        } else {
+            let dns = self
+                .dns
+                .get_or_init(|| async { HickoryDns::from_system() })
+                .await
+                .as_ref()
+                .map_err(|e| format!("DNS unavailable: {e}"))?;
+            tokio::time::timeout_at(deadline, next_hop::locate(hop, &supported, dns))
+                .await
+                .map_err(|_| "DNS resolution did not finish within Timer F".to_string())?
+        }
+        .map_err(|e| format!("next hop: {e}"))?;
+        let usable: Vec<Target> = targets
+            .into_iter()
+            .filter(|t| supported.contains(&t.transport))
+            .collect();
+        if usable.is_empty() {
+            return Err(format!(
+                "next hop needs a transport that is not configured (have {supported:?})"
+            ));
+        }
+        Ok(usable)
+    }
+
+    /// A connection to the first target that takes one (RFC 3263 §4.3 failover).
+    async fn connect_any(
+        &self,
+        targets: &[Target],
+        deadline: Instant,
+    ) -> Result<(Target, SipConnection, Option<Stream>), String> {
+        let mut last_error = String::from("no target");
+        for target in targets {
+            match self.connect(*target, deadline).await {
+                Ok((conn, stream)) => return Ok((*target, conn, stream)),
+                Err(e) => {
+                    debug!(%target, error = %e, "next hop failed");
+                    last_error = format!("{target}: {e}");
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn connect(
+        &self,
+        target: Target,
+        deadline: Instant,
+    ) -> Result<(SipConnection, Option<Stream>), String> {
+        if target.transport == Transport::Udp {
+            return match &self.udp {
+                Some((conn, _)) => Ok((conn.clone(), None)),
+                None => Err("UDP is not configured".into()),
+            };
+        }
+        if let Some(s) = self.cached_stream(&target) {
+            return Ok((s.conn.clone(), Some(s)));
+        }
+        let _guard = self.connect_lock.lock().await;
+        if let Some(s) = self.cached_stream(&target) {
+            return Ok((s.conn.clone(), Some(s)));
+        }
+        let addr = SipAddr {
+            r#type: Some(target.transport.to_rsip()),
+            addr: target.addr.into(),
+        };
+        let token = Some(self.cancel.child_token());
+        let opening = async {
+            match target.transport {
+                Transport::Tls => TlsConnection::connect(&addr, self.tls.as_ref(), None, token)
+                    .await
+                    .map(SipConnection::Tls),
+                _ => TcpConnection::connect(&addr, token)
+                    .await
+                    .map(SipConnection::Tcp),
+            }
+        };
+        let conn = match tokio::time::timeout_at(deadline, opening).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+            Err(_) => return Err("connect did not finish within Timer F".into()),
+        };
+        self.endpoint.transport_layer.add_connection(conn.clone());
+        let stream = Stream {
+            conn: conn.clone(),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+        };
+        if let Some(token) = conn.cancel_token() {
+            let inflight = stream.inflight.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+                let waiting: Vec<_> = lock(&inflight).drain().collect();
+                for (key, tu) in waiting {
+                    tu.send(TransactionEvent::Terminate(key)).ok();
+                }
+            });
+        }
+        lock(&self.streams).insert(target, stream.clone());
+        Ok((conn, Some(stream)))
+    }
+
+    fn cached_stream(&self, target: &Target) -> Option<Stream> {
+        let mut streams = lock(&self.streams);
+        let s = streams.get(target)?;
+        if s.conn.cancel_token().is_some_and(|t| t.is_cancelled()) {
+            streams.remove(target);
+            return None;
+        }
+        Some(s.clone())
+    }
+
+    /// Via sent-by: the advertised host with the port of the socket that sends.
+    fn sent_by(&self, transport: Transport, conn: &SipConnection) -> String {
+        let port = match transport {
+            Transport::Udp => self.udp.as_ref().map(|(_, p)| *p),
+            Transport::Tcp => self.tcp_port,
+            Transport::Tls => None,
+        }
+        .or_else(|| conn.get_addr().get_socketaddr().ok().map(|a| a.port()))
+        .unwrap_or(transport.default_port());
+        stamp::sent_by(&self.host, port)
+    }
+
+    /// One client transaction, polled here until its final response (see module docs).
+    async fn run_transaction(
+        &self,
+        request: sip::Request,
+        conn: SipConnection,
+        dest: SipAddr,
+        stream: Option<Stream>,
+        deadline: Option<Instant>,
+    ) -> TxEnd {
+        let key = match TransactionKey::from_request(&request, TransactionRole::Client) {
+            Ok(k) => k,
+            Err(e) => return TxEnd::Transport(format!("request lacks transaction ids: {e}")),
+        };
+        let mut tx =
+            Transaction::new_client(key.clone(), request, self.endpoint.clone(), Some(conn));
+        tx.destination = Some(dest);
+        // A follow-up ends with the delivery's Timer F, not its own.
+        let extra_timer = deadline.map(|d| {
+            self.endpoint
+                .timers
+                .timeout_at(d.into_std(), TransactionTimer::TimerB(key.clone()))
+        });
+        if let Some(s) = &stream {
+            lock(&s.inflight).insert(key.clone(), tx.tu_sender.clone());
+        }
+        let end = drive(&mut tx).await;
+        if let Some(s) = &stream {
+            lock(&s.inflight).remove(&key);
+        }
+        if let Some(id) = extra_timer {
+            self.endpoint.timers.cancel(id);
+        }
+        end
+    }
+}
+
+async fn drive(tx: &mut Transaction) -> TxEnd {
+    if let Err(e) = tx.send().await {
+        return TxEnd::Transport(format!("send failed: {e}"));
+    }
+    while let Some(msg) = tx.receive().await {
+        let SipMessage::Response(resp) = msg else {
+            continue;
+        };
+        if resp.status_code.kind() == StatusCodeKind::Provisional {
+            continue;
+        }
+        let local = resp
+            .headers
+            .iter()
+            .any(|h| h.name().eq_ignore_ascii_case(LOCAL_MARKER));
+        if local {
+            return if resp.status_code.code() == 408 {
+                TxEnd::Timeout
+            } else {
+                TxEnd::Transport("write on the connection failed".into())
+            };
+        }
+        return TxEnd::Final(resp);
+    }
+    TxEnd::Transport("connection closed before a final response".into())
+}
+
+/// The first Digest challenge of a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate).
+fn challenge_of(resp: &sip::Response, code: u16) -> Option<auth::Challenge> {
+    let want = if code == 401 {
+        "www-authenticate"
+    } else {
+        "proxy-authenticate"
+    };
+    resp.headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case(want))
+        .find_map(|h| auth::Challenge::parse(h.value()).ok())
+}
+
+fn insert_before_content_type(req: &mut sip::Request, name: &str, value: String) {
+    let mut headers: Vec<Header> = req.headers.iter().cloned().collect();
+    let at = headers
+        .iter()
+        .position(|h| matches!(h, Header::ContentType(_)))
+        .unwrap_or(headers.len());
+    headers.insert(at, sip::headers::make_header(name, value));
+    req.headers = headers.into();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// For IP next hops: `locate` never asks.
+struct NoDns;
+
+impl Dns for NoDns {
+    fn naptr<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<next_hop::Naptr>, String>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+    fn srv<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<next_hop::Srv>, String>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+    fn ip<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<std::net::IpAddr>, String>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+}
+
+/// Asks for an `SO_RCVBUF` of `bytes` and returns what the kernel granted (Linux doubles
+/// the figure it reports). std and tokio expose no setter for UDP and the project adds no
+/// dependency for it, hence the two libc calls.
+#[cfg(target_os = "linux")]
+fn set_recv_buffer(sock: &std::net::UdpSocket, bytes: usize) -> usize {
+    use std::ffi::c_void;
+    use std::os::fd::AsRawFd;
+    unsafe extern "C" {
+        fn setsockopt(fd: i32, level: i32, name: i32, value: *const c_void, len: u32) -> i32;
+        fn getsockopt(fd: i32, level: i32, name: i32, value: *mut c_void, len: *mut u32) -> i32;
+    }
+    const SOL_SOCKET: i32 = 1;
+    const SO_RCVBUF: i32 = 8;
+    const SO_RCVBUFFORCE: i32 = 33;
+    let fd = sock.as_raw_fd();
+    let want = i32::try_from(bytes).unwrap_or(i32::MAX);
+    let get = || {
+        let mut v: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as u32;
+        // SAFETY: fd is an open socket owned by `sock`; v/len point to live locals of the
+        // sizes passed.
+        let rc = unsafe { getsockopt(fd, SOL_SOCKET, SO_RCVBUF, (&raw mut v).cast(), &mut len) };
+        if rc == 0 { v.max(0) as usize / 2 } else { 0 }
+    };
+    for opt in [SO_RCVBUF, SO_RCVBUFFORCE] {
+        // SAFETY: as above; `want` lives for the call and its size is passed.
+        unsafe {
+            setsockopt(
+                fd,
+                SOL_SOCKET,
+                opt,
+                (&raw const want).cast(),
+                std::mem::size_of::<i32>() as u32,
+            );
+        }
+        if get() >= bytes {
+            break;
+        }
+    }
+    get()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_recv_buffer(_sock: &std::net::UdpSocket, _bytes: usize) -> usize {
+    0
+}

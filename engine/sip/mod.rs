@@ -1,0 +1,70 @@
+//! The SIP back end: sends the pager-mode MESSAGE of a [`Delivery`] and reports its final
+//! [`Outcome`], plus a small SIP answering endpoint for `iwf demo` and tests.
+//!
+//! # Layout
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the [`SipBackend`] trait the rest of iwf uses |
+//! | [`config`] | [`SipConfig`]: sockets, advertised host, outbound proxy, T1/T2/T4, credentials, TLS |
+//! | [`client`] | [`RsipBackend`], the implementation on rsipstack's transaction layer (its docs say how rsipstack is driven) |
+//! | [`next_hop`] | outbound proxy or RFC 3263 (NAPTR/SRV/A) resolution, DNS behind a trait |
+//! | [`auth`] | digest (RFC 2617, MD5, `qop=auth`) for 401/407 |
+//! | [`response`] | response → `Outcome`, 3xx Contact lists |
+//! | [`stamp`] | Via branch, Call-ID, From tag, CSeq |
+//! | [`answerer`] | the demo/test UAS on plain tokio sockets |
+//!
+//! # What one `send_message` does
+//!
+//! 1. Route: the outbound proxy if configured, else the Request-URI's host by RFC 3263. A
+//!    `tel:` Request-URI without proxy is `Failure{Transport}`.
+//! 2. Connect: the UDP socket, or a (reused) TCP/TLS connection; refused → next target,
+//!    none left → `Failure{Transport}`.
+//! 3. Render the MESSAGE with [`render_message`](crate::render::sip::render_message) and a
+//!    fresh [`Stamp`](crate::plan::Stamp); run a non-INVITE client transaction (RFC 3261
+//!    §17.1.2: Timer E retransmits on UDP, Timer F = 64·T1 ends it).
+//! 4. 1xx are ignored. A 3xx recurses to its best untried Contact (highest `q`, at most
+//!    [`client::MAX_REDIRECTS`] hops, same Call-ID and From tag, CSeq + 1); unresolved, the
+//!    last 3xx is reported. A 401/407 with credentials configured is answered once with
+//!    `Authorization`/`Proxy-Authorization`; without, it is reported.
+//! 5. Any other final response → `Outcome::Final{protocol: Sip, ..}` with the response's
+//!    non-plumbing headers (Contact, Retry-After, Accept, Warning, ...). No final response
+//!    within Timer F → `Failure{Timeout}`; connection refused/reset/closed →
+//!    `Failure{Transport}`. The whole delivery, follow-ups included, ends within one Timer F.
+//!
+//! Large mode (INVITE + MSRP) goes beside `send_message` as another trait method; the
+//! client transaction driver (`client::drive`) already takes any request, and
+//! rsipstack's INVITE client transaction supplies Timers A/B/D and the ACK for non-2xx.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::outcome::Outcome;
+use crate::plan::Delivery;
+
+pub mod answerer;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod next_hop;
+pub mod response;
+pub mod stamp;
+
+#[cfg(test)]
+mod tests_backend;
+#[cfg(test)]
+mod tests_sipp;
+
+pub use answerer::{Answerer, AnswererConfig, ReceivedRequest, Reply};
+pub use client::{RsipBackend, SipError};
+pub use config::{Credentials, SipConfig, Timers, TlsClient};
+
+/// A boxed, sendable future borrowing for `'a`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the rest of iwf needs from the SIP side.
+pub trait SipBackend: Send + Sync + 'static {
+    /// Sends the pager-mode MESSAGE for `delivery` and waits for its final outcome (never
+    /// longer than Timer F).
+    fn send_message<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
+}

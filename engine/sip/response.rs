@@ -1,0 +1,203 @@
+//! From a SIP response to an [`Outcome`], and the 3xx Contact list (no I/O).
+
+use rsipstack::sip::Response;
+
+use crate::outcome::{FailureKind, Outcome, Protocol};
+use crate::plan::Mode;
+
+/// Headers that only carry transaction plumbing; every other response header is
+/// handed to the response rules (Contact, Retry-After, Accept, Warning, Reason, ...).
+const PLUMBING: [&str; 9] = [
+    "via",
+    "from",
+    "to",
+    "call-id",
+    "cseq",
+    "content-length",
+    "max-forwards",
+    "record-route",
+    "route",
+];
+
+/// The header rsipstack's locally generated responses are marked with (see
+/// `client::LocalMarker`): Timer F's 408 and the 503 of a failed stream write.
+pub(crate) const LOCAL_MARKER: &str = "X-Iwf-Local-Response";
+
+/// Status code and reason phrase as received.
+pub fn status_of(resp: &Response) -> (u16, String) {
+    let reason = resp
+        .wire_reason
+        .clone()
+        .unwrap_or_else(|| resp.status_code.text().to_string());
+    (resp.status_code.code(), reason)
+}
+
+/// All non-plumbing headers, in order, as (name, value).
+pub fn reported_headers(resp: &Response) -> Vec<(String, String)> {
+    resp.headers
+        .iter()
+        .filter(|h| {
+            let n = h.name();
+            !PLUMBING.iter().any(|p| n.eq_ignore_ascii_case(p))
+                && !n.eq_ignore_ascii_case(LOCAL_MARKER)
+        })
+        .map(|h| (h.name().to_string(), h.value().trim().to_string()))
+        .collect()
+}
+
+/// A final response as the response phase sees it.
+pub fn final_outcome(resp: &Response, mode: Mode) -> Outcome {
+    let (status, reason) = status_of(resp);
+    Outcome::Final {
+        protocol: Protocol::Sip,
+        status,
+        reason,
+        headers: reported_headers(resp),
+        mode,
+    }
+}
+
+pub fn failure(kind: FailureKind, detail: impl Into<String>, mode: Mode) -> Outcome {
+    Outcome::Failure {
+        kind,
+        detail: detail.into(),
+        mode,
+    }
+}
+
+/// The URIs of all Contact header values of a 3xx, highest `q` first (ties keep their
+/// order), RFC 3261 §8.1.3.4 / §20.10. Only `sip:`, `sips:` and `tel:` URIs are kept; URI
+/// headers (`?Subject=...`) are dropped.
+pub fn redirect_targets(resp: &Response) -> Vec<String> {
+    let values: Vec<&str> = resp
+        .headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("contact"))
+        .map(|h| h.value())
+        .collect();
+    contacts(&values)
+}
+
+/// See [`redirect_targets`]; takes the raw header values.
+pub fn contacts(values: &[&str]) -> Vec<String> {
+    let mut found: Vec<(f32, String)> = Vec::new();
+    for value in values {
+        for item in split_top_level(value) {
+            if let Some(c) = parse_contact(item) {
+                found.push(c);
+            }
+        }
+    }
+    // stable: equal q keep their order
+    found.sort_by(|a, b| b.0.total_cmp(&a.0));
+    found.into_iter().map(|(_, uri)| uri).collect()
+}
+
+/// Splits on commas outside quoted strings and `<...>`.
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' if !angle => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+fn parse_contact(item: &str) -> Option<(f32, String)> {
+    let item = item.trim();
+    let (uri, params) = match (item.find('<'), item.rfind('>')) {
+        (Some(a), Some(b)) if a < b => (&item[a + 1..b], &item[b + 1..]),
+        _ => match item.find(';') {
+            Some(i) => (&item[..i], &item[i..]),
+            None => (item, ""),
+        },
+    };
+    let uri = uri.trim();
+    let uri = uri.split('?').next().unwrap_or(uri);
+    let scheme = uri.split(':').next()?.to_ascii_lowercase();
+    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") || uri.len() <= scheme.len() + 1 {
+        return None;
+    }
+    let q = params
+        .split(';')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+        .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+        .filter(|q| (0.0..=1.0).contains(q))
+        .unwrap_or(1.0);
+    Some((q, uri.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(raw: &str) -> Response {
+        match rsipstack::sip::SipMessage::try_from(raw).unwrap() {
+            rsipstack::sip::SipMessage::Response(r) => r,
+            _ => panic!("not a response"),
+        }
+    }
+
+    #[test]
+    fn contact_lists_ordered_by_q() {
+        assert_eq!(
+            contacts(&[
+                r#""Bob, Jr." <sip:bob@a.example;transport=tcp>;q=0.5, <sip:x@y>;q=1.0"#,
+                "sip:z@w;q=0.7",
+                "<tel:+15551234567>",
+                "<mailto:nope@example.org>, *, <sip:h@i?Subject=foo>;q=0.1",
+            ]),
+            vec![
+                "sip:x@y",
+                "tel:+15551234567",
+                "sip:z@w",
+                "sip:bob@a.example;transport=tcp",
+                "sip:h@i"
+            ]
+        );
+        assert!(contacts(&["", "<>", "sip:", ";q=1"]).is_empty());
+    }
+
+    #[test]
+    fn outcome_from_response() {
+        let r = response(
+            "SIP/2.0 302 Gone Elsewhere\r\nVia: SIP/2.0/UDP h:1;branch=z9hG4bK1\r\n\
+             From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x@h\r\nCSeq: 1 MESSAGE\r\n\
+             Contact: <sip:c@e>;q=0.3, <sip:c@f>\r\nRetry-After: 120\r\n\
+             Warning: 399 h \"busy\"\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(redirect_targets(&r), vec!["sip:c@f", "sip:c@e"]);
+        match final_outcome(&r, Mode::Pager) {
+            Outcome::Final {
+                status,
+                reason,
+                headers,
+                ..
+            } => {
+                assert_eq!(status, 302);
+                assert_eq!(reason, "Gone Elsewhere");
+                let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(names, vec!["Contact", "Retry-After", "Warning"]);
+                assert_eq!(headers[1].1, "120");
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The rsipstack back end against the answerer (and raw sockets) on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::answerer::{Answerer, AnswererConfig, ReceivedRequest, Reply};
+use super::auth;
+use super::config::{Credentials, SipConfig, Timers};
+use super::next_hop::Transport;
+use super::{RsipBackend, SipBackend};
+use crate::outcome::{FailureKind, Outcome, Protocol};
+use crate::plan::{Content, Delivery, Mode};
+
+/// Every test ends within this, whatever happens.
+const BOUND: Duration = Duration::from_secs(20);
+
+pub(super) fn delivery(uri: &str) -> Delivery {
+    Delivery {
+        recipient: "+15551234567@cpm.example.net".into(),
+        mode: Mode::Pager,
+        request_uri: uri.into(),
+        headers: vec![
+            (
+                "From".into(),
+                "\"Alice\" <sip:alice@iwf.example.net>".into(),
+            ),
+            ("Subject".into(), "Lunch?".into()),
+        ],
+        content: Content {
+            content_type: "text/plain;charset=UTF-8".into(),
+            body: b"Meet at 12:30?".to_vec(),
+        },
+        imdn_message_id: None,
+        success_report: false,
+    }
+}
+
+pub(super) fn timers(t1_ms: u64) -> Timers {
+    Timers {
+        t1: Duration::from_millis(t1_ms),
+        ..Timers::default()
+    }
+}
+
+pub(super) async fn backend(config: SipConfig) -> RsipBackend {
+    RsipBackend::start(config).await.expect("backend starts")
+}
+
+fn status_of(o: &Outcome) -> Option<u16> {
+    match o {
+        Outcome::Final { status, .. } => Some(*status),
+        _ => None,
+    }
+}
+
+fn header<'a>(o: &'a Outcome, name: &str) -> Option<&'a str> {
+    match o {
+        Outcome::Final { headers, .. } => headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str()),
+        _ => None,
+    }
+}
+
+fn drain(rx: &mut UnboundedReceiver<ReceivedRequest>) -> Vec<ReceivedRequest> {
+    let mut v = vec![];
+    while let Ok(r) = rx.try_recv() {
+        v.push(r);
+    }
+    v
+}
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .expect("test exceeded its time bound")
+}
+
+#[tokio::test]
+async fn final_statuses_reach_the_outcome_over_udp_and_tcp() {
+    bounded(async {
+        let be = backend(SipConfig::default()).await;
+        for transport in [Transport::Udp, Transport::Tcp] {
+            for code in [200u16, 202, 404, 408, 486, 503] {
+                let (ans, mut rx) = Answerer::start(AnswererConfig::status(code)).await.unwrap();
+                let uri = ans.uri("bob", transport).unwrap();
+                let outcome = be.send_message(&delivery(&uri)).await;
+                match &outcome {
+                    Outcome::Final {
+                        protocol,
+                        status,
+                        reason,
+                        mode,
+                        ..
+                    } => {
+                        assert_eq!(*protocol, Protocol::Sip);
+                        assert_eq!(*status, code, "{transport} {code}");
+                        assert_eq!(reason, super::answerer::reason_phrase(code));
+                        assert_eq!(*mode, Mode::Pager);
+                    }
+                    o => panic!("{transport} {code}: {o:?}"),
+                }
+                assert_eq!(header(&outcome, "Server"), Some("iwf-answerer"));
+                let got = drain(&mut rx);
+                assert_eq!(got.len(), 1, "{transport} {code}: {got:?}");
+                let r = &got[0];
+                assert_eq!(r.transport, transport);
+                assert_eq!(r.method, "MESSAGE");
+                // rsipstack writes `transport=UDP`; URI parameters compare
+                // case-insensitively (RFC 3261 §19.1.4).
+                assert!(
+                    r.request_uri.eq_ignore_ascii_case(&uri),
+                    "{}",
+                    r.request_uri
+                );
+                assert_eq!(r.body, b"Meet at 12:30?");
+                assert_eq!(r.header("Subject"), Some("Lunch?"));
+                assert_eq!(r.header("Content-Type"), Some("text/plain;charset=UTF-8"));
+                assert_eq!(r.header("CSeq"), Some("1 MESSAGE"));
+                assert!(r.header("Contact").is_none(), "RFC 3428: no Contact");
+                let via = r.header("Via").unwrap();
+                assert!(
+                    via.starts_with(&format!("SIP/2.0/{} 127.0.0.1:", transport.via_name())),
+                    "{via}"
+                );
+                assert!(via.contains(";branch=z9hG4bK"), "{via}");
+                let from = r.header("From").unwrap();
+                assert!(from.starts_with("\"Alice\" <sip:alice@iwf.example.net>;tag="));
+                assert_eq!(r.header("To"), Some(format!("<{uri}>").as_str()));
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn outbound_proxy_carries_tel_uris() {
+    bounded(async {
+        let (ans, mut rx) = Answerer::start(AnswererConfig::status(200)).await.unwrap();
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let proxy = format!(
+                "sip:{};transport={}",
+                match transport {
+                    Transport::Udp => ans.udp_addr().unwrap(),
+                    _ => ans.tcp_addr().unwrap(),
+                },
+                transport.via_name().to_ascii_lowercase()
+            );
+            let be = backend(SipConfig {
+                outbound_proxy: Some(proxy),
+                ..SipConfig::default()
+            })
+            .await;
+            be.connect_proxy().await.unwrap();
+            let outcome = be.send_message(&delivery("tel:+15551234567")).await;
+            assert_eq!(status_of(&outcome), Some(200), "{outcome:?}");
+            let got = drain(&mut rx);
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].request_uri, "tel:+15551234567");
+            assert_eq!(got[0].header("To"), Some("<tel:+15551234567>"));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tel_uri_without_proxy_is_a_transport_failure() {
+    bounded(async {
+        let be = backend(SipConfig::default()).await;
+        match be.send_message(&delivery("tel:+15551234567")).await {
+            Outcome::Failure { kind, detail, mode } => {
+                assert_eq!(kind, FailureKind::Transport);
+                assert_eq!(mode, Mode::Pager);
+                assert!(detail.contains("outbound proxy"), "{detail}");
+            }
+            o => panic!("{o:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_answer_is_timer_f_with_timer_e_retransmissions() {
+    bounded(async {
+        // A raw socket counts every datagram, retransmissions included.
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let counter = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            let mut at = vec![];
+            let start = Instant::now();
+            while let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await
+            {
+                at.push(start.elapsed());
+            }
+            at
+        });
+        let be = backend(SipConfig {
+            timers: timers(10),
+            ..SipConfig::default()
+        })
+        .await;
+        let start = Instant::now();
+        let outcome = be
+            .send_message(&delivery(&format!("sip:bob@{addr};transport=udp")))
+            .await;
+        let took = start.elapsed();
+        match &outcome {
+            Outcome::Failure { kind, detail, .. } => {
+                assert_eq!(*kind, FailureKind::Timeout, "{detail}");
+                assert!(detail.contains("Timer F"), "{detail}");
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(took >= Duration::from_millis(600), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        let sends = counter.await.unwrap();
+        // E: 10, 20, 40, 80, 160, 320 ms → sends at 0, 10, 30, 70, 150, 310, 630 ms.
+        assert!((5..=8).contains(&sends.len()), "{sends:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn silent_answerer_times_out_over_tcp_without_retransmitting() {
+    bounded(async {
+        let (ans, mut rx) = Answerer::start(AnswererConfig::silent()).await.unwrap();
+        let be = backend(SipConfig {
+            timers: timers(10),
+            ..SipConfig::default()
+        })
+        .await;
+        let outcome = be
+            .send_message(&delivery(&ans.uri("bob", Transport::Tcp).unwrap()))
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failure {
+                    kind: FailureKind::Timeout,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(drain(&mut rx).len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delayed_answer_over_udp_is_reported_once() {
+    bounded(async {
+        let (ans, mut rx) = Answerer::start(AnswererConfig::with_policy(|_| {
+            Reply::status(200).after(Duration::from_millis(300))
+        }))
+        .await
+        .unwrap();
+        let be = backend(SipConfig {
+            timers: timers(20),
+            ..SipConfig::default()
+        })
+        .await;
+        let outcome = be
+            .send_message(&delivery(&ans.uri("bob", Transport::Udp).unwrap()))
+            .await;
+        assert_eq!(status_of(&outcome), Some(200), "{outcome:?}");
+        assert_eq!(
+            drain(&mut rx).len(),
+            1,
+            "retransmissions are not new requests"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tcp_connection_refused_is_a_transport_failure() {
+    bounded(async {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let be = backend(SipConfig::default()).await;
+        let start = Instant::now();
+        let outcome = be
+            .send_message(&delivery(&format!(
+                "sip:bob@127.0.0.1:{port};transport=tcp"
+            )))
+            .await;
+        match &outcome {
+            Outcome::Failure { kind, detail, .. } => {
+                assert_eq!(*kind, FailureKind::Transport, "{detail}");
+                assert!(detail.contains("refused"), "{detail}");
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(2));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tcp_connection_closed_by_the_peer_is_a_transport_failure() {
+    bounded(async {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Read the request, then close without answering.
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+            }
+        });
+        let be = backend(SipConfig::default()).await; // T1 500 ms: Timer F would be 32 s
+        let start = Instant::now();
+        let outcome = be
+            .send_message(&delivery(&format!("sip:bob@{addr};transport=tcp")))
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failure {
+                    kind: FailureKind::Transport,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redirect_recurses_to_the_contact() {
+    bounded(async {
+        let (ans, mut rx) = Answerer::start(AnswererConfig::status(200)).await.unwrap();
+        let target = ans.uri("new", Transport::Udp).unwrap();
+        let (redirector, mut rrx) = Answerer::start(AnswererConfig::with_policy(move |_| {
+            Reply::status(302).with_header(
+                "Contact",
+                &format!("<sip:worse@127.0.0.1:9>;q=0.1, <{target}>;q=0.9"),
+            )
+        }))
+        .await
+        .unwrap();
+        let be = backend(SipConfig::default()).await;
+        let original = redirector.uri("old", Transport::Tcp).unwrap();
+        let outcome = be.send_message(&delivery(&original)).await;
+        assert_eq!(status_of(&outcome), Some(200), "{outcome:?}");
+        let first = drain(&mut rrx);
+        let second = drain(&mut rx);
+        assert_eq!((first.len(), second.len()), (1, 1));
+        assert!(
+            second[0]
+                .request_uri
+                .eq_ignore_ascii_case(&ans.uri("new", Transport::Udp).unwrap())
+        );
+        assert_eq!(second[0].header("Call-ID"), first[0].header("Call-ID"));
+        assert_eq!(second[0].header("From"), first[0].header("From"));
+        assert_eq!(
+            second[0].header("To"),
+            Some(format!("<{original}>").as_str())
+        );
+        assert_eq!(second[0].header("CSeq"), Some("2 MESSAGE"));
+        assert_ne!(second[0].header("Via"), first[0].header("Via"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unresolved_redirects_report_the_last_3xx() {
+    bounded(async {
+        let (ans, mut rx) = Answerer::start(AnswererConfig::with_policy(|r| {
+            // Every hop sends to a new user at the same answerer.
+            let n = r.request_uri.len();
+            Reply::status(301).with_header(
+                "Contact",
+                &format!(
+                    "<{}>",
+                    r.request_uri.replacen("sip:", &format!("sip:u{n}"), 1)
+                ),
+            )
+        }))
+        .await
+        .unwrap();
+        let be = backend(SipConfig::default()).await;
+        let outcome = be
+            .send_message(&delivery(&ans.uri("a", Transport::Udp).unwrap()))
+            .await;
+        assert_eq!(status_of(&outcome), Some(301), "{outcome:?}");
+        assert!(header(&outcome, "Contact").is_some());
+        // the original + 3 redirects
+        assert_eq!(drain(&mut rx).len(), 4);
+    })
+    .await;
+}
+
+fn challenge_policy(code: u16, password: &'static str) -> AnswererConfig {
+    let (challenge, answer) = if code == 401 {
+        ("WWW-Authenticate", "Authorization")
+    } else {
+        ("Proxy-Authenticate", "Proxy-Authorization")
+    };
+    AnswererConfig::with_policy(move |r| match r.header(answer) {
+        None => Reply::status(code).with_header(
+            challenge,
+            r#"Digest realm="iwf.test", nonce="abc123", qop="auth", opaque="xyz""#,
+        ),
+        Some(a) if auth::verify(a, password, &r.method) => Reply::status(200),
+        Some(_) => Reply::status(403),
+    })
+}
+
+fn creds(password: &str) -> Option<Credentials> {
+    Some(Credentials {
+        username: "iwf".into(),
+        password: password.into(),
+        realm: None,
+    })
+}
+
+#[tokio::test]
+async fn digest_challenges_are_answered_once() {
+    bounded(async {
+        for code in [401u16, 407] {
+            let (ans, mut rx) = Answerer::start(challenge_policy(code, "secret"))
+                .await
+                .unwrap();
+            let uri = ans.uri("bob", Transport::Udp).unwrap();
+
+            let be = backend(SipConfig {
+                credentials: creds("secret"),
+                ..SipConfig::default()
+            })
+            .await;
+            let outcome = be.send_message(&delivery(&uri)).await;
+            assert_eq!(status_of(&outcome), Some(200), "{code}: {outcome:?}");
+            let got = drain(&mut rx);
+            assert_eq!(got.len(), 2);
+            assert_eq!(got[1].header("CSeq"), Some("2 MESSAGE"));
+            assert_eq!(got[1].header("Call-ID"), got[0].header("Call-ID"));
+
+            // wrong password: the retry is refused and reported, no second retry
+            let be = backend(SipConfig {
+                credentials: creds("wrong"),
+                ..SipConfig::default()
+            })
+            .await;
+            let outcome = be.send_message(&delivery(&uri)).await;
+            assert_eq!(status_of(&outcome), Some(403), "{code}: {outcome:?}");
+            assert_eq!(drain(&mut rx).len(), 2);
+
+            // no credentials: the challenge is the outcome
+            let be = backend(SipConfig::default()).await;
+            let outcome = be.send_message(&delivery(&uri)).await;
+            assert_eq!(status_of(&outcome), Some(code), "{outcome:?}");
+            assert!(
+                header(&outcome, "WWW-Authenticate")
+                    .or(header(&outcome, "Proxy-Authenticate"))
+                    .is_some()
+            );
+            assert_eq!(drain(&mut rx).len(), 1);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_tcp_deliveries_share_one_connection() {
+    bounded(async {
+        let (ans, mut rx) = Answerer::start(AnswererConfig::status(200)).await.unwrap();
+        let be: Arc<dyn SipBackend> = Arc::new(backend(SipConfig::default()).await);
+        let uri = ans.uri("bob", Transport::Tcp).unwrap();
+        let mut tasks = vec![];
+        for _ in 0..200 {
+            let (be, d) = (be.clone(), delivery(&uri));
+            tasks.push(tokio::spawn(async move { be.send_message(&d).await }));
+        }
+        for t in tasks {
+            assert_eq!(status_of(&t.await.unwrap()), Some(200));
+        }
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 200);
+        let peers: std::collections::HashSet<_> = got.iter().map(|r| r.peer).collect();
+        assert_eq!(peers.len(), 1, "{peers:?}");
+    })
+    .await;
+}
