@@ -52,7 +52,15 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("parse + rules + render", |b| {
         b.iter(|| {
-            let plan = mapper::plan_mail(&rules, &envelope, &accepted, black_box(&raw), &ids, fixed_now(), false);
+            let plan = mapper::plan_mail(
+                &rules,
+                &envelope,
+                &accepted,
+                black_box(&raw),
+                &ids,
+                fixed_now(),
+                false,
+            );
             let req = sip::render_message(&plan.deliveries[0], &stamp).unwrap();
             black_box(req.to_bytes())
         })

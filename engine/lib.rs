@@ -30,9 +30,11 @@
 //! assert!(run.deliveries[0].request.starts_with("MESSAGE tel:+15551234567 SIP/2.0\r\n"));
 //! ```
 
+pub mod config;
 pub mod dryrun;
 pub mod dsl;
 pub mod envelope;
+pub mod gateway;
 pub mod ids;
 pub mod mail;
 pub mod mapper;
@@ -42,5 +44,6 @@ pub mod render;
 pub mod reply;
 pub mod ruleset;
 pub mod selftest;
+pub mod server;
 pub mod sip;
 pub mod smtp;

@@ -226,9 +226,7 @@ fn unfold(s: &str) -> String {
             continue;
         }
         if pending_space {
-            if !(c == ' ' || c == '\t') && !out.is_empty() {
-                out.push(' ');
-            } else if !out.is_empty() {
+            if !out.is_empty() {
                 out.push(' ');
             }
             pending_space = false;

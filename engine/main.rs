@@ -56,6 +56,32 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Run the gateway: ESMTP (and LMTP) in, SIP out.
+    Serve(ServeArgs),
+    /// Run the gateway with an in-process SIP endpoint that answers 200 and prints every
+    /// request it receives: a mail sent to 127.0.0.1:2525 shows up as a SIP MESSAGE.
+    Demo(ServeArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// YAML configuration file (see README).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    rules: Option<PathBuf>,
+    /// ESMTP listener, default 127.0.0.1:2525.
+    #[arg(long, value_name = "ADDR")]
+    smtp_listen: Option<String>,
+    /// LMTP listener (off by default).
+    #[arg(long, value_name = "ADDR")]
+    lmtp_listen: Option<String>,
+    /// Local SIP address, default 127.0.0.1:0.
+    #[arg(long, value_name = "ADDR")]
+    sip_listen: Option<String>,
+    /// Outbound proxy, e.g. sip:127.0.0.1:5060;transport=udp (else RFC 3263 resolution).
+    #[arg(long, value_name = "URI")]
+    next_hop: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,6 +117,41 @@ fn main() -> ExitCode {
             chunk_size,
             file,
         }),
+        Command::Serve(a) => serve(a, false),
+        Command::Demo(a) => serve(a, true),
+    }
+}
+
+fn serve(a: ServeArgs, demo: bool) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rsipstack=warn".into()),
+        )
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(iwf::server::run(
+        a.config.as_deref(),
+        iwf::config::Overrides {
+            rules: a.rules,
+            smtp_listen: a.smtp_listen,
+            lmtp_listen: a.lmtp_listen,
+            sip_listen: a.sip_listen,
+            next_hop: a.next_hop,
+        },
+        demo,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -196,17 +196,16 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
             received_at: now,
         };
         let cpim = case.body.as_deref() == Some("cpim");
-        let got = crate::mapper::respond(
-            rules,
-            &env,
-            &rcpt,
-            None,
-            &outcome,
-            cpim,
-            &case.retried,
+        let input = crate::mapper::ResponseInput {
+            envelope: &env,
+            rcpt: &rcpt,
+            uri: None,
+            outcome: &outcome,
+            cpim_body: cpim,
+            retried: &case.retried,
             now,
-            None,
-        );
+        };
+        let got = crate::mapper::respond(rules, &input, None);
         match (&got, &case.reply, &case.retry) {
             (crate::mapper::ResponseDecision::Reply(r), Some(want), None)
                 if r.to_string().starts_with(want.as_str()) => {}

@@ -474,8 +474,7 @@ fn build_regex(source: &str, flags: &str) -> Result<regex::Regex, String> {
             let text = e.to_string();
             let last = text
                 .lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("")
                 .to_string();
             format!("invalid regex: {}", last.trim_start_matches("error: "))

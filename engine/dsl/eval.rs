@@ -277,9 +277,11 @@ mod tests {
             }
         }
         fn field_fn(&self, _: u16, arg: &str) -> Value {
-            (arg == "x-priority")
-                .then(|| Value::str("1 (Highest)"))
-                .unwrap_or_default()
+            if arg == "x-priority" {
+                Value::str("1 (Highest)")
+            } else {
+                Value::Null
+            }
         }
     }
 

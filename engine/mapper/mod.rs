@@ -319,11 +319,7 @@ impl run::PhaseState for MessageState<'_, '_> {
                     other => return Err(format!("mode must be pager or large, found `{other}`")),
                 }
             }
-            Action::RequestUri => {
-                if !value.is_null() {
-                    d.request_uri = text();
-                }
-            }
+            Action::RequestUri if !value.is_null() => d.request_uri = text(),
             Action::Imdn => {
                 let w = words(&value);
                 if w.iter().any(|x| x == "none") {
@@ -763,19 +759,35 @@ impl run::PhaseState for ResponseState<'_, '_> {
     }
 }
 
-/// Maps a delivery's outcome for one recipient. `retried` lists retries already made
-/// (a retry is offered at most once per kind). With no decision: `451 4.3.0`.
+/// What the response phase looks at for one recipient.
+pub struct ResponseInput<'a> {
+    pub envelope: &'a Envelope,
+    pub rcpt: &'a Rcpt,
+    /// The Request-URI the delivery used.
+    pub uri: Option<&'a str>,
+    pub outcome: &'a Outcome,
+    /// Whether the body was a CPIM document.
+    pub cpim_body: bool,
+    /// Retries already made (a retry is offered at most once per kind).
+    pub retried: &'a [String],
+    pub now: DateTime<Utc>,
+}
+
+/// Maps a delivery's outcome for one recipient. With no decision: `451 4.3.0`.
 pub fn respond(
     rules: &RuleSet,
-    envelope: &Envelope,
-    rcpt: &Rcpt,
-    uri: Option<&str>,
-    outcome: &Outcome,
-    cpim_body: bool,
-    retried: &[String],
-    now: DateTime<Utc>,
+    input: &ResponseInput,
     explain: Option<&mut Vec<Fired>>,
 ) -> ResponseDecision {
+    let ResponseInput {
+        envelope,
+        rcpt,
+        uri,
+        outcome,
+        cpim_body,
+        retried,
+        now,
+    } = *input;
     let mut st = ResponseState {
         facts: Facts {
             envelope,

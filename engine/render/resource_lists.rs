@@ -27,8 +27,11 @@ pub fn render(entries: &[Entry]) -> String {
     out
 }
 
+/// One body part: its header lines and content.
+pub type Part = (Vec<(String, String)>, Vec<u8>);
+
 /// Wraps body parts into multipart/mixed: returns (content type, body).
-pub fn multipart(parts: &[(Vec<(String, String)>, Vec<u8>)], boundary: &str) -> (String, Vec<u8>) {
+pub fn multipart(parts: &[Part], boundary: &str) -> (String, Vec<u8>) {
     let mut body = Vec::new();
     for (headers, content) in parts {
         body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());

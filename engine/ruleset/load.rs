@@ -485,7 +485,8 @@ fn compile_rule(
             }
         }
     };
-    let singles: [(Action, &Option<Spanned<String>>, Option<Ty>); 12] = [
+    type Single<'r> = (Action, &'r Option<Spanned<String>>, Option<Ty>);
+    let singles: [Single; 12] = [
         (Action::Uri, &raw.uri, Some(Ty::Str)),
         (Action::Reject, &raw.reject, Some(Ty::Str)),
         (Action::Mode, &raw.mode, Some(Ty::Str)),

@@ -1,0 +1,208 @@
+//! The service configuration: one YAML file (`ConfigFile`, as written) checked into a
+//! [`Config`] (what the server runs with). Flags override the common settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The YAML file as written. Every key is optional; see the README for the meaning.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub rules: Option<PathBuf>,
+    pub hostname: Option<String>,
+    pub smtp_listen: Option<String>,
+    pub lmtp_listen: Option<String>,
+    pub sip_listen: Option<String>,
+    /// Outbound proxy, e.g. `sip:127.0.0.1:5060;transport=udp`; without it RFC 3263.
+    pub next_hop: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub timers: TimersFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub message_size: Option<usize>,
+    pub recipients: Option<usize>,
+    pub connections: Option<usize>,
+    pub connections_per_ip: Option<usize>,
+    pub command_timeout_secs: Option<u64>,
+    pub data_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimersFile {
+    pub t1_ms: Option<u64>,
+    pub t2_ms: Option<u64>,
+    pub t4_ms: Option<u64>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rules: PathBuf,
+    pub hostname: String,
+    pub smtp_listen: Option<SocketAddr>,
+    pub lmtp_listen: Option<SocketAddr>,
+    pub sip_listen: SocketAddr,
+    pub next_hop: Option<String>,
+    pub smtp: crate::smtp::SmtpConfig,
+    pub sip: crate::sip::SipConfig,
+}
+
+/// A configuration problem, with where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{where_}: {message}")]
+pub struct ConfigError {
+    pub where_: String,
+    pub message: String,
+}
+
+fn addr(where_: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|e| ConfigError {
+        where_: where_.into(),
+        message: format!("`{s}` is not an IP:port address ({e})"),
+    })
+}
+
+/// Flags that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub rules: Option<PathBuf>,
+    pub smtp_listen: Option<String>,
+    pub lmtp_listen: Option<String>,
+    pub sip_listen: Option<String>,
+    pub next_hop: Option<String>,
+}
+
+impl Config {
+    /// Reads `path` (if any), applies the flags, and checks everything.
+    pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
+        let file: ConfigFile = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    where_: p.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                serde_saphyr::from_str(&text).map_err(|e| {
+                    let (l, c) = e
+                        .location()
+                        .map(|l| (l.line(), l.column()))
+                        .unwrap_or((1, 1));
+                    ConfigError {
+                        where_: format!("{}:{l}:{c}", p.display()),
+                        message: e
+                            .to_string()
+                            .lines()
+                            .next()
+                            .unwrap_or("invalid YAML")
+                            .to_string(),
+                    }
+                })?
+            }
+            None => ConfigFile::default(),
+        };
+        let smtp_listen = o
+            .smtp_listen
+            .clone()
+            .or(file.smtp_listen)
+            .unwrap_or_else(|| "127.0.0.1:2525".into());
+        let lmtp_listen = o.lmtp_listen.clone().or(file.lmtp_listen);
+        let sip_listen = o
+            .sip_listen
+            .clone()
+            .or(file.sip_listen)
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let next_hop = o.next_hop.clone().or(file.next_hop);
+        if let Some(h) = &next_hop
+            && !(h.starts_with("sip:") || h.starts_with("sips:"))
+        {
+            return Err(ConfigError {
+                where_: "next_hop".into(),
+                message: format!("`{h}` is not a SIP URI (e.g. sip:127.0.0.1:5060;transport=udp)"),
+            });
+        }
+        let mut smtp = crate::smtp::SmtpConfig::default();
+        let hostname = file.hostname.unwrap_or_else(|| "iwf.example.net".into());
+        smtp.hostname = hostname.clone();
+        let l = &file.limits;
+        if let Some(v) = l.message_size {
+            smtp.limits.message_size = v;
+        }
+        if let Some(v) = l.recipients {
+            smtp.limits.recipients = v;
+        }
+        if let Some(v) = l.connections {
+            smtp.limits.connections = v;
+        }
+        if let Some(v) = l.connections_per_ip {
+            smtp.limits.connections_per_ip = v;
+        }
+        if let Some(v) = l.command_timeout_secs {
+            smtp.limits.command_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = l.data_timeout_secs {
+            smtp.limits.data_timeout = Duration::from_secs(v);
+        }
+        match (&file.tls_cert, &file.tls_key) {
+            (Some(c), Some(k)) => {
+                smtp.tls = Some(crate::smtp::tls_config_from_pem_files(c, k).map_err(|e| {
+                    ConfigError {
+                        where_: "tls_cert/tls_key".into(),
+                        message: e.to_string(),
+                    }
+                })?);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError {
+                    where_: "tls_cert/tls_key".into(),
+                    message: "give both or neither".into(),
+                });
+            }
+        }
+        let sip_addr = addr("sip_listen", &sip_listen)?;
+        let mut sip = crate::sip::SipConfig {
+            udp_listen: Some(sip_addr),
+            outbound_proxy: next_hop.clone(),
+            ..crate::sip::SipConfig::default()
+        };
+        if next_hop
+            .as_deref()
+            .is_some_and(|h| h.contains("transport=tcp"))
+        {
+            sip.tcp_listen = Some(SocketAddr::new(sip_addr.ip(), 0));
+        }
+        if let Some(v) = file.timers.t1_ms {
+            sip.timers.t1 = Duration::from_millis(v);
+        }
+        if let Some(v) = file.timers.t2_ms {
+            sip.timers.t2 = Duration::from_millis(v);
+        }
+        if let Some(v) = file.timers.t4_ms {
+            sip.timers.t4 = Duration::from_millis(v);
+        }
+        Ok(Config {
+            rules: o
+                .rules
+                .clone()
+                .or(file.rules)
+                .unwrap_or_else(|| "rules".into()),
+            hostname,
+            smtp_listen: Some(addr("smtp_listen", &smtp_listen)?),
+            lmtp_listen: lmtp_listen.map(|a| addr("lmtp_listen", &a)).transpose()?,
+            sip_listen: sip_addr,
+            next_hop,
+            smtp,
+            sip,
+        })
+    }
+}
