@@ -1,5 +1,6 @@
 //! iwf
 pub mod envelope;
+pub mod msrp;
 pub mod outcome;
 pub mod plan;
 pub mod render;

@@ -1,0 +1,4 @@
+//! MSRP (RFC 4975) for Large Message Mode.
+//!
+//! placeholder
+pub mod codec;
