@@ -2,4 +2,5 @@
 //! SIP requests (on rsipstack's message types), CPIM, resource-lists XML and the SDP offer.
 
 pub mod encoder;
+pub mod sdp;
 pub mod sip;
