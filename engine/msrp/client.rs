@@ -388,7 +388,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
         }
         SendOutcome::Delivered {
-            success_report,
+            // Evidence only counts when it was asked for.
+            success_report: success_report && msg.success_report,
             chunks: count,
         }
     }
