@@ -476,6 +476,9 @@ pub struct Parser {
     buf: BytesMut,
     limits: Limits,
     state: State,
+    /// Where the search for the next header-block CRLF resumes, so a line trickling in
+    /// byte by byte is scanned once.
+    line_search: usize,
 }
 
 impl Default for Parser {
@@ -490,6 +493,7 @@ impl Parser {
             buf: BytesMut::new(),
             limits,
             state: State::StartLine,
+            line_search: 0,
         }
     }
 
@@ -536,6 +540,7 @@ impl Parser {
                 }
                 Ok(Step::Done(frame)) => {
                     self.state = State::StartLine;
+                    self.line_search = 0;
                     return Ok(Some(frame));
                 }
                 Err(e) => {
@@ -551,8 +556,10 @@ impl Parser {
         // Tolerate CRLFs between frames (keep-alive padding some peers send).
         while self.buf.starts_with(b"\r\n") {
             self.buf.advance(2);
+            self.line_search = 0;
         }
-        let Some(eol) = find(&self.buf, b"\r\n", 0) else {
+        let Some(eol) = find(&self.buf, b"\r\n", self.line_search) else {
+            self.line_search = self.buf.len().saturating_sub(1);
             if self.buf.len() > self.limits.max_header_bytes {
                 return Err(ParseError::HeadersTooLarge {
                     limit: self.limits.max_header_bytes,
@@ -562,6 +569,7 @@ impl Parser {
         };
         let line = &self.buf[..eol];
         let head = parse_start_line(line)?;
+        self.line_search = eol + 2;
         Ok(Step::Continue(State::Headers {
             head,
             scanned: eol + 2,
@@ -570,7 +578,8 @@ impl Parser {
 
     fn headers(&mut self, mut head: Head, mut scanned: usize) -> Result<Step, ParseError> {
         loop {
-            let Some(eol) = find(&self.buf, b"\r\n", scanned) else {
+            let Some(eol) = find(&self.buf, b"\r\n", self.line_search.max(scanned)) else {
+                self.line_search = self.buf.len().saturating_sub(1);
                 if self.buf.len() > self.limits.max_header_bytes {
                     return Err(ParseError::HeadersTooLarge {
                         limit: self.limits.max_header_bytes,
@@ -605,6 +614,7 @@ impl Parser {
             let interpret = matches!(head.kind, Kind::Request(_));
             head.fields.add(line, interpret)?;
             scanned = eol + 2;
+            self.line_search = scanned;
         }
     }
 
