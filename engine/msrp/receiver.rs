@@ -5,7 +5,7 @@
 //! of connections, answers every SEND with `200 OK` (none when `Failure-Report: no`,
 //! only errors when `partial`, RFC 4975 §7.1.2), never answers a REPORT, and answers
 //! other methods with `501`. Chunks are reassembled per connection by `Message-ID` and
-//! `Byte-Range` in a [`Reassembler`] (no I/O, unit-tested below); each complete message
+//! `Byte-Range` in a `Reassembler` (no I/O, unit-tested below); each complete message
 //! goes to the channel returned by `bind`, and, when the sender asked with
 //! `Success-Report: yes`, a `REPORT` with `Status: 000 200 OK` goes back.
 //!
