@@ -38,6 +38,7 @@ pub mod gateway;
 pub mod ids;
 pub mod mail;
 pub mod mapper;
+pub mod msrp;
 pub mod outcome;
 pub mod plan;
 pub mod render;

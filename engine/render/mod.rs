@@ -4,4 +4,5 @@
 pub mod cpim;
 pub mod encoder;
 pub mod resource_lists;
+pub mod sdp;
 pub mod sip;
