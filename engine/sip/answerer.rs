@@ -60,6 +60,8 @@ pub enum Reply {
         status: u16,
         reason: String,
         headers: Vec<(String, String)>,
+        /// Content type and body.
+        body: Option<(String, Vec<u8>)>,
         delay: Duration,
     },
     /// Send nothing.
@@ -73,8 +75,17 @@ impl Reply {
             status,
             reason: reason_phrase(status).to_string(),
             headers: vec![],
+            body: None,
             delay: Duration::ZERO,
         }
+    }
+
+    /// Adds a body of `content_type`.
+    pub fn with_body(mut self, content_type: &str, bytes: &[u8]) -> Self {
+        if let Reply::Respond { body, .. } = &mut self {
+            *body = Some((content_type.to_string(), bytes.to_vec()));
+        }
+        self
     }
 
     /// Adds a response header.
@@ -260,12 +271,13 @@ async fn serve_udp(
             status,
             reason,
             headers,
+            body,
             delay,
         } = reply
         else {
             continue;
         };
-        let bytes = response_bytes(&req, status, &reason, &headers);
+        let bytes = response_bytes(&req, status, &reason, &headers, body.as_ref());
         let (sock, remembered, cancel) = (sock.clone(), remembered.clone(), cancel.clone());
         let send = async move {
             if !delay.is_zero() {
@@ -349,10 +361,11 @@ async fn serve_tcp_connection(
                         status,
                         reason,
                         headers,
+                        body,
                         delay,
                     } = reply
                     {
-                        let bytes = response_bytes(&req, status, &reason, &headers);
+                        let bytes = response_bytes(&req, status, &reason, &headers, body.as_ref());
                         let wr = wr.clone();
                         let cancel = cancel.clone();
                         tokio::spawn(async move {
@@ -506,6 +519,7 @@ fn response_bytes(
     status: u16,
     reason: &str,
     extra: &[(String, String)],
+    body: Option<&(String, Vec<u8>)>,
 ) -> Vec<u8> {
     let mut out = format!("SIP/2.0 {status} {}\r\n", clean(reason));
     let copy = ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"];
@@ -523,8 +537,23 @@ fn response_bytes(
     for (n, v) in extra {
         out.push_str(&format!("{}: {}\r\n", clean(n), clean(v)));
     }
-    out.push_str("Server: iwf-answerer\r\nContent-Length: 0\r\n\r\n");
-    out.into_bytes()
+    out.push_str("Server: iwf-answerer\r\n");
+    match body {
+        Some((ct, b)) => {
+            out.push_str(&format!(
+                "Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                clean(ct),
+                b.len()
+            ));
+            let mut bytes = out.into_bytes();
+            bytes.extend_from_slice(b);
+            bytes
+        }
+        None => {
+            out.push_str("Content-Length: 0\r\n\r\n");
+            out.into_bytes()
+        }
+    }
 }
 
 /// No line breaks from a policy reach the wire.
@@ -644,6 +673,7 @@ mod tests {
             302,
             "Moved\r\nX: y",
             &[("Contact".into(), "<sip:c@d>".into())],
+            Some(&("text/plain".into(), b"body".to_vec())),
         );
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with(
@@ -651,6 +681,6 @@ mod tests {
         ));
         assert!(text.contains("To: <sip:bob@127.0.0.1>;tag="));
         assert!(text.contains("CSeq: 1 MESSAGE\r\nContact: <sip:c@d>\r\n"));
-        assert!(text.ends_with("Content-Length: 0\r\n\r\n"));
+        assert!(text.ends_with("Content-Type: text/plain\r\nContent-Length: 4\r\n\r\nbody"));
     }
 }
