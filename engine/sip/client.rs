@@ -23,7 +23,8 @@
 //!   one Timer F from its start: follow-up transactions get an extra Timer B event
 //!   scheduled on rsipstack's timer wheel at that deadline.
 //! * TCP/TLS connections are opened here (one per target, reused by every transaction, one
-//!   opener at a time so a burst does not open one each) and registered with the transport
+//!   opener per target at a time so a burst does not open one each; [`RsipBackend::connect_proxy`]
+//!   opens the proxy's before a burst) and registered with the transport
 //!   layer, which reads them. When one closes, the transactions in flight on it are ended
 //!   with `TransactionEvent::Terminate` (after a short grace, so a response read just
 //!   before the close still wins) and report `Failure{Transport}`.
@@ -94,7 +95,8 @@ struct Inner {
     credentials: Option<Credentials>,
     dns: tokio::sync::OnceCell<Result<HickoryDns, String>>,
     streams: Mutex<HashMap<Target, Stream>>,
-    connect_lock: tokio::sync::Mutex<()>,
+    /// One opener per target at a time (a target that hangs does not hold up others).
+    connecting: Mutex<HashMap<Target, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A stream connection and the transactions in flight on it.
@@ -279,7 +281,7 @@ impl RsipBackend {
                 credentials: config.credentials,
                 dns: tokio::sync::OnceCell::new(),
                 streams: Mutex::new(HashMap::new()),
-                connect_lock: tokio::sync::Mutex::new(()),
+                connecting: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -822,7 +824,8 @@ impl Inner {
         if let Some(s) = self.cached_stream(&target) {
             return Ok((s.conn.clone(), Some(s)));
         }
-        let _guard = self.connect_lock.lock().await;
+        let opener = lock(&self.connecting).entry(target).or_default().clone();
+        let _guard = opener.lock().await;
         if let Some(s) = self.cached_stream(&target) {
             return Ok((s.conn.clone(), Some(s)));
         }

@@ -37,6 +37,14 @@
 //! on UDP, Timer B ends it, non-2xx and 2xx are ACKed by the transaction layer) and returns
 //! the 2xx's SDP answer and a [`Session`] that sends the BYE. The MSRP part is not here.
 
+//! # Operating notes
+//!
+//! * Filter rsipstack's logs to `rsipstack=warn`: at INFO it logs every raw message
+//!   (DESIGN.md §4). The back end itself logs at DEBUG only.
+//! * Measured here (release, 2 cores, closed loop with 100 outstanding against a SIPp
+//!   UAS): ~18k MESSAGE/s over UDP, ~21k/s over TCP, no failures in 50k each; SIPp's UAS
+//!   is the limit at that rate (`tests_sipp::sipp_throughput`).
+
 use std::future::Future;
 use std::pin::Pin;
 
