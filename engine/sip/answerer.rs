@@ -1,6 +1,6 @@
 //! A small SIP answering endpoint for `iwf demo` and tests.
 //!
-//! It listens on UDP and/or TCP, reports every request it receives (method, Request-URI,
+//! It listens on UDP, TCP and/or TLS, reports every request it receives (method, Request-URI,
 //! headers, body) on a channel, and answers as its [`Policy`] says: by default every
 //! MESSAGE with one status (200 unless told), INVITE with 488 (large mode comes later),
 //! ACK with nothing, BYE/CANCEL/OPTIONS with 200.
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rsipstack::platform::CancellationToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use super::next_hop::Transport;
@@ -115,7 +115,31 @@ pub struct AnswererConfig {
     pub udp: Option<SocketAddr>,
     /// Default `127.0.0.1:0`.
     pub tcp: Option<SocketAddr>,
+    /// Default none.
+    pub tls: Option<AnswererTls>,
     pub policy: Policy,
+}
+
+/// A TLS listener: address, certificate chain and private key, PEM.
+#[derive(Clone)]
+pub struct AnswererTls {
+    pub addr: SocketAddr,
+    pub cert_chain_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+fn tls_acceptor(t: &AnswererTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let certs =
+        rustls_pemfile::certs(&mut t.cert_chain_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut t.key_pem.as_slice())?
+        .ok_or_else(|| bad("no private key in key_pem".into()))?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 impl Default for AnswererConfig {
@@ -140,6 +164,7 @@ impl AnswererConfig {
         AnswererConfig {
             udp: Some(local),
             tcp: Some(local),
+            tls: None,
             policy: Arc::new(f),
         }
     }
@@ -161,6 +186,7 @@ pub fn default_reply(status: u16, req: &ReceivedRequest) -> Reply {
 pub struct Answerer {
     udp_addr: Option<SocketAddr>,
     tcp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     cancel: CancellationToken,
 }
 
@@ -186,12 +212,32 @@ impl Answerer {
         if let Some(addr) = config.tcp {
             let listener = TcpListener::bind(addr).await?;
             tcp_addr = Some(listener.local_addr()?);
-            tokio::spawn(serve_tcp(listener, config.policy, report, cancel.clone()));
+            tokio::spawn(serve_tcp(
+                listener,
+                None,
+                config.policy.clone(),
+                report.clone(),
+                cancel.clone(),
+            ));
+        }
+        let mut tls_addr = None;
+        if let Some(tls) = &config.tls {
+            let acceptor = tls_acceptor(tls)?;
+            let listener = TcpListener::bind(tls.addr).await?;
+            tls_addr = Some(listener.local_addr()?);
+            tokio::spawn(serve_tcp(
+                listener,
+                Some(acceptor),
+                config.policy,
+                report,
+                cancel.clone(),
+            ));
         }
         Ok((
             Answerer {
                 udp_addr,
                 tcp_addr,
+                tls_addr,
                 cancel,
             },
             reports,
@@ -206,12 +252,16 @@ impl Answerer {
         self.tcp_addr
     }
 
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
     /// `sip:USER@ADDR;transport=udp|tcp` addressing this answerer.
     pub fn uri(&self, user: &str, transport: Transport) -> Option<String> {
         let addr = match transport {
             Transport::Udp => self.udp_addr?,
             Transport::Tcp => self.tcp_addr?,
-            Transport::Tls => return None,
+            Transport::Tls => self.tls_addr?,
         };
         Some(format!(
             "sip:{user}@{addr};transport={}",
@@ -301,6 +351,7 @@ async fn serve_udp(
 
 async fn serve_tcp(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     policy: Policy,
     report: mpsc::UnboundedSender<ReceivedRequest>,
     cancel: CancellationToken,
@@ -313,24 +364,43 @@ async fn serve_tcp(
                 Err(_) => continue,
             },
         };
-        tokio::spawn(serve_tcp_connection(
-            stream,
-            peer,
-            policy.clone(),
-            report.clone(),
-            cancel.clone(),
-        ));
+        let (policy, report, cancel) = (policy.clone(), report.clone(), cancel.clone());
+        match &tls {
+            None => {
+                tokio::spawn(serve_stream(
+                    stream,
+                    Transport::Tcp,
+                    peer,
+                    policy,
+                    report,
+                    cancel,
+                ));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        serve_stream(tls, Transport::Tls, peer, policy, report, cancel).await;
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve_tcp_connection(
-    stream: TcpStream,
+async fn serve_stream<S>(
+    stream: S,
+    transport: Transport,
     peer: SocketAddr,
     policy: Policy,
     report: mpsc::UnboundedSender<ReceivedRequest>,
     cancel: CancellationToken,
-) {
-    let (mut rd, wr) = stream.into_split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16384];
@@ -346,7 +416,7 @@ async fn serve_tcp_connection(
                 Frame::Message { head, body, total } => {
                     let req =
                         parse_head(&buf[..head]).map(|(method, uri, headers)| ReceivedRequest {
-                            transport: Transport::Tcp,
+                            transport,
                             peer,
                             method,
                             request_uri: uri,

@@ -639,3 +639,139 @@ async fn silent_invite_ends_with_timer_b() {
     })
     .await;
 }
+
+/// A CA and a leaf for `localhost` / 127.0.0.1 made with the openssl CLI, or `None`.
+fn test_pki(dir: &std::path::Path) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .ok()?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ok = run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=iwf test CA",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat())
+        && run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat())
+        && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+    if !ok {
+        return None;
+    }
+    let read = |f: &str| std::fs::read(dir.join(f)).ok();
+    Some((read("ca.pem")?, read("leaf.pem")?, read("leaf.key")?))
+}
+
+#[tokio::test]
+async fn tls_next_hop_with_a_configured_ca() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((ca, cert, key)) = test_pki(dir.path()) else {
+            eprintln!("note: openssl not usable; TLS test skipped");
+            return;
+        };
+        let mut config = AnswererConfig::status(202);
+        config.tls = Some(super::answerer::AnswererTls {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            cert_chain_pem: cert,
+            key_pem: key,
+        });
+        let (ans, mut rx) = Answerer::start(config).await.unwrap();
+        let uri = ans.uri("bob", Transport::Tls).unwrap();
+
+        let be = backend(SipConfig {
+            tls: Some(super::config::TlsClient {
+                ca_pem: Some(ca),
+                ..Default::default()
+            }),
+            ..SipConfig::default()
+        })
+        .await;
+        let outcome = be.send_message(&delivery(&uri)).await;
+        assert_eq!(status_of(&outcome), Some(202), "{outcome:?}");
+        let r = next_report(&mut rx).await;
+        assert_eq!(r.transport, Transport::Tls);
+        assert!(r.header("Via").unwrap().starts_with("SIP/2.0/TLS "));
+
+        // Without the CA the certificate does not verify: a transport failure.
+        let be = backend(SipConfig {
+            tls: Some(super::config::TlsClient::default()),
+            ..SipConfig::default()
+        })
+        .await;
+        let outcome = be.send_message(&delivery(&uri)).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failure {
+                    kind: FailureKind::Transport,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        // And without TLS configured at all the next hop is refused up front.
+        let be = backend(SipConfig::default()).await;
+        match be.send_message(&delivery(&uri)).await {
+            Outcome::Failure { kind, detail, .. } => {
+                assert_eq!(kind, FailureKind::Transport);
+                assert!(detail.contains("not configured"), "{detail}");
+            }
+            o => panic!("{o:?}"),
+        }
+    })
+    .await;
+}
