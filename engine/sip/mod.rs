@@ -12,7 +12,7 @@
 //! | [`auth`] | digest (RFC 2617, MD5, `qop=auth`) for 401/407 |
 //! | [`response`] | response → `Outcome`, 3xx Contact lists |
 //! | [`stamp`] | Via branch, Call-ID, From tag, CSeq |
-//! | [`answerer`] | the demo/test UAS on plain tokio sockets |
+//! | [`answerer`] | the demo/test UAS on plain tokio sockets (UDP, TCP, TLS) |
 //!
 //! # What one `send_message` does
 //!
@@ -36,7 +36,7 @@
 //! digest steps with an INVITE (rsipstack's INVITE client transaction: Timer A retransmits
 //! on UDP, Timer B ends it, non-2xx and 2xx are ACKed by the transaction layer) and returns
 //! the 2xx's SDP answer and a [`Session`] that sends the BYE. The MSRP part is not here.
-
+//!
 //! # Operating notes
 //!
 //! * Filter rsipstack's logs to `rsipstack=warn`: at INFO it logs every raw message
