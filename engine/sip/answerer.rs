@@ -1,6 +1,6 @@
 //! A small SIP answering endpoint for `iwf demo` and tests.
 //!
-//! It listens on UDP and/or TCP, reports every request it receives (method, Request-URI,
+//! It listens on UDP, TCP and/or TLS, reports every request it receives (method, Request-URI,
 //! headers, body) on a channel, and answers as its [`Policy`] says: by default every
 //! MESSAGE with one status (200 unless told), INVITE with 488 (large mode comes later),
 //! ACK with nothing, BYE/CANCEL/OPTIONS with 200.
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rsipstack::platform::CancellationToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use super::next_hop::Transport;
@@ -60,6 +60,8 @@ pub enum Reply {
         status: u16,
         reason: String,
         headers: Vec<(String, String)>,
+        /// Content type and body.
+        body: Option<(String, Vec<u8>)>,
         delay: Duration,
     },
     /// Send nothing.
@@ -73,8 +75,17 @@ impl Reply {
             status,
             reason: reason_phrase(status).to_string(),
             headers: vec![],
+            body: None,
             delay: Duration::ZERO,
         }
+    }
+
+    /// Adds a body of `content_type`.
+    pub fn with_body(mut self, content_type: &str, bytes: &[u8]) -> Self {
+        if let Reply::Respond { body, .. } = &mut self {
+            *body = Some((content_type.to_string(), bytes.to_vec()));
+        }
+        self
     }
 
     /// Adds a response header.
@@ -104,7 +115,31 @@ pub struct AnswererConfig {
     pub udp: Option<SocketAddr>,
     /// Default `127.0.0.1:0`.
     pub tcp: Option<SocketAddr>,
+    /// Default none.
+    pub tls: Option<AnswererTls>,
     pub policy: Policy,
+}
+
+/// A TLS listener: address, certificate chain and private key, PEM.
+#[derive(Clone)]
+pub struct AnswererTls {
+    pub addr: SocketAddr,
+    pub cert_chain_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+fn tls_acceptor(t: &AnswererTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let certs =
+        rustls_pemfile::certs(&mut t.cert_chain_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut t.key_pem.as_slice())?
+        .ok_or_else(|| bad("no private key in key_pem".into()))?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 impl Default for AnswererConfig {
@@ -129,6 +164,7 @@ impl AnswererConfig {
         AnswererConfig {
             udp: Some(local),
             tcp: Some(local),
+            tls: None,
             policy: Arc::new(f),
         }
     }
@@ -150,6 +186,7 @@ pub fn default_reply(status: u16, req: &ReceivedRequest) -> Reply {
 pub struct Answerer {
     udp_addr: Option<SocketAddr>,
     tcp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     cancel: CancellationToken,
 }
 
@@ -175,12 +212,32 @@ impl Answerer {
         if let Some(addr) = config.tcp {
             let listener = TcpListener::bind(addr).await?;
             tcp_addr = Some(listener.local_addr()?);
-            tokio::spawn(serve_tcp(listener, config.policy, report, cancel.clone()));
+            tokio::spawn(serve_tcp(
+                listener,
+                None,
+                config.policy.clone(),
+                report.clone(),
+                cancel.clone(),
+            ));
+        }
+        let mut tls_addr = None;
+        if let Some(tls) = &config.tls {
+            let acceptor = tls_acceptor(tls)?;
+            let listener = TcpListener::bind(tls.addr).await?;
+            tls_addr = Some(listener.local_addr()?);
+            tokio::spawn(serve_tcp(
+                listener,
+                Some(acceptor),
+                config.policy,
+                report,
+                cancel.clone(),
+            ));
         }
         Ok((
             Answerer {
                 udp_addr,
                 tcp_addr,
+                tls_addr,
                 cancel,
             },
             reports,
@@ -195,12 +252,16 @@ impl Answerer {
         self.tcp_addr
     }
 
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
     /// `sip:USER@ADDR;transport=udp|tcp` addressing this answerer.
     pub fn uri(&self, user: &str, transport: Transport) -> Option<String> {
         let addr = match transport {
             Transport::Udp => self.udp_addr?,
             Transport::Tcp => self.tcp_addr?,
-            Transport::Tls => return None,
+            Transport::Tls => self.tls_addr?,
         };
         Some(format!(
             "sip:{user}@{addr};transport={}",
@@ -260,12 +321,13 @@ async fn serve_udp(
             status,
             reason,
             headers,
+            body,
             delay,
         } = reply
         else {
             continue;
         };
-        let bytes = response_bytes(&req, status, &reason, &headers);
+        let bytes = response_bytes(&req, status, &reason, &headers, body.as_ref());
         let (sock, remembered, cancel) = (sock.clone(), remembered.clone(), cancel.clone());
         let send = async move {
             if !delay.is_zero() {
@@ -289,6 +351,7 @@ async fn serve_udp(
 
 async fn serve_tcp(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     policy: Policy,
     report: mpsc::UnboundedSender<ReceivedRequest>,
     cancel: CancellationToken,
@@ -301,24 +364,43 @@ async fn serve_tcp(
                 Err(_) => continue,
             },
         };
-        tokio::spawn(serve_tcp_connection(
-            stream,
-            peer,
-            policy.clone(),
-            report.clone(),
-            cancel.clone(),
-        ));
+        let (policy, report, cancel) = (policy.clone(), report.clone(), cancel.clone());
+        match &tls {
+            None => {
+                tokio::spawn(serve_stream(
+                    stream,
+                    Transport::Tcp,
+                    peer,
+                    policy,
+                    report,
+                    cancel,
+                ));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        serve_stream(tls, Transport::Tls, peer, policy, report, cancel).await;
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve_tcp_connection(
-    stream: TcpStream,
+async fn serve_stream<S>(
+    stream: S,
+    transport: Transport,
     peer: SocketAddr,
     policy: Policy,
     report: mpsc::UnboundedSender<ReceivedRequest>,
     cancel: CancellationToken,
-) {
-    let (mut rd, wr) = stream.into_split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16384];
@@ -334,7 +416,7 @@ async fn serve_tcp_connection(
                 Frame::Message { head, body, total } => {
                     let req =
                         parse_head(&buf[..head]).map(|(method, uri, headers)| ReceivedRequest {
-                            transport: Transport::Tcp,
+                            transport,
                             peer,
                             method,
                             request_uri: uri,
@@ -349,10 +431,11 @@ async fn serve_tcp_connection(
                         status,
                         reason,
                         headers,
+                        body,
                         delay,
                     } = reply
                     {
-                        let bytes = response_bytes(&req, status, &reason, &headers);
+                        let bytes = response_bytes(&req, status, &reason, &headers, body.as_ref());
                         let wr = wr.clone();
                         let cancel = cancel.clone();
                         tokio::spawn(async move {
@@ -506,6 +589,7 @@ fn response_bytes(
     status: u16,
     reason: &str,
     extra: &[(String, String)],
+    body: Option<&(String, Vec<u8>)>,
 ) -> Vec<u8> {
     let mut out = format!("SIP/2.0 {status} {}\r\n", clean(reason));
     let copy = ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"];
@@ -523,8 +607,23 @@ fn response_bytes(
     for (n, v) in extra {
         out.push_str(&format!("{}: {}\r\n", clean(n), clean(v)));
     }
-    out.push_str("Server: iwf-answerer\r\nContent-Length: 0\r\n\r\n");
-    out.into_bytes()
+    out.push_str("Server: iwf-answerer\r\n");
+    match body {
+        Some((ct, b)) => {
+            out.push_str(&format!(
+                "Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                clean(ct),
+                b.len()
+            ));
+            let mut bytes = out.into_bytes();
+            bytes.extend_from_slice(b);
+            bytes
+        }
+        None => {
+            out.push_str("Content-Length: 0\r\n\r\n");
+            out.into_bytes()
+        }
+    }
 }
 
 /// No line breaks from a policy reach the wire.
@@ -644,6 +743,7 @@ mod tests {
             302,
             "Moved\r\nX: y",
             &[("Contact".into(), "<sip:c@d>".into())],
+            Some(&("text/plain".into(), b"body".to_vec())),
         );
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with(
@@ -651,6 +751,6 @@ mod tests {
         ));
         assert!(text.contains("To: <sip:bob@127.0.0.1>;tag="));
         assert!(text.contains("CSeq: 1 MESSAGE\r\nContact: <sip:c@d>\r\n"));
-        assert!(text.ends_with("Content-Length: 0\r\n\r\n"));
+        assert!(text.ends_with("Content-Type: text/plain\r\nContent-Length: 4\r\n\r\nbody"));
     }
 }

@@ -23,7 +23,8 @@
 //!   one Timer F from its start: follow-up transactions get an extra Timer B event
 //!   scheduled on rsipstack's timer wheel at that deadline.
 //! * TCP/TLS connections are opened here (one per target, reused by every transaction, one
-//!   opener at a time so a burst does not open one each) and registered with the transport
+//!   opener per target at a time so a burst does not open one each; [`RsipBackend::connect_proxy`]
+//!   opens the proxy's before a burst) and registered with the transport
 //!   layer, which reads them. When one closes, the transactions in flight on it are ended
 //!   with `TransactionEvent::Terminate` (after a short grace, so a response read just
 //!   before the close still wins) and report `Failure{Transport}`.
@@ -49,10 +50,10 @@ use tracing::{debug, warn};
 use super::config::{Credentials, SipConfig, Timers};
 use super::next_hop::{self, Dns, HickoryDns, HopHost, HopUri, Target, Transport};
 use super::response::{self, LOCAL_MARKER};
-use super::{BoxFuture, SipBackend, auth, stamp};
+use super::{BoxFuture, InviteOutcome, Session, SipBackend, auth, stamp};
 use crate::outcome::{FailureKind, Outcome};
 use crate::plan::{Delivery, Stamp};
-use crate::render::sip::render_message;
+use crate::render::sip::{render_invite, render_message};
 
 /// RFC 3261 §8.1.3.4 leaves the depth of recursion to the UAC; the project uses 3.
 pub const MAX_REDIRECTS: usize = 3;
@@ -94,7 +95,8 @@ struct Inner {
     credentials: Option<Credentials>,
     dns: tokio::sync::OnceCell<Result<HickoryDns, String>>,
     streams: Mutex<HashMap<Target, Stream>>,
-    connect_lock: tokio::sync::Mutex<()>,
+    /// One opener per target at a time (a target that hangs does not hold up others).
+    connecting: Mutex<HashMap<Target, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A stream connection and the transactions in flight on it.
@@ -121,6 +123,23 @@ impl MessageInspector for LocalMarker {
             (msg, _) => msg,
         }
     }
+}
+
+/// What a delivery sends.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    /// Pager mode.
+    Message,
+    /// Large mode: the SDP offer and our Contact URI.
+    Invite { sdp: &'a [u8], contact: &'a str },
+}
+
+/// The last final response of a delivery.
+struct Exchanged {
+    /// The request it answers; kept for INVITE only (the dialog is built from it).
+    request: Option<sip::Request>,
+    response: sip::Response,
+    target: Target,
 }
 
 /// How one client transaction ended.
@@ -262,7 +281,7 @@ impl RsipBackend {
                 credentials: config.credentials,
                 dns: tokio::sync::OnceCell::new(),
                 streams: Mutex::new(HashMap::new()),
-                connect_lock: tokio::sync::Mutex::new(()),
+                connecting: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -306,6 +325,201 @@ impl SipBackend for RsipBackend {
     fn send_message<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
         Box::pin(self.inner.deliver(delivery))
     }
+
+    fn send_invite<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        sdp_offer: Vec<u8>,
+        contact: &'a str,
+    ) -> BoxFuture<'a, InviteOutcome> {
+        Box::pin(async move {
+            let kind = Kind::Invite {
+                sdp: &sdp_offer,
+                contact,
+            };
+            let last = match self.inner.exchange(delivery, kind).await {
+                Ok(last) => last,
+                Err(outcome) => {
+                    return InviteOutcome {
+                        outcome,
+                        answer: None,
+                        session: None,
+                    };
+                }
+            };
+            let outcome = response::final_outcome(&last.response, delivery.mode);
+            if last.response.status_code.kind() != StatusCodeKind::Successful {
+                return InviteOutcome {
+                    outcome,
+                    answer: None,
+                    session: None,
+                };
+            }
+            let session = last.request.as_ref().and_then(|req| {
+                InviteSession::from_2xx(self.inner.clone(), req, &last.response, last.target)
+            });
+            if session.is_none() {
+                warn!("2xx to INVITE without the headers a dialog needs (To tag, Contact)");
+            }
+            InviteOutcome {
+                outcome,
+                answer: Some(last.response.body.clone()),
+                session: session.map(|s| Box::new(s) as Box<dyn Session>),
+            }
+        })
+    }
+}
+
+/// A dialog established by a 2xx to our INVITE (RFC 3261 §12.1.2): enough to send BYE.
+pub struct InviteSession {
+    inner: Arc<Inner>,
+    call_id: String,
+    /// Our From (with our tag) and the peer's To (with its tag), as sent and received.
+    from: String,
+    to: String,
+    /// The 2xx's Contact URI: the Request-URI of in-dialog requests.
+    remote_target: String,
+    /// Record-Route reversed, as Route header values.
+    routes: Vec<String>,
+    /// Where the INVITE went: in-dialog requests go there too when neither a proxy nor a
+    /// route set says otherwise and the remote target cannot be resolved.
+    invite_target: Target,
+    next_cseq: std::sync::atomic::AtomicU32,
+}
+
+impl InviteSession {
+    fn from_2xx(
+        inner: Arc<Inner>,
+        invite: &sip::Request,
+        ok: &sip::Response,
+        invite_target: Target,
+    ) -> Option<Self> {
+        let to = response::header_value(&ok.headers, "to")?;
+        if !to.to_ascii_lowercase().contains(";tag=") {
+            return None;
+        }
+        let contact = response::header_value(&ok.headers, "contact")?;
+        let remote_target = response::contacts(&[contact]).into_iter().next()?;
+        let cseq = response::header_value(&invite.headers, "cseq")?
+            .split_whitespace()
+            .next()?
+            .parse::<u32>()
+            .ok()?;
+        Some(InviteSession {
+            call_id: response::header_value(&invite.headers, "call-id")?.to_string(),
+            from: response::header_value(&invite.headers, "from")?.to_string(),
+            to: to.to_string(),
+            remote_target,
+            routes: response::route_set(ok),
+            invite_target,
+            next_cseq: std::sync::atomic::AtomicU32::new(cseq.saturating_add(1)),
+            inner,
+        })
+    }
+
+    /// The peer's Contact URI.
+    pub fn remote_target(&self) -> &str {
+        &self.remote_target
+    }
+
+    async fn send_bye(&self) -> Outcome {
+        let inner = &self.inner;
+        let mode = crate::plan::Mode::Large;
+        let fail = |kind: FailureKind, detail: String| response::failure(kind, detail, mode);
+        let deadline = Instant::now() + inner.timers.timer_f();
+        // Next hop: proxy, else the first route, else the remote target (RFC 3261 §12.2.1.1
+        // with loose routing), else where the INVITE went.
+        let hop_text = match self.routes.first() {
+            Some(r) => response::contacts(&[r.as_str()]).into_iter().next(),
+            None => Some(self.remote_target.clone()),
+        };
+        let targets = match (&inner.proxy, hop_text) {
+            (Some(p), _) => inner.locate(p, deadline).await,
+            (None, Some(uri)) => match HopUri::parse(&uri) {
+                Ok(h) => inner.locate(&h, deadline).await,
+                Err(e) => Err(e.to_string()),
+            },
+            (None, None) => Err("no route".into()),
+        }
+        .unwrap_or_else(|_| vec![self.invite_target]);
+        let (target, conn, stream) = match inner.connect_any(&targets, deadline).await {
+            Ok(c) => c,
+            Err(d) => return fail(FailureKind::Transport, d),
+        };
+        let sent_by = inner.sent_by(target.transport, &conn);
+        let cseq = self
+            .next_cseq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request = match self.bye_request(target.transport, &sent_by, cseq) {
+            Ok(r) => r,
+            Err(d) => return fail(FailureKind::Transport, d),
+        };
+        let dest = SipAddr {
+            r#type: Some(target.transport.to_rsip()),
+            addr: target.addr.into(),
+        };
+        match inner
+            .run_transaction(request, conn, dest, stream, Some(deadline))
+            .await
+        {
+            TxEnd::Final(r) => response::final_outcome(&r, mode),
+            TxEnd::Timeout => fail(
+                FailureKind::Timeout,
+                format!("no final response to BYE from {target} within Timer F"),
+            ),
+            TxEnd::Transport(d) => fail(FailureKind::Transport, format!("{target}: {d}")),
+        }
+    }
+
+    fn bye_request(
+        &self,
+        transport: Transport,
+        sent_by: &str,
+        cseq: u32,
+    ) -> Result<sip::Request, String> {
+        let uri = sip::Uri::try_from(self.remote_target.as_str())
+            .map_err(|e| format!("remote target `{}`: {e}", self.remote_target))?;
+        let mut lines: Vec<(String, String)> = vec![(
+            "Via".into(),
+            format!(
+                "SIP/2.0/{} {sent_by};branch={}",
+                transport.via_name(),
+                stamp::new_branch()
+            ),
+        )];
+        lines.push(("Max-Forwards".into(), "70".into()));
+        for r in &self.routes {
+            lines.push(("Route".into(), r.clone()));
+        }
+        lines.push(("From".into(), self.from.clone()));
+        lines.push(("To".into(), self.to.clone()));
+        lines.push(("Call-ID".into(), self.call_id.clone()));
+        lines.push(("CSeq".into(), format!("{cseq} BYE")));
+        lines.push(("Content-Length".into(), "0".into()));
+        let mut headers = Vec::with_capacity(lines.len());
+        for (n, v) in lines {
+            // Values from the peer's 2xx go through the one encoder too.
+            let (n, v) = crate::render::encoder::header(&n, &v).map_err(|e| e.to_string())?;
+            headers.push(sip::headers::make_header(&n, v));
+        }
+        Ok(sip::Request {
+            method: sip::Method::Bye,
+            uri,
+            version: sip::Version::V2,
+            headers: headers.into(),
+            body: vec![],
+        })
+    }
+}
+
+impl Session for InviteSession {
+    fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    fn bye(&self) -> BoxFuture<'_, Outcome> {
+        Box::pin(self.send_bye())
+    }
 }
 
 /// Requests sent to the back end's own sockets: the reverse direction is not served yet.
@@ -332,7 +546,18 @@ fn bracket(host: &str) -> Cow<'_, str> {
 
 impl Inner {
     async fn deliver(&self, delivery: &Delivery) -> Outcome {
+        match self.exchange(delivery, Kind::Message).await {
+            Ok(last) => response::final_outcome(&last.response, delivery.mode),
+            Err(failure) => failure,
+        }
+    }
+
+    /// Sends the request of `kind` for `delivery`, following redirects and one digest
+    /// challenge, and returns the last final response (with the request it answers), or
+    /// the failure outcome when there is none.
+    async fn exchange(&self, delivery: &Delivery, kind: Kind<'_>) -> Result<Exchanged, Outcome> {
         let mode = delivery.mode;
+        let fail = |kind: FailureKind, detail: String| response::failure(kind, detail, mode);
         let deadline = Instant::now() + self.timers.timer_f();
         let base = self.base_delivery(delivery);
         let mut request_uri = delivery.request_uri.clone();
@@ -343,51 +568,44 @@ impl Inner {
         let mut auth_used = false;
         let mut prev: Option<Stamp> = None;
         loop {
-            let hop = match self.hop_for(&request_uri) {
-                Ok(h) => h,
-                Err(detail) => return response::failure(FailureKind::Transport, detail, mode),
-            };
-            let targets = match self.locate(&hop, deadline).await {
-                Ok(t) => t,
-                Err(detail) => return response::failure(FailureKind::Transport, detail, mode),
-            };
-            let (target, conn, stream) = match self.connect_any(&targets, deadline).await {
-                Ok(c) => c,
-                Err(detail) => {
-                    let kind = if Instant::now() >= deadline {
-                        FailureKind::Timeout
+            let hop = self
+                .hop_for(&request_uri)
+                .map_err(|d| fail(FailureKind::Transport, d))?;
+            let targets = self
+                .locate(&hop, deadline)
+                .await
+                .map_err(|d| fail(FailureKind::Transport, d))?;
+            let (target, conn, stream) =
+                self.connect_any(&targets, deadline).await.map_err(|d| {
+                    if Instant::now() >= deadline {
+                        fail(FailureKind::Timeout, d)
                     } else {
-                        FailureKind::Transport
-                    };
-                    return response::failure(kind, detail, mode);
-                }
-            };
+                        fail(FailureKind::Transport, d)
+                    }
+                })?;
             let sent_by = self.sent_by(target.transport, &conn);
             let stamp = match &prev {
                 None => stamp::first(target.transport.via_name(), &sent_by, &self.host),
                 Some(p) => stamp::follow_up(p, target.transport.via_name(), &sent_by),
             };
-            let mut request = match self.render(&base, &request_uri, &stamp) {
-                Ok(r) => r,
-                Err(detail) => return response::failure(FailureKind::Transport, detail, mode),
-            };
+            let mut request = self
+                .render(&base, &request_uri, &stamp, kind)
+                .map_err(|d| fail(FailureKind::Transport, d))?;
             if let Some((header, challenge)) = authorization.take() {
-                match self.authorize(&challenge, &request) {
-                    Ok(value) => insert_before_content_type(&mut request, header, value),
-                    Err(e) => {
-                        return response::failure(
-                            FailureKind::Transport,
-                            format!("cannot answer the digest challenge: {e}"),
-                            mode,
-                        );
-                    }
-                }
+                let value = self.authorize(&challenge, &request).map_err(|e| {
+                    fail(
+                        FailureKind::Transport,
+                        format!("cannot answer the digest challenge: {e}"),
+                    )
+                })?;
+                insert_before_content_type(&mut request, header, value);
             }
             prev = Some(stamp);
             let dest = SipAddr {
                 r#type: Some(target.transport.to_rsip()),
                 addr: target.addr.into(),
             };
+            let sent = matches!(kind, Kind::Invite { .. }).then(|| request.clone());
             let followup = redirects > 0 || auth_used;
             let resp = match self
                 .run_transaction(request, conn, dest, stream, followup.then_some(deadline))
@@ -395,21 +613,17 @@ impl Inner {
             {
                 TxEnd::Final(r) => r,
                 TxEnd::Timeout => {
-                    return response::failure(
+                    return Err(fail(
                         FailureKind::Timeout,
                         format!(
-                            "no final response from {target} within Timer F ({} ms)",
+                            "no final response from {target} within Timer {} ({} ms)",
+                            if sent.is_some() { "B" } else { "F" },
                             self.timers.timer_f().as_millis()
                         ),
-                        mode,
-                    );
+                    ));
                 }
                 TxEnd::Transport(d) => {
-                    return response::failure(
-                        FailureKind::Transport,
-                        format!("{target}: {d}"),
-                        mode,
-                    );
+                    return Err(fail(FailureKind::Transport, format!("{target}: {d}")));
                 }
             };
             let code = resp.status_code.code();
@@ -429,25 +643,26 @@ impl Inner {
                         redirects += 1;
                         continue;
                     }
-                    return response::final_outcome(&resp, mode);
                 }
                 401 | 407 if !auth_used && self.credentials.is_some() => {
-                    match challenge_of(&resp, code) {
-                        Some(c) => {
-                            auth_used = true;
-                            let header = if code == 401 {
-                                "Authorization"
-                            } else {
-                                "Proxy-Authorization"
-                            };
-                            authorization = Some((header, c));
-                            continue;
-                        }
-                        None => return response::final_outcome(&resp, mode),
+                    if let Some(c) = challenge_of(&resp, code) {
+                        auth_used = true;
+                        let header = if code == 401 {
+                            "Authorization"
+                        } else {
+                            "Proxy-Authorization"
+                        };
+                        authorization = Some((header, c));
+                        continue;
                     }
                 }
-                _ => return response::final_outcome(&resp, mode),
+                _ => {}
             }
+            return Ok(Exchanged {
+                request: sent,
+                response: resp,
+                target,
+            });
         }
     }
 
@@ -479,15 +694,22 @@ impl Inner {
         base: &Delivery,
         request_uri: &str,
         stamp: &Stamp,
+        kind: Kind<'_>,
     ) -> Result<sip::Request, String> {
-        let rendered = if base.request_uri == request_uri {
-            render_message(base, stamp)
+        let redirected;
+        let d = if base.request_uri == request_uri {
+            base
         } else {
             let mut d = base.clone();
             d.request_uri = request_uri.to_string();
-            render_message(&d, stamp)
+            redirected = d;
+            &redirected
         };
-        rendered.map_err(|e| format!("cannot render the MESSAGE: {e}"))
+        match kind {
+            Kind::Message => render_message(d, stamp),
+            Kind::Invite { sdp, contact } => render_invite(d, stamp, sdp.to_vec(), contact),
+        }
+        .map_err(|e| format!("cannot render the request: {e}"))
     }
 
     fn authorize(
@@ -602,7 +824,8 @@ impl Inner {
         if let Some(s) = self.cached_stream(&target) {
             return Ok((s.conn.clone(), Some(s)));
         }
-        let _guard = self.connect_lock.lock().await;
+        let opener = lock(&self.connecting).entry(target).or_default().clone();
+        let _guard = opener.lock().await;
         if let Some(s) = self.cached_stream(&target) {
             return Ok((s.conn.clone(), Some(s)));
         }

@@ -93,6 +93,33 @@ pub fn contacts(values: &[&str]) -> Vec<String> {
     found.into_iter().map(|(_, uri)| uri).collect()
 }
 
+/// The route set of a dialog a 2xx establishes: its Record-Route entries, reversed
+/// (RFC 3261 §12.1.2), each as written (`<sip:p1.example.net;lr>`).
+pub fn route_set(resp: &Response) -> Vec<String> {
+    let mut routes: Vec<String> = resp
+        .headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("record-route"))
+        .flat_map(|h| {
+            split_top_level(h.value())
+                .into_iter()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    routes.reverse();
+    routes
+}
+
+/// The first value of header `name` (case-insensitive).
+pub fn header_value<'a>(headers: &'a rsipstack::sip::Headers, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name().eq_ignore_ascii_case(name))
+        .map(|h| h.value().trim())
+}
+
 /// Splits on commas outside quoted strings and `<...>`.
 fn split_top_level(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -173,6 +200,25 @@ mod tests {
             ]
         );
         assert!(contacts(&["", "<>", "sip:", ";q=1"]).is_empty());
+    }
+
+    #[test]
+    fn route_set_is_record_route_reversed() {
+        let r = response(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h:1;branch=z9hG4bK1\r\n\
+             From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x@h\r\nCSeq: 1 INVITE\r\n\
+             Record-Route: <sip:p3.example;lr>, <sip:p2.example;lr>\r\n\
+             Record-Route: <sip:p1.example;lr>\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(
+            route_set(&r),
+            vec![
+                "<sip:p1.example;lr>",
+                "<sip:p2.example;lr>",
+                "<sip:p3.example;lr>"
+            ]
+        );
+        assert_eq!(header_value(&r.headers, "to"), Some("<sip:c@d>;tag=2"));
     }
 
     #[test]

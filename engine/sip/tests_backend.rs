@@ -497,3 +497,281 @@ async fn concurrent_tcp_deliveries_share_one_connection() {
     })
     .await;
 }
+
+async fn next_report(rx: &mut UnboundedReceiver<ReceivedRequest>) -> ReceivedRequest {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a request within 5 s")
+        .expect("answerer running")
+}
+
+const SDP_OFFER: &[u8] =
+    b"v=0\r\no=iwf 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=message 2855 TCP/MSRP *\r\na=path:msrp://127.0.0.1:2855/s1;tcp\r\n";
+const SDP_ANSWER: &[u8] =
+    b"v=0\r\no=ans 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=message 2856 TCP/MSRP *\r\na=path:msrp://127.0.0.1:2856/a1;tcp\r\n";
+
+#[tokio::test]
+async fn invite_gets_the_answer_is_acked_and_ends_with_bye() {
+    bounded(async {
+        let (ans, mut rx) =
+            Answerer::start(AnswererConfig::with_policy(|r| match r.method.as_str() {
+                "INVITE" => Reply::status(200)
+                    .with_header("Contact", &format!("<{}>", r.request_uri))
+                    .with_header("Record-Route", &format!("<{};lr>", r.request_uri))
+                    .with_body("application/sdp", SDP_ANSWER),
+                "ACK" => Reply::Ignore,
+                _ => Reply::status(200),
+            }))
+            .await
+            .unwrap();
+        // The answerer record-routes itself: ACK and BYE follow that route set.
+        let be = backend(SipConfig::default()).await;
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let uri = ans.uri("bob", transport).unwrap();
+            let mut d = delivery(&uri);
+            d.mode = Mode::Large;
+            let got = be
+                .send_invite(&d, SDP_OFFER.to_vec(), "sip:iwf@127.0.0.1")
+                .await;
+            match &got.outcome {
+                Outcome::Final { status, mode, .. } => {
+                    assert_eq!((*status, *mode), (200, Mode::Large), "{got:?}");
+                }
+                o => panic!("{o:?}"),
+            }
+            assert_eq!(got.answer.as_deref(), Some(SDP_ANSWER));
+            let invite = next_report(&mut rx).await;
+            assert_eq!(invite.method, "INVITE");
+            assert_eq!(invite.header("Contact"), Some("<sip:iwf@127.0.0.1>"));
+            assert_eq!(invite.header("Content-Type"), Some("application/sdp"));
+            assert_eq!(invite.body, SDP_OFFER);
+            let ack = next_report(&mut rx).await;
+            assert_eq!(ack.method, "ACK", "{transport}");
+            assert_eq!(ack.header("CSeq"), Some("1 ACK"));
+            assert_eq!(ack.header("Call-ID"), invite.header("Call-ID"));
+            assert!(ack.header("To").unwrap().contains(";tag="));
+
+            let session = got.session.expect("a dialog");
+            assert_eq!(Some(session.call_id()), invite.header("Call-ID"));
+            let bye = session.bye().await;
+            assert!(matches!(bye, Outcome::Final { status: 200, .. }), "{bye:?}");
+            let r = next_report(&mut rx).await;
+            assert_eq!(r.method, "BYE");
+            assert!(
+                r.request_uri.eq_ignore_ascii_case(&uri),
+                "{}",
+                r.request_uri
+            );
+            assert_eq!(r.header("CSeq"), Some("2 BYE"));
+            let route = r.header("Route").unwrap();
+            assert!(
+                route.eq_ignore_ascii_case(&format!("<{uri};lr>")),
+                "{route}"
+            );
+            assert_eq!(r.header("From"), invite.header("From"));
+            assert_eq!(r.header("To"), ack.header("To"));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refused_invite_is_acked_and_has_no_session() {
+    bounded(async {
+        let (ans, mut rx) = Answerer::start(AnswererConfig::status(200)).await.unwrap(); // INVITE → 488
+        let be = backend(SipConfig::default()).await;
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let mut d = delivery(&ans.uri("bob", transport).unwrap());
+            d.mode = Mode::Large;
+            let got = be
+                .send_invite(&d, SDP_OFFER.to_vec(), "sip:iwf@127.0.0.1")
+                .await;
+            assert!(
+                matches!(
+                    got.outcome,
+                    Outcome::Final {
+                        status: 488,
+                        mode: Mode::Large,
+                        ..
+                    }
+                ),
+                "{got:?}"
+            );
+            assert!(got.session.is_none() && got.answer.is_none());
+            let invite = next_report(&mut rx).await;
+            let ack = next_report(&mut rx).await;
+            assert_eq!(
+                (invite.method.as_str(), ack.method.as_str()),
+                ("INVITE", "ACK")
+            );
+            // the ACK of a non-2xx belongs to the INVITE transaction: same branch
+            assert_eq!(ack.header("Via"), invite.header("Via"));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn silent_invite_ends_with_timer_b() {
+    bounded(async {
+        let (ans, _rx) = Answerer::start(AnswererConfig::silent()).await.unwrap();
+        let be = backend(SipConfig {
+            timers: timers(10),
+            ..SipConfig::default()
+        })
+        .await;
+        let got = be
+            .send_invite(
+                &delivery(&ans.uri("bob", Transport::Udp).unwrap()),
+                SDP_OFFER.to_vec(),
+                "sip:iwf@127.0.0.1",
+            )
+            .await;
+        match got.outcome {
+            Outcome::Failure { kind, detail, .. } => {
+                assert_eq!(kind, FailureKind::Timeout);
+                assert!(detail.contains("Timer B"), "{detail}");
+            }
+            o => panic!("{o:?}"),
+        }
+    })
+    .await;
+}
+
+/// A CA and a leaf for `localhost` / 127.0.0.1 made with the openssl CLI, or `None`.
+fn test_pki(dir: &std::path::Path) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .ok()?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ok = run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=iwf test CA",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat())
+        && run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat())
+        && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+    if !ok {
+        return None;
+    }
+    let read = |f: &str| std::fs::read(dir.join(f)).ok();
+    Some((read("ca.pem")?, read("leaf.pem")?, read("leaf.key")?))
+}
+
+#[tokio::test]
+async fn tls_next_hop_with_a_configured_ca() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((ca, cert, key)) = test_pki(dir.path()) else {
+            eprintln!("note: openssl not usable; TLS test skipped");
+            return;
+        };
+        let mut config = AnswererConfig::status(202);
+        config.tls = Some(super::answerer::AnswererTls {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            cert_chain_pem: cert,
+            key_pem: key,
+        });
+        let (ans, mut rx) = Answerer::start(config).await.unwrap();
+        let uri = ans.uri("bob", Transport::Tls).unwrap();
+
+        let be = backend(SipConfig {
+            tls: Some(super::config::TlsClient {
+                ca_pem: Some(ca),
+                ..Default::default()
+            }),
+            ..SipConfig::default()
+        })
+        .await;
+        let outcome = be.send_message(&delivery(&uri)).await;
+        assert_eq!(status_of(&outcome), Some(202), "{outcome:?}");
+        let r = next_report(&mut rx).await;
+        assert_eq!(r.transport, Transport::Tls);
+        assert!(r.header("Via").unwrap().starts_with("SIP/2.0/TLS "));
+
+        // Without the CA the certificate does not verify: a transport failure.
+        let be = backend(SipConfig {
+            tls: Some(super::config::TlsClient::default()),
+            ..SipConfig::default()
+        })
+        .await;
+        let outcome = be.send_message(&delivery(&uri)).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failure {
+                    kind: FailureKind::Transport,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        // And without TLS configured at all the next hop is refused up front.
+        let be = backend(SipConfig::default()).await;
+        match be.send_message(&delivery(&uri)).await {
+            Outcome::Failure { kind, detail, .. } => {
+                assert_eq!(kind, FailureKind::Transport);
+                assert!(detail.contains("not configured"), "{detail}");
+            }
+            o => panic!("{o:?}"),
+        }
+    })
+    .await;
+}

@@ -274,3 +274,77 @@ async fn sipp_uas_over_tcp() {
     .await
     .expect("SIPp TCP cases within their bound");
 }
+
+/// Closed-loop throughput against a SIPp UAS (no message trace), 100 MESSAGEs
+/// outstanding. Run: `cargo test --release --lib sipp_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement, not a check"]
+async fn sipp_throughput() {
+    if !sipp_available() {
+        eprintln!("note: sipp not found; skipped");
+        return;
+    }
+    const TOTAL: usize = 50_000;
+    const OUTSTANDING: usize = 100;
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let port = free_port(transport);
+        let mut child = Command::new("sipp")
+            .arg("-sf")
+            .arg(scenario("message_uas_200.xml"))
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-t",
+                if transport == Transport::Udp {
+                    "u1"
+                } else {
+                    "t1"
+                },
+            ])
+            .args(["-nostdin", "-timeout", "120s", "-max_socket", "1000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sipp starts");
+        while !listening(transport, port) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let be = std::sync::Arc::new(backend(SipConfig::default()).await);
+        let uri = format!(
+            "sip:service@127.0.0.1:{port};transport={}",
+            transport.via_name().to_ascii_lowercase()
+        );
+        // warm-up (opens the TCP connection)
+        assert_eq!(
+            final_status(&be.send_message(&delivery(&uri)).await),
+            Some((200, "OK"))
+        );
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start = Instant::now();
+        let mut workers = vec![];
+        for _ in 0..OUTSTANDING {
+            let (be, next, d) = (be.clone(), next.clone(), delivery(&uri));
+            workers.push(tokio::spawn(async move {
+                let mut fails = 0usize;
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < TOTAL {
+                    if final_status(&be.send_message(&d).await).map(|s| s.0) != Some(200) {
+                        fails += 1;
+                    }
+                }
+                fails
+            }));
+        }
+        let mut fails = 0;
+        for w in workers {
+            fails += w.await.unwrap();
+        }
+        let took = start.elapsed();
+        eprintln!(
+            "{transport}: {TOTAL} MESSAGEs in {took:?} = {:.0}/s, {fails} not 200",
+            TOTAL as f64 / took.as_secs_f64()
+        );
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
