@@ -219,66 +219,45 @@ mod large {
         rules: &RuleSet,
         opts: &Options,
     ) -> Result<(rsipstack::sip::Request, Vec<String>), String> {
-        let host = rules.setting_str("iwf_address", "192.0.2.10");
+        let host: std::net::IpAddr = rules
+            .setting_str("iwf_address", "192.0.2.10")
+            .parse()
+            .map_err(|e| format!("setting iwf_address: {e}"))?;
         let session = opts.ids.token();
-        let local_path = format!("msrp://{host}:2855/{session};tcp");
-        let sdp = sdp_offer(&host, 2855, &local_path, d.content.body.len());
+        let local_path = crate::render::sdp::msrp_path(host, 2855, &session, false);
+        let sdp = crate::render::sdp::SdpOffer {
+            session_id: 2890844526,
+            host,
+            port: 2855,
+            session_path: local_path.clone(),
+            accept_types: vec!["message/cpim".into()],
+            accept_wrapped_types: vec!["*".into()],
+            max_size: Some(10 << 20),
+            sendonly: true,
+            setup_active: true,
+            tls: false,
+        }
+        .render();
         let contact = format!("sip:{}", st.sent_by);
         let invite =
             sip::render_invite(d, st, sdp.into_bytes(), &contact).map_err(|e| e.to_string())?;
         let peer_path = "msrp://198.51.100.7:2855/peer;tcp";
-        let chunks = msrp_chunks(
-            &d.content.body,
-            &d.content.content_type,
-            peer_path,
-            &local_path,
+        let template = crate::msrp::codec::ChunkTemplate {
+            to_path: vec![peer_path.to_string()],
+            from_path: vec![local_path],
+            message_id: opts.ids.token(),
+            content_type: d.content.content_type.clone(),
+            success_report: Some(d.success_report),
+            failure_report: Some(crate::msrp::codec::FailureReport::Yes),
+        };
+        let chunks = crate::msrp::codec::Chunks::with_tid_source(
+            template,
+            bytes::Bytes::copy_from_slice(&d.content.body),
             opts.chunk_size,
-            d.success_report,
-            opts.ids,
-        );
-        Ok((invite, chunks))
-    }
-
-    /// The SDP offer of mapping reference §2 (placeholder until the MSRP codec lands).
-    fn sdp_offer(host: &str, port: u16, path: &str, size: usize) -> String {
-        format!(
-            "v=0\r\no=iwf 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n\
-             m=message {port} TCP/MSRP *\r\na=sendonly\r\na=accept-types:message/cpim\r\n\
-             a=accept-wrapped-types:*\r\na=path:{path}\r\na=max-size:{size}\r\n"
+            || opts.ids.token(),
         )
-    }
-
-    fn msrp_chunks(
-        body: &[u8],
-        content_type: &str,
-        to: &str,
-        from: &str,
-        chunk: usize,
-        success: bool,
-        ids: &dyn Ids,
-    ) -> Vec<String> {
-        let mid = ids.token();
-        let total = body.len();
-        let chunk = chunk.max(1);
-        let mut out = Vec::new();
-        let mut start = 0;
-        while start < total || (total == 0 && out.is_empty()) {
-            let end = (start + chunk).min(total);
-            let tid = ids.token();
-            let flag = if end == total { '$' } else { '+' };
-            out.push(format!(
-                "MSRP {tid} SEND\r\nTo-Path: {to}\r\nFrom-Path: {from}\r\nMessage-ID: {mid}\r\n\
-                 Byte-Range: {}-{end}/{total}\r\nSuccess-Report: {}\r\nFailure-Report: yes\r\n\
-                 Content-Type: {content_type}\r\n\r\n{}\r\n-------{tid}{flag}\r\n",
-                start + 1,
-                if success { "yes" } else { "no" },
-                String::from_utf8_lossy(&body[start..end])
-            ));
-            if total == 0 {
-                break;
-            }
-            start = end;
-        }
-        out
+        .map(|r| String::from_utf8_lossy(&r.to_bytes()).into_owned())
+        .collect();
+        Ok((invite, chunks))
     }
 }

@@ -15,7 +15,6 @@ use chrono::Utc;
 use crate::envelope::{Envelope, Rcpt};
 use crate::ids::Ids;
 use crate::mapper::{self, RcptDecision, ResponseDecision};
-use crate::outcome::{FailureKind, Outcome};
 use crate::plan::{Delivery, Mode};
 use crate::reply::Reply;
 use crate::ruleset::RuleSet;
@@ -53,6 +52,7 @@ pub struct Gateway {
     pub ids: Arc<dyn Ids>,
     pub store: Arc<dyn DeliveredStore>,
     pub protocol: Protocol,
+    pub large: crate::large::LargeConfig,
 }
 
 impl MailHandler for Gateway {
@@ -179,12 +179,7 @@ impl Gateway {
         loop {
             let outcome = match delivery.mode {
                 Mode::Pager => self.sip.send_message(&delivery).await,
-                Mode::Large => Outcome::Failure {
-                    kind: FailureKind::Transport,
-                    detail: "Large Message Mode (INVITE + MSRP) is not available in this build"
-                        .into(),
-                    mode: Mode::Large,
-                },
+                Mode::Large => crate::large::deliver(&*self.sip, &delivery, &self.large).await,
             };
             let cpim = delivery.content.content_type == "message/cpim";
             let input = mapper::ResponseInput {
@@ -201,7 +196,12 @@ impl Gateway {
                 ResponseDecision::Retry(kind) => {
                     retried.push(kind.clone());
                     match kind.as_str() {
-                        "large" => delivery.mode = Mode::Large,
+                        "large" => {
+                            delivery.mode = Mode::Large;
+                            if delivery.content.content_type != "message/cpim" {
+                                wrap_in_cpim(&mut delivery);
+                            }
+                        }
                         _ => {
                             // Plain text: unwrap the CPIM document's inner text entity.
                             if let Some(text) = inner_text(&delivery.content.body) {
@@ -216,6 +216,35 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+/// Large mode carries message/cpim (the SDP offer's accept-types): wrap a plain text body.
+fn wrap_in_cpim(d: &mut Delivery) {
+    let header = |n: &str| {
+        d.headers
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    let mut headers = Vec::new();
+    if let Some(f) = header("From") {
+        headers.push(("From".to_string(), f));
+    }
+    headers.push((
+        "To".to_string(),
+        header("To").unwrap_or_else(|| format!("<{}>", d.request_uri)),
+    ));
+    let inner = crate::render::cpim::text_entity(&String::from_utf8_lossy(&d.content.body));
+    if let Ok(doc) = (crate::render::cpim::Cpim {
+        headers: &headers,
+        imdn: None,
+        inner: &inner,
+    })
+    .render()
+    {
+        d.content.content_type = "message/cpim".into();
+        d.content.body = doc;
     }
 }
 

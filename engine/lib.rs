@@ -31,11 +31,13 @@
 //! ```
 
 pub mod config;
+pub mod demo;
 pub mod dryrun;
 pub mod dsl;
 pub mod envelope;
 pub mod gateway;
 pub mod ids;
+pub mod large;
 pub mod mail;
 pub mod mapper;
 pub mod msrp;

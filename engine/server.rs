@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, Overrides};
 use crate::gateway::{Gateway, MemoryStore};
 use crate::ids::RandomIds;
-use crate::sip::{Answerer, AnswererConfig, RsipBackend, SipBackend};
+use crate::sip::{RsipBackend, SipBackend};
 use crate::smtp::{self, Protocol};
 
 pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> anyhow::Result<()> {
@@ -25,39 +25,25 @@ pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> any
         anyhow::bail!("the rule set's self-tests fail: {:?}", failures);
     }
     tracing::info!(rules = rules.rule_count(), dir = %cfg.rules.display(), "rule set generation 1 loaded");
-    let mut _answerer = None;
+    let mut _demo = None;
     if demo {
-        let (answerer, mut received) = Answerer::start(AnswererConfig {
-            udp: Some("127.0.0.1:0".parse()?),
-            ..AnswererConfig::status(200)
-        })
-        .await?;
-        let uri = answerer
-            .udp_addr()
-            .map(|a| format!("sip:{a};transport=udp"))
-            .ok_or_else(|| anyhow::anyhow!("demo endpoint has no UDP address"))?;
-        println!("demo: in-process CPM endpoint at {uri} answers 200 and prints what it receives");
-        cfg.sip.outbound_proxy = Some(uri);
-        tokio::spawn(async move {
-            while let Some(req) = received.recv().await {
-                let mut text = format!(
-                    "\n--- received by the demo CPM endpoint ---\n{} {} SIP/2.0\n",
-                    req.method, req.request_uri
-                );
-                for (n, v) in &req.headers {
-                    text.push_str(&format!("{n}: {v}\n"));
-                }
-                text.push('\n');
-                text.push_str(&String::from_utf8_lossy(&req.body));
-                println!("{text}\n---");
-            }
-        });
-        _answerer = Some(answerer);
+        let endpoint = crate::demo::start().await?;
+        println!(
+            "demo: in-process CPM endpoint at {} answers MESSAGE and INVITE (MSRP at {}) and prints what it receives",
+            endpoint.uri,
+            endpoint.msrp.local_addr()
+        );
+        cfg.sip.outbound_proxy = Some(endpoint.uri.clone());
+        _demo = Some(endpoint);
     }
     let backend = RsipBackend::start(cfg.sip.clone())
         .await
         .map_err(|e| anyhow::anyhow!("SIP back end: {e}"))?;
     let sip: Arc<dyn SipBackend> = Arc::new(backend);
+    let large = crate::large::LargeConfig {
+        host: cfg.sip_listen.ip(),
+        ..crate::large::LargeConfig::default()
+    };
     let rules = Arc::new(ArcSwap::from_pointee(rules));
     let store = Arc::new(MemoryStore::default());
     let shutdown = async {
@@ -92,6 +78,7 @@ pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> any
             ids: Arc::new(RandomIds),
             store: store.clone(),
             protocol,
+            large: large.clone(),
         });
         let smtp_cfg = cfg.smtp.clone();
         let sd = shutdown.clone();
