@@ -201,3 +201,32 @@ fn shipped_rules_pass_their_self_tests() {
     let failures = iwf::selftest::run_all(&rules);
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The README's DSL reference names every field, field function, built-in and phase, so an
+/// operator never meets a name the documentation does not explain.
+#[test]
+fn readme_documents_every_name() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let mut missing = Vec::new();
+    for (name, ..) in iwf::ruleset::schema::FIELDS {
+        if !readme.contains(&format!("`{name}`")) && !readme.contains(&format!("{name}`")) {
+            missing.push(name.to_string());
+        }
+    }
+    for (name, ..) in iwf::ruleset::schema::FIELD_FNS {
+        if !readme.contains(&format!("`{name}(")) {
+            missing.push(format!("{name}()"));
+        }
+    }
+    for b in iwf::dsl::functions::BUILTINS {
+        if !readme.contains(&format!("`{}(", b.name)) && !readme.contains(&format!(" `{}(", b.name)) && !readme.contains(&format!("{}(", b.name)) {
+            missing.push(format!("{}()", b.name));
+        }
+    }
+    for p in iwf::ruleset::schema::PHASES {
+        if !readme.contains(&format!("`{}`", p.name)) {
+            missing.push(format!("phase {}", p.name));
+        }
+    }
+    assert!(missing.is_empty(), "README does not document: {missing:?}");
+}
