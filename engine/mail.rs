@@ -241,6 +241,14 @@ fn unfold(s: &str) -> String {
 
 /// Normalizes line ends to CRLF.
 fn crlf(s: &str) -> String {
+    let b = s.as_bytes();
+    let bare = b
+        .iter()
+        .enumerate()
+        .any(|(i, &c)| (c == b'\n' && (i == 0 || b[i - 1] != b'\r')) || (c == b'\r' && b.get(i + 1) != Some(&b'\n')));
+    if !bare {
+        return s.to_string();
+    }
     let mut out = String::with_capacity(s.len() + s.len() / 32);
     let mut prev = '\0';
     for c in s.chars() {

@@ -17,6 +17,9 @@ pub struct MailFacts<'x> {
     to: OnceCell<Vec<Mailbox>>,
     cc: OnceCell<Vec<Mailbox>>,
     text: OnceCell<Option<String>>,
+    dnt: OnceCell<Vec<Mailbox>>,
+    date: OnceCell<Option<(i64, String)>>,
+    subject: OnceCell<Option<String>>,
     /// The author's URI, set by the mapper from the address phase.
     pub from_uri: Option<String>,
 }
@@ -29,6 +32,9 @@ impl<'x> MailFacts<'x> {
             to: OnceCell::new(),
             cc: OnceCell::new(),
             text: OnceCell::new(),
+            dnt: OnceCell::new(),
+            date: OnceCell::new(),
+            subject: OnceCell::new(),
             from_uri: None,
         }
     }
@@ -44,6 +50,16 @@ impl<'x> MailFacts<'x> {
     }
     pub fn text(&self) -> Option<&str> {
         self.text.get_or_init(|| self.mail.text()).as_deref()
+    }
+    pub fn dnt(&self) -> &[Mailbox] {
+        self.dnt
+            .get_or_init(|| self.mail.mailboxes("Disposition-Notification-To"))
+    }
+    pub fn date(&self) -> Option<&(i64, String)> {
+        self.date.get_or_init(|| self.mail.date()).as_ref()
+    }
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.get_or_init(|| self.mail.subject()).as_deref()
     }
 }
 
@@ -120,10 +136,10 @@ impl Facts<'_, '_> {
             F::MailTo => addresses(m.to()),
             F::MailCc => addresses(m.cc()),
             F::MailBcc => addresses(&m.mail.mailboxes("Bcc")),
-            F::MailDnt => addresses(&m.mail.mailboxes("Disposition-Notification-To")),
-            F::MailSubject => Value::opt_str(m.mail.subject()),
-            F::MailDate => m.mail.date().map(|d| Value::Int(d.0)).unwrap_or_default(),
-            F::MailDateIso => Value::opt_str(m.mail.date().map(|d| d.1)),
+            F::MailDnt => addresses(m.dnt()),
+            F::MailSubject => Value::opt_str(m.subject()),
+            F::MailDate => m.date().map(|d| Value::Int(d.0)).unwrap_or_default(),
+            F::MailDateIso => Value::opt_str(m.date().map(|d| d.1.as_str())),
             F::MailMessageId => Value::opt_str(m.mail.message_id()),
             F::MailSize => Value::Int(m.mail.raw.len() as i64),
             F::MailText => Value::opt_str(m.text()),

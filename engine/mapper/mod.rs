@@ -384,9 +384,7 @@ impl MessageState<'_, '_> {
     fn request_size(&self) -> usize {
         let ids = crate::ids::SequentialIds::new();
         match build_delivery(self.rules, &self.facts, &self.draft, self.history, &ids) {
-            Ok(d) => sip::render_message(&d, &sizing_stamp())
-                .map(|r| r.to_bytes().len())
-                .unwrap_or(usize::MAX >> 1),
+            Ok(d) => sip::message_len(&d, &sizing_stamp()).unwrap_or(usize::MAX >> 1),
             Err(_) => usize::MAX >> 1,
         }
     }

@@ -61,6 +61,23 @@ pub fn render_invite(
     )
 }
 
+/// The serialized size of the MESSAGE for `delivery` (request line + headers + body),
+/// computed from the header lines without building the request: what the pager-mode
+/// size rule (`request.size`) measures on every mail.
+pub fn message_len(delivery: &Delivery, stamp: &Stamp) -> Result<usize, RenderError> {
+    let lines = header_lines(
+        &Method::Message,
+        delivery,
+        stamp,
+        &delivery.content.content_type,
+        delivery.content.body.len(),
+        None,
+    )?;
+    let request_line = "MESSAGE ".len() + delivery.request_uri.len() + " SIP/2.0\r\n".len();
+    let headers: usize = lines.iter().map(|(n, v)| n.len() + 2 + v.len() + 2).sum();
+    Ok(request_line + headers + 2 + delivery.content.body.len())
+}
+
 fn render(
     method: Method,
     delivery: &Delivery,
@@ -71,6 +88,30 @@ fn render(
 ) -> Result<Request, RenderError> {
     let uri = Uri::try_from(delivery.request_uri.as_str())
         .map_err(|_| RenderError::BadUri(delivery.request_uri.clone()))?;
+    let lines = header_lines(&method, delivery, stamp, content_type, body.len(), contact)?;
+    let headers: Headers = lines
+        .into_iter()
+        .map(|(n, v)| make_header(&n, v))
+        .collect::<Vec<sip::Header>>()
+        .into();
+    Ok(Request {
+        method,
+        uri,
+        version: Version::V2,
+        headers,
+        body,
+    })
+}
+
+/// Every header line of the request, in wire order, each checked by the encoder.
+fn header_lines(
+    method: &Method,
+    delivery: &Delivery,
+    stamp: &Stamp,
+    content_type: &str,
+    body_len: usize,
+    contact: Option<&str>,
+) -> Result<Vec<(String, String)>, RenderError> {
     let mut lines: Vec<(String, String)> = Vec::with_capacity(delivery.headers.len() + 8);
     let push = |lines: &mut Vec<(String, String)>, n: &str, v: String| -> Result<(), EncodeError> {
         lines.push(encoder::header(n, &v)?);
@@ -120,19 +161,8 @@ fn render(
         push(&mut lines, n, v.clone())?;
     }
     push(&mut lines, "Content-Type", content_type.to_string())?;
-    push(&mut lines, "Content-Length", body.len().to_string())?;
-    let headers: Headers = lines
-        .into_iter()
-        .map(|(n, v)| make_header(&n, v))
-        .collect::<Vec<sip::Header>>()
-        .into();
-    Ok(Request {
-        method,
-        uri,
-        version: Version::V2,
-        headers,
-        body,
-    })
+    push(&mut lines, "Content-Length", body_len.to_string())?;
+    Ok(lines)
 }
 
 #[cfg(test)]
@@ -190,6 +220,13 @@ mod tests {
              Content-Type: text/plain;charset=UTF-8\r\n\
              Content-Length: 2\r\n\r\nhi"
         );
+    }
+
+    #[test]
+    fn message_len_is_the_wire_size() {
+        let d = delivery(vec![("Subject", "Lunch?"), ("From", "<sip:a@iwf.example.net>")]);
+        let wire = render_message(&d, &stamp()).unwrap().to_bytes();
+        assert_eq!(message_len(&d, &stamp()).unwrap(), wire.len());
     }
 
     #[test]
