@@ -252,7 +252,7 @@ mod large {
         };
         let chunks = crate::msrp::codec::Chunks::with_tid_source(
             template,
-            bytes::Bytes::copy_from_slice(&d.content.body),
+            d.content.body.clone(),
             opts.chunk_size,
             || opts.ids.token(),
         )

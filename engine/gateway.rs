@@ -206,7 +206,7 @@ impl Gateway {
                             // Plain text: unwrap the CPIM document's inner text entity.
                             if let Some(text) = inner_text(&delivery.content.body) {
                                 delivery.content.content_type = "text/plain;charset=UTF-8".into();
-                                delivery.content.body = text;
+                                delivery.content.body = text.into();
                                 delivery.imdn_message_id = None;
                             } else {
                                 delivery.mode = Mode::Large;
@@ -239,12 +239,12 @@ fn wrap_in_cpim(d: &mut Delivery) {
     if let Ok(doc) = (crate::render::cpim::Cpim {
         headers: &headers,
         imdn: None,
-        inner: &inner,
+        inner: &[&inner],
     })
     .render()
     {
         d.content.content_type = "message/cpim".into();
-        d.content.body = doc;
+        d.content.body = doc.into();
     }
 }
 

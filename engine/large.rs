@@ -8,8 +8,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::msrp::{self, ClientConfig, OutgoingMessage};
 use crate::outcome::{FailureKind, Outcome, Protocol};
 use crate::plan::{Delivery, Mode};
@@ -124,7 +122,7 @@ async fn deliver_uncapped(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig)
         let mut msg = OutgoingMessage::new(to_path, local_path, d.content.content_type.clone());
         msg.success_report = d.success_report;
         client
-            .send(&msg, Bytes::copy_from_slice(&d.content.body))
+            .send(&msg, d.content.body.clone())
             .await
             .into_outcome()
     }

@@ -143,8 +143,16 @@ impl<'x> Mail<'x> {
     /// The top-level MIME entity as received: its Content-* headers and raw body, for
     /// carrying the mail intact in large mode.
     pub fn mime_entity(&self) -> Vec<u8> {
+        let (mut head, body) = self.mime_entity_parts();
+        head.extend_from_slice(body);
+        head
+    }
+
+    /// [`Mail::mime_entity`] as (Content-* header lines and blank line, raw body), so the
+    /// body can be written into a larger document without an intermediate copy.
+    pub fn mime_entity_parts(&self) -> (Vec<u8>, &'x [u8]) {
         let root = self.msg.root_part();
-        let mut out = Vec::with_capacity(self.raw.len());
+        let mut out = Vec::with_capacity(512);
         let mut have_ct = false;
         for h in &root.headers {
             let n = h.name.as_str();
@@ -162,8 +170,7 @@ impl<'x> Mail<'x> {
         out.extend_from_slice(b"\r\n");
         let start = (root.offset_body as usize).min(self.raw.len());
         let end = (root.offset_end as usize).clamp(start, self.raw.len());
-        out.extend_from_slice(&self.raw[start..end]);
-        out
+        (out, &self.raw[start..end])
     }
 
     /// Whether any part could not be decoded as declared.
@@ -242,10 +249,10 @@ fn unfold(s: &str) -> String {
 /// Normalizes line ends to CRLF.
 fn crlf(s: &str) -> String {
     let b = s.as_bytes();
-    let bare = b
-        .iter()
-        .enumerate()
-        .any(|(i, &c)| (c == b'\n' && (i == 0 || b[i - 1] != b'\r')) || (c == b'\r' && b.get(i + 1) != Some(&b'\n')));
+    let bare = b.iter().enumerate().any(|(i, &c)| {
+        (c == b'\n' && (i == 0 || b[i - 1] != b'\r'))
+            || (c == b'\r' && b.get(i + 1) != Some(&b'\n'))
+    });
     if !bare {
         return s.to_string();
     }

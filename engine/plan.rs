@@ -47,7 +47,8 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Content {
     pub content_type: String,
-    pub body: Vec<u8>,
+    /// Shared, so that large mode streams it into MSRP chunks without another copy.
+    pub body: bytes::Bytes,
 }
 
 /// The per-transmission values the mechanism puts into a request.

@@ -219,7 +219,10 @@ fn readme_documents_every_name() {
         }
     }
     for b in iwf::dsl::functions::BUILTINS {
-        if !readme.contains(&format!("`{}(", b.name)) && !readme.contains(&format!(" `{}(", b.name)) && !readme.contains(&format!("{}(", b.name)) {
+        if !readme.contains(&format!("`{}(", b.name))
+            && !readme.contains(&format!(" `{}(", b.name))
+            && !readme.contains(&format!("{}(", b.name))
+        {
             missing.push(format!("{}()", b.name));
         }
     }

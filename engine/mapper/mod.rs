@@ -400,13 +400,15 @@ fn build_delivery(
 ) -> Result<Delivery, String> {
     let recipient = facts.rcpt.map(|r| r.address.clone()).unwrap_or_default();
     let imdn_id = (!d.imdn.is_empty()).then(|| ids.token());
-    let (inner, cpim_needed) = match d.mode {
-        Mode::Large => (
-            facts.mail.map(|m| m.mail.mime_entity()).unwrap_or_default(),
-            true,
-        ),
-        Mode::Pager => (
+    let (inner_head, inner_body, cpim_needed): (Vec<u8>, &[u8], bool) = match (d.mode, facts.mail) {
+        (Mode::Large, Some(m)) => {
+            let (head, body) = m.mail.mime_entity_parts();
+            (head, body, true)
+        }
+        (Mode::Large, None) => (cpim::text_entity(""), &[], true),
+        (Mode::Pager, _) => (
             cpim::text_entity(d.text.as_deref().unwrap_or("")),
+            &[],
             d.cpim_body || imdn_id.is_some(),
         ),
     };
@@ -414,7 +416,7 @@ fn build_delivery(
         let doc = cpim::Cpim {
             headers: &d.cpim,
             imdn: imdn_id.as_deref().map(|id| (id, d.imdn.as_slice())),
-            inner: &inner,
+            inner: &[&inner_head, inner_body],
         }
         .render()
         .map_err(|e| e.to_string())?;
@@ -472,10 +474,13 @@ fn build_delivery(
             );
             Content {
                 content_type: ct,
-                body,
+                body: body.into(),
             }
         }
-        _ => Content { content_type, body },
+        _ => Content {
+            content_type,
+            body: body.into(),
+        },
     };
     Ok(Delivery {
         recipient,

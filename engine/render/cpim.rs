@@ -8,13 +8,15 @@ pub struct Cpim<'a> {
     pub headers: &'a [(String, String)],
     /// `imdn.Message-ID` and the requested dispositions; absent when no IMDN is requested.
     pub imdn: Option<(&'a str, &'a [String])>,
-    /// The inner entity: its Content-* header lines, a blank line, its body.
-    pub inner: &'a [u8],
+    /// The inner entity (its Content-* header lines, a blank line, its body), as pieces
+    /// written one after the other, so a large body is copied once, into the document.
+    pub inner: &'a [&'a [u8]],
 }
 
 impl Cpim<'_> {
     pub fn render(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut out = Vec::with_capacity(self.inner.len() + 256);
+        let inner_len: usize = self.inner.iter().map(|p| p.len()).sum();
+        let mut out = Vec::with_capacity(inner_len + 256);
         let mut line = |n: &str, v: &str| -> Result<(), EncodeError> {
             encoder::check_name(n)?;
             encoder::check_value(n, v)?;
@@ -35,7 +37,9 @@ impl Cpim<'_> {
             }
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(self.inner);
+        for piece in self.inner {
+            out.extend_from_slice(piece);
+        }
         Ok(out)
     }
 }
@@ -62,7 +66,7 @@ mod tests {
         let doc = Cpim {
             headers: &headers,
             imdn: Some(("k3q9", &disp)),
-            inner: &text_entity("hi"),
+            inner: &[&text_entity("hi")],
         }
         .render()
         .unwrap();
@@ -81,7 +85,7 @@ mod tests {
             Cpim {
                 headers: &headers,
                 imdn: None,
-                inner: b""
+                inner: &[]
             }
             .render()
             .is_err()

@@ -39,7 +39,7 @@ pub fn render_message(delivery: &Delivery, stamp: &Stamp) -> Result<Request, Ren
         delivery,
         stamp,
         &delivery.content.content_type,
-        delivery.content.body.clone(),
+        delivery.content.body.to_vec(),
         None,
     )
 }
@@ -181,7 +181,7 @@ mod tests {
                 .collect(),
             content: Content {
                 content_type: "text/plain;charset=UTF-8".into(),
-                body: b"hi".to_vec(),
+                body: bytes::Bytes::from_static(b"hi"),
             },
             imdn_message_id: None,
             success_report: false,
@@ -224,7 +224,10 @@ mod tests {
 
     #[test]
     fn message_len_is_the_wire_size() {
-        let d = delivery(vec![("Subject", "Lunch?"), ("From", "<sip:a@iwf.example.net>")]);
+        let d = delivery(vec![
+            ("Subject", "Lunch?"),
+            ("From", "<sip:a@iwf.example.net>"),
+        ]);
         let wire = render_message(&d, &stamp()).unwrap().to_bytes();
         assert_eq!(message_len(&d, &stamp()).unwrap(), wire.len());
     }

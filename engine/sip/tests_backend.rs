@@ -30,7 +30,7 @@ pub(super) fn delivery(uri: &str) -> Delivery {
         ],
         content: Content {
             content_type: "text/plain;charset=UTF-8".into(),
-            body: b"Meet at 12:30?".to_vec(),
+            body: bytes::Bytes::from_static(b"Meet at 12:30?"),
         },
         imdn_message_id: None,
         success_report: false,
