@@ -20,6 +20,8 @@ pub struct ConfigFile {
     pub next_hop: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `host:port` of the MTA that takes our DSNs.
+    pub smarthost: Option<String>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -54,6 +56,7 @@ pub struct Config {
     pub lmtp_listen: Option<SocketAddr>,
     pub sip_listen: SocketAddr,
     pub next_hop: Option<String>,
+    pub smarthost: Option<String>,
     pub smtp: crate::smtp::SmtpConfig,
     pub sip: crate::sip::SipConfig,
 }
@@ -201,6 +204,7 @@ impl Config {
             lmtp_listen: lmtp_listen.map(|a| addr("lmtp_listen", &a)).transpose()?,
             sip_listen: sip_addr,
             next_hop,
+            smarthost: file.smarthost,
             smtp,
             sip,
         })

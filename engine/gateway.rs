@@ -53,6 +53,11 @@ pub struct Gateway {
     pub store: Arc<dyn DeliveredStore>,
     pub protocol: Protocol,
     pub large: crate::large::LargeConfig,
+    /// Where DSNs go (`host:port`); without one, a transaction whose recipients partly
+    /// failed for good is answered with the first permanent failure instead of 250 + DSN.
+    pub smarthost: Option<String>,
+    /// Our name in DSNs (Reporting-MTA) and in EHLO to the smarthost.
+    pub hostname: String,
 }
 
 impl MailHandler for Gateway {
@@ -147,11 +152,12 @@ impl Gateway {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Reply::new(451, "4.3.0", "recipient not processed")))
             .collect();
-        let (transaction, dsn) = mapper::aggregate(&rules, &envelope, &per_recipient, now, None);
-        if dsn {
-            tracing::warn!(
-                "a DSN for permanently failed recipients is owed; DSN generation is not implemented yet"
-            );
+        let (mut transaction, dsn) =
+            mapper::aggregate(&rules, &envelope, &per_recipient, now, None);
+        if dsn && self.protocol == Protocol::Smtp {
+            transaction = self
+                .hand_off_dsn(&envelope, &per_recipient, &raw, transaction)
+                .await;
         }
         tracing::info!(
             generation = rules.generation,
@@ -163,6 +169,47 @@ impl Gateway {
         DataReplies {
             per_recipient,
             transaction,
+        }
+    }
+
+    /// Sends the DSN a positive transaction reply promises; the reply stands only if the
+    /// smarthost took it (nothing is acknowledged that would then be lost).
+    async fn hand_off_dsn(
+        &self,
+        envelope: &Envelope,
+        replies: &[Reply],
+        raw: &[u8],
+        reply: Reply,
+    ) -> Reply {
+        let failed: Vec<crate::dsn::Failed> = envelope
+            .rcpts
+            .iter()
+            .zip(replies)
+            .filter(|(r, rep)| rep.is_permanent() && crate::dsn::wanted(envelope, r))
+            .map(|(rcpt, reply)| crate::dsn::Failed { rcpt, reply })
+            .collect();
+        if failed.is_empty() || !reply.is_positive() {
+            return reply;
+        }
+        let Some(smarthost) = &self.smarthost else {
+            let first = failed[0].reply.clone();
+            tracing::warn!(reply = %first, "no smarthost for the DSN: answering with the permanent failure instead");
+            return first;
+        };
+        let dsn = crate::dsn::build(&self.hostname, envelope, &failed, raw, Utc::now());
+        match crate::dsn::send(smarthost, &self.hostname, &envelope.mail_from.address, dsn).await {
+            Ok(()) => {
+                tracing::info!(smarthost = %smarthost, failed = failed.len(), "DSN handed to the smarthost");
+                reply
+            }
+            Err(e) => {
+                tracing::warn!(smarthost = %smarthost, "DSN hand-off failed: {e}");
+                Reply::new(
+                    451,
+                    "4.3.0",
+                    "delivery report could not be handed off; delivered recipients will not receive it twice",
+                )
+            }
         }
     }
 

@@ -34,6 +34,7 @@ pub mod config;
 pub mod demo;
 pub mod dryrun;
 pub mod dsl;
+pub mod dsn;
 pub mod envelope;
 pub mod gateway;
 pub mod ids;

@@ -79,6 +79,8 @@ pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> any
             store: store.clone(),
             protocol,
             large: large.clone(),
+            smarthost: cfg.smarthost.clone(),
+            hostname: cfg.hostname.clone(),
         });
         let smtp_cfg = cfg.smtp.clone();
         let sd = shutdown.clone();
