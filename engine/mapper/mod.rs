@@ -445,6 +445,9 @@ fn build_delivery(
                 .exploder
                 .clone()
                 .ok_or("recipient_list: exploder needs an `exploder:` URI")?;
+            // RFC 5365 §5: the request goes to the exploder, addressed to it.
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("To"));
+            headers.push(("To".into(), format!("<{exploder}>")));
             request_uri = exploder;
             headers.push(("Require".into(), "recipient-list-message".into()));
             let entries = exploder_entries(rules, facts)?;
