@@ -253,7 +253,14 @@ fn exploder_strategy() {
     }
     let settings = dir.path().join("settings.yaml");
     let text = std::fs::read_to_string(&settings).unwrap();
-    std::fs::write(&settings, text.replace("exploder_uri: \"\"", "exploder_uri: \"sip:exploder@ims.example.net\"")).unwrap();
+    std::fs::write(
+        &settings,
+        text.replace(
+            "exploder_uri: \"\"",
+            "exploder_uri: \"sip:exploder@ims.example.net\"",
+        ),
+    )
+    .unwrap();
     let rules = ruleset::load(dir.path(), 1).unwrap_or_else(|d| panic!("{}", diag::render_all(&d)));
     let (_, _, raw) = split_fixture(b"From: a@mail.example.org\nTo: +15551234567@cpm.example.net\nCc: +15557654321@cpm.example.net\n\nhi\n");
     let rcpts = ["+15551234567", "+15557654321", "+15550000009"]
@@ -263,12 +270,38 @@ fn exploder_strategy() {
     let run = dry_run(&rules, None, rcpts, &raw);
     assert_eq!(run.deliveries.len(), 1, "one request for all recipients");
     let d = &run.deliveries[0];
-    assert!(d.request.starts_with("MESSAGE sip:exploder@ims.example.net SIP/2.0\r\n"));
-    assert!(d.request.contains("\r\nTo: <sip:exploder@ims.example.net>\r\n"));
-    assert!(d.request.contains("\r\nRequire: recipient-list-message\r\n"));
-    assert!(d.request.contains("Content-Disposition: recipient-list\r\n"));
-    for (uri, cc) in [("tel:+15551234567", "to"), ("tel:+15557654321", "cc"), ("tel:+15550000009", "bcc")] {
-        assert!(d.request.contains(&format!("<entry uri=\"{uri}\" cp:copyControl=\"{cc}\"/>")), "{uri}");
+    assert!(
+        d.request
+            .starts_with("MESSAGE sip:exploder@ims.example.net SIP/2.0\r\n")
+    );
+    assert!(
+        d.request
+            .contains("\r\nTo: <sip:exploder@ims.example.net>\r\n")
+    );
+    assert!(
+        d.request
+            .contains("\r\nRequire: recipient-list-message\r\n")
+    );
+    assert!(
+        d.request
+            .contains("Content-Disposition: recipient-list\r\n")
+    );
+    for (uri, cc) in [
+        ("tel:+15551234567", "to"),
+        ("tel:+15557654321", "cc"),
+        ("tel:+15550000009", "bcc"),
+    ] {
+        assert!(
+            d.request
+                .contains(&format!("<entry uri=\"{uri}\" cp:copyControl=\"{cc}\"/>")),
+            "{uri}"
+        );
     }
-    assert_eq!(d.covers, vec!["+15557654321@cpm.example.net", "+15550000009@cpm.example.net"]);
+    assert_eq!(
+        d.covers,
+        vec![
+            "+15557654321@cpm.example.net",
+            "+15550000009@cpm.example.net"
+        ]
+    );
 }

@@ -1,7 +1,7 @@
 //! The facts every phase reads: envelope, recipient, mail, clock. Derived values are
 //! computed once per mail and shared by every phase and recipient.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 
 use chrono::{DateTime, Utc};
 
@@ -20,6 +20,10 @@ pub struct MailFacts<'x> {
     dnt: OnceCell<Vec<Mailbox>>,
     date: OnceCell<Option<(i64, String)>>,
     subject: OnceCell<Option<String>>,
+    /// Values of `mail.*` fields and field functions, computed once per mail: rules of every
+    /// recipient read the same mail, often the same header several times.
+    values: RefCell<Vec<(u16, Value)>>,
+    calls: RefCell<Vec<(Fn, String, Value)>>,
     /// The author's URI, set by the mapper from the address phase.
     pub from_uri: Option<String>,
 }
@@ -35,6 +39,8 @@ impl<'x> MailFacts<'x> {
             dnt: OnceCell::new(),
             date: OnceCell::new(),
             subject: OnceCell::new(),
+            values: RefCell::new(Vec::new()),
+            calls: RefCell::new(Vec::new()),
             from_uri: None,
         }
     }
@@ -129,6 +135,15 @@ impl Facts<'_, '_> {
         let Some(m) = self.mail else {
             return Value::Null;
         };
+        if let Some((_, v)) = m.values.borrow().iter().find(|(k, _)| *k == f as u16) {
+            return v.clone();
+        }
+        let v = Self::compute_mail_field(m, f);
+        m.values.borrow_mut().push((f as u16, v.clone()));
+        v
+    }
+
+    fn compute_mail_field(m: &MailFacts, f: F) -> Value {
         match f {
             F::MailFrom => addresses(m.from()),
             F::MailFromName => Value::opt_str(m.from().first().and_then(|b| b.name.as_deref())),
@@ -154,13 +169,23 @@ impl Facts<'_, '_> {
         let Some(m) = self.mail else {
             return Value::Null;
         };
-        match f {
+        if let Some((.., v)) = m
+            .calls
+            .borrow()
+            .iter()
+            .find(|(g, a, _)| *g == f && a == arg)
+        {
+            return v.clone();
+        }
+        let v = match f {
             Fn::MailHeader => Value::opt_str(m.mail.header(arg)),
             Fn::MailHeaders => Value::list_of_str(m.mail.headers(arg)),
             Fn::MailRawHeader => Value::opt_str(m.mail.raw_header(arg)),
             Fn::MailHeaderCount => Value::Int(m.mail.header_count(arg) as i64),
-            _ => Value::Null,
-        }
+            _ => return Value::Null,
+        };
+        m.calls.borrow_mut().push((f, arg.to_string(), v.clone()));
+        v
     }
 }
 
