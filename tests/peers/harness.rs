@@ -127,6 +127,14 @@ impl Proc {
         Proc::adopt(name, child)
     }
 
+    /// Sends SIGTERM (by pid, through bash's `kill` builtin: no procps needed).
+    pub fn terminate(&self) {
+        let pid = self.child.id();
+        let _ = Command::new("bash")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status();
+    }
+
     /// Everything the process wrote so far (stdout and stderr).
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()

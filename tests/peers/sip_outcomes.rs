@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::harness::{Iwf, IwfOptions, PYTHON, R, SipRequest, Sipp, Transport, require, smtplib};
+use super::harness::{
+    self, Iwf, IwfOptions, PYTHON, R, SipRequest, Sipp, Transport, require, smtplib,
+};
 
 /// T1 = 50 ms, so Timer F (64·T1) is 3.2 s.
 const FAST_TIMERS: &str = "timers: {t1_ms: 50}\n";
@@ -320,5 +322,49 @@ fn cpim(t: Transport) {
     assert_eq!(
         m.h("Content-Length").parse::<usize>().unwrap(),
         m.body.len()
+    );
+}
+
+/// SIGTERM while a MESSAGE waits for its answer: iwf takes no new session, finishes the
+/// transaction in flight (the client gets its 250 once SIPp answers), then exits 0.
+#[test]
+fn sigterm_drains_the_transaction_in_flight() {
+    if !require(&["sipp", PYTHON]) {
+        return;
+    }
+    let sipp = Sipp::start(
+        "message_uas_delay.xml",
+        Transport::Udp,
+        None,
+        1,
+        &["-d", "2000"],
+    );
+    let mut iwf = Iwf::start(IwfOptions {
+        next_hop: Some(sipp.next_hop()),
+        ..IwfOptions::default()
+    });
+    let addr = iwf.smtp;
+    let client = std::thread::spawn(move || {
+        smtplib(
+            addr,
+            json!({"transactions": [transaction("drain", "NEVER")]}),
+            Duration::from_secs(30),
+        )
+    });
+    // the MESSAGE is out, its answer 2 s away
+    assert_eq!(sipp.wait_requests(1, Duration::from_secs(10)).len(), 1);
+    iwf.proc.terminate();
+    let refused = harness::wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err().then_some(())
+    });
+    assert!(refused.is_some(), "still accepting sessions after SIGTERM");
+    let r = client.join().expect("the client thread");
+    let data = r.transactions[0].data.clone().unwrap();
+    assert!(data.is(250, "2.0.0"), "{data:?}\n{}", iwf.proc.output());
+    let status = iwf.proc.wait(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "iwf did not exit cleanly after the drain: {status:?}\n{}",
+        iwf.proc.output()
     );
 }
