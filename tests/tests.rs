@@ -3,4 +3,5 @@
 
 mod gateway;
 mod mapping;
+mod peers;
 mod properties;

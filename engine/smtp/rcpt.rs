@@ -28,6 +28,10 @@ pub(crate) fn check(to: &ProtoRcptTo<'_>, esmtp: bool, smtputf8: bool) -> Result
     if !esmtp && to.flags & NOTIFY != 0 {
         return Err(replies::unsupported_parameter("NOTIFY"));
     }
+    // RFC 3461 §4.1: NOTIFY is NEVER or a list of SUCCESS, FAILURE, DELAY, never both.
+    if to.flags & RCPT_NOTIFY_NEVER != 0 && to.flags & (NOTIFY & !RCPT_NOTIFY_NEVER) != 0 {
+        return Err(replies::invalid_parameter("NOTIFY"));
+    }
     if !esmtp && to.orcpt.is_some() {
         return Err(replies::unsupported_parameter("ORCPT"));
     }
@@ -113,6 +117,12 @@ mod tests {
                 false,
                 false,
                 Err("555 5.5.4 Parameter NOTIFY"),
+            ),
+            (
+                "<a@b.example> NOTIFY=NEVER,SUCCESS",
+                true,
+                false,
+                Err("501 5.5.4 Invalid NOTIFY parameter"),
             ),
             (
                 "<a@b.example> ORCPT=rfc822;x@y.example",

@@ -1,0 +1,22 @@
+//! Tests against real peers: the real `iwf` binary (`iwf serve` / `iwf demo`) on 127.0.0.1
+//! with SIPp as the CPM side, swaks and Python smtplib as mail clients, a private Postfix
+//! as the relaying MTA in front, and many parallel raw SMTP sessions.
+//!
+//! Every test bounds every wait, kills what it starts (the [`harness::Proc`] guard), uses
+//! only loopback, and prints "skipped: X not installed" and passes when a peer is missing
+//! (`.ci/run` installs them all, and checks they are there, so in CI they run).
+//!
+//! | module | peers |
+//! |---|---|
+//! | [`clients`] | swaks, smtplib → `iwf demo` (its in-process endpoint answers 200) |
+//! | [`sip_outcomes`] | smtplib → `iwf serve` → SIPp UAS over UDP and TCP, one status each |
+//! | [`postfix`] | smtplib → Postfix → `iwf serve` → SIPp; bounces read by an aiosmtpd sink |
+//! | [`mixed`] | smtplib over SMTP and LMTP → `iwf serve` → in-process answerer, per-recipient answers |
+//! | [`concurrency`] | 64 raw SMTP sessions → `iwf serve` → SIPp or the in-process answerer |
+
+mod clients;
+mod concurrency;
+mod harness;
+mod mixed;
+mod postfix;
+mod sip_outcomes;
