@@ -24,6 +24,22 @@ pub struct ConfigFile {
     pub limits: LimitsFile,
     #[serde(default)]
     pub timers: TimersFile,
+    /// Prometheus metrics over HTTP, e.g. `127.0.0.1:9090` (off when absent).
+    pub metrics_listen: Option<String>,
+    /// `text` (default) or `json`.
+    pub log_format: Option<String>,
+    /// After SIGTERM/SIGINT, how long transactions in flight may take to finish.
+    pub shutdown_grace_secs: Option<u64>,
+    #[serde(default)]
+    pub reload: ReloadFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadFile {
+    /// Watch the rules directory (default true); SIGHUP reloads either way.
+    pub watch: Option<bool>,
+    pub debounce_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +72,9 @@ pub struct Config {
     pub next_hop: Option<String>,
     pub smtp: crate::smtp::SmtpConfig,
     pub sip: crate::sip::SipConfig,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: crate::logging::LogFormat,
+    pub reload: crate::reload::ReloadConfig,
 }
 
 /// A configuration problem, with where it is.
@@ -81,6 +100,8 @@ pub struct Overrides {
     pub lmtp_listen: Option<String>,
     pub sip_listen: Option<String>,
     pub next_hop: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub log_format: Option<String>,
 }
 
 impl Config {
@@ -169,6 +190,35 @@ impl Config {
                 });
             }
         }
+        if let Some(v) = file.shutdown_grace_secs {
+            smtp.shutdown_grace = Duration::from_secs(v);
+        }
+        let log_format = match o.log_format.clone().or(file.log_format) {
+            Some(f) => f.parse().map_err(|message| ConfigError {
+                where_: "log_format".into(),
+                message,
+            })?,
+            None => crate::logging::LogFormat::default(),
+        };
+        let metrics_listen = o
+            .metrics_listen
+            .clone()
+            .or(file.metrics_listen)
+            .map(|a| addr("metrics_listen", &a))
+            .transpose()?;
+        let mut reload = crate::reload::ReloadConfig::default();
+        if let Some(w) = file.reload.watch {
+            reload.watch = w;
+        }
+        if let Some(ms) = file.reload.debounce_ms {
+            if ms == 0 {
+                return Err(ConfigError {
+                    where_: "reload.debounce_ms".into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+            reload.debounce = Duration::from_millis(ms);
+        }
         let sip_addr = addr("sip_listen", &sip_listen)?;
         let mut sip = crate::sip::SipConfig {
             udp_listen: Some(sip_addr),
@@ -203,6 +253,9 @@ impl Config {
             next_hop,
             smtp,
             sip,
+            metrics_listen,
+            log_format,
+            reload,
         })
     }
 }
