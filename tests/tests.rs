@@ -2,4 +2,5 @@
 //! CI=true, so a changed snapshot fails until it is reviewed and accepted.
 
 mod mapping;
+mod ops;
 mod properties;
