@@ -259,3 +259,38 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let c = Config::load(Some(Path::new("contrib/iwf.yaml")), &Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9465".parse().unwrap()));
+        assert_eq!(c.log_format, crate::logging::LogFormat::Text);
+        assert_eq!(c.smtp.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(c.reload, crate::reload::ReloadConfig::default());
+    }
+
+    #[test]
+    fn flags_override_operations_settings() {
+        let o = Overrides {
+            metrics_listen: Some("127.0.0.1:0".into()),
+            log_format: Some("json".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(Path::new("contrib/iwf.yaml")), &o).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        let bad = Overrides {
+            log_format: Some("xml".into()),
+            ..Overrides::default()
+        };
+        let e = Config::load(None, &bad).unwrap_err();
+        assert_eq!(e.where_, "log_format");
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.metrics_listen, None);
+    }
+}
