@@ -26,6 +26,22 @@ pub struct ConfigFile {
     pub limits: LimitsFile,
     #[serde(default)]
     pub timers: TimersFile,
+    /// Prometheus metrics over HTTP, e.g. `127.0.0.1:9090` (off when absent).
+    pub metrics_listen: Option<String>,
+    /// `text` (default) or `json`.
+    pub log_format: Option<String>,
+    /// After SIGTERM/SIGINT, how long transactions in flight may take to finish.
+    pub shutdown_grace_secs: Option<u64>,
+    #[serde(default)]
+    pub reload: ReloadFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadFile {
+    /// Watch the rules directory (default true); SIGHUP reloads either way.
+    pub watch: Option<bool>,
+    pub debounce_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +75,9 @@ pub struct Config {
     pub smarthost: Option<String>,
     pub smtp: crate::smtp::SmtpConfig,
     pub sip: crate::sip::SipConfig,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: crate::logging::LogFormat,
+    pub reload: crate::reload::ReloadConfig,
 }
 
 /// A configuration problem, with where it is.
@@ -84,6 +103,8 @@ pub struct Overrides {
     pub lmtp_listen: Option<String>,
     pub sip_listen: Option<String>,
     pub next_hop: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub log_format: Option<String>,
 }
 
 impl Config {
@@ -172,6 +193,35 @@ impl Config {
                 });
             }
         }
+        if let Some(v) = file.shutdown_grace_secs {
+            smtp.shutdown_grace = Duration::from_secs(v);
+        }
+        let log_format = match o.log_format.clone().or(file.log_format) {
+            Some(f) => f.parse().map_err(|message| ConfigError {
+                where_: "log_format".into(),
+                message,
+            })?,
+            None => crate::logging::LogFormat::default(),
+        };
+        let metrics_listen = o
+            .metrics_listen
+            .clone()
+            .or(file.metrics_listen)
+            .map(|a| addr("metrics_listen", &a))
+            .transpose()?;
+        let mut reload = crate::reload::ReloadConfig::default();
+        if let Some(w) = file.reload.watch {
+            reload.watch = w;
+        }
+        if let Some(ms) = file.reload.debounce_ms {
+            if ms == 0 {
+                return Err(ConfigError {
+                    where_: "reload.debounce_ms".into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+            reload.debounce = Duration::from_millis(ms);
+        }
         let sip_addr = addr("sip_listen", &sip_listen)?;
         let mut sip = crate::sip::SipConfig {
             udp_listen: Some(sip_addr),
@@ -207,6 +257,44 @@ impl Config {
             smarthost: file.smarthost,
             smtp,
             sip,
+            metrics_listen,
+            log_format,
+            reload,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let c = Config::load(Some(Path::new("contrib/iwf.yaml")), &Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9465".parse().unwrap()));
+        assert_eq!(c.log_format, crate::logging::LogFormat::Text);
+        assert_eq!(c.smtp.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(c.reload, crate::reload::ReloadConfig::default());
+    }
+
+    #[test]
+    fn flags_override_operations_settings() {
+        let o = Overrides {
+            metrics_listen: Some("127.0.0.1:0".into()),
+            log_format: Some("json".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(Path::new("contrib/iwf.yaml")), &o).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        let bad = Overrides {
+            log_format: Some("xml".into()),
+            ..Overrides::default()
+        };
+        let e = Config::load(None, &bad).unwrap_err();
+        assert_eq!(e.where_, "log_format");
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.metrics_listen, None);
     }
 }

@@ -67,13 +67,20 @@ impl MailHandler for Gateway {
         Box::pin(async move {
             match decision {
                 RcptDecision::Accept { .. } => Ok(()),
-                RcptDecision::Reject(r) => Err(r),
+                RcptDecision::Reject(r) => {
+                    crate::metrics::rcpt_refused(self.protocol, &r);
+                    Err(r)
+                }
             }
         })
     }
 
     fn data(&self, envelope: Envelope, message: Vec<u8>) -> BoxFuture<'_, DataReplies> {
-        Box::pin(async move { self.deliver(envelope, message).await })
+        // Counted, timed and logged as one transaction (engine/logging.rs).
+        Box::pin(crate::logging::in_transaction(
+            self.protocol,
+            self.deliver(envelope, message),
+        ))
     }
 }
 
@@ -159,13 +166,14 @@ impl Gateway {
                 .hand_off_dsn(&envelope, &per_recipient, &raw, transaction)
                 .await;
         }
-        tracing::info!(
-            generation = rules.generation,
-            mail = %key,
-            rcpts = envelope.rcpts.len(),
-            reply = %transaction,
-            "transaction"
-        );
+        crate::logging::finish_transaction(&crate::logging::Transaction {
+            protocol: self.protocol,
+            generation: rules.generation,
+            message_id: key.strip_prefix("id:"),
+            envelope: &envelope,
+            per_recipient: &per_recipient,
+            reply: &transaction,
+        });
         DataReplies {
             per_recipient,
             transaction,

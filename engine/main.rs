@@ -82,6 +82,12 @@ struct ServeArgs {
     /// Outbound proxy, e.g. sip:127.0.0.1:5060;transport=udp (else RFC 3263 resolution).
     #[arg(long, value_name = "URI")]
     next_hop: Option<String>,
+    /// Serve Prometheus metrics over HTTP at ADDR (GET /metrics), e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Log lines as human-readable text (default) or JSON objects.
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,12 +129,23 @@ fn main() -> ExitCode {
 }
 
 fn serve(a: ServeArgs, demo: bool) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rsipstack=warn".into()),
-        )
-        .init();
+    let overrides = iwf::config::Overrides {
+        rules: a.rules,
+        smtp_listen: a.smtp_listen,
+        lmtp_listen: a.lmtp_listen,
+        sip_listen: a.sip_listen,
+        next_hop: a.next_hop,
+        metrics_listen: a.metrics_listen,
+        log_format: a.log_format,
+    };
+    let cfg = match iwf::config::Config::load(a.config.as_deref(), &overrides) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    iwf::logging::init(cfg.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -136,20 +153,13 @@ fn serve(a: ServeArgs, demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(iwf::server::run(
-        a.config.as_deref(),
-        iwf::config::Overrides {
-            rules: a.rules,
-            smtp_listen: a.smtp_listen,
-            lmtp_listen: a.lmtp_listen,
-            sip_listen: a.sip_listen,
-            next_hop: a.next_hop,
-        },
-        demo,
-    )) {
+    let result = rt.block_on(iwf::server::serve(cfg, demo));
+    // Whatever is still running (a reload in progress, idle tasks) may not hold up exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -1,10 +1,11 @@
 //! `iwf serve` / `iwf demo`: wire the configuration, the rule set, the SIP back end and the
 //! SMTP/LMTP listeners together, and run until SIGINT/SIGTERM.
+//!
+//! Operations (metrics, rule reload, shutdown, logs) live in their own modules
+//! (`metrics`, `reload`, `shutdown`, `logging`); this file only wires them in.
 
 use std::path::Path;
 use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 
 use crate::config::{Config, Overrides};
 use crate::gateway::{Gateway, MemoryStore};
@@ -13,18 +14,26 @@ use crate::sip::{RsipBackend, SipBackend};
 use crate::smtp::{self, Protocol};
 
 pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> anyhow::Result<()> {
-    let mut cfg = Config::load(config, &overrides)?;
-    let rules = crate::ruleset::load(&cfg.rules, 1).map_err(|d| {
-        anyhow::anyhow!(
-            "the rule set does not load:\n{}",
-            crate::ruleset::diag::render_all(&d)
-        )
-    })?;
-    let failures = crate::selftest::run_all(&rules);
-    if !failures.is_empty() {
-        anyhow::bail!("the rule set's self-tests fail: {:?}", failures);
+    serve(Config::load(config, &overrides)?, demo).await
+}
+
+/// Runs with a checked configuration until SIGTERM/SIGINT, then drains and returns.
+pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
+    // --- operations: signals, metrics, generation 1 (before anything can be asked) ---
+    let shutdown = crate::shutdown::on_signals()?;
+    if let Some(addr) = cfg.metrics_listen {
+        let handle = crate::metrics::install()?;
+        let listener = crate::metrics::bind(addr).await?;
+        println!(
+            "iwf: metrics listening on http://{}/metrics",
+            listener.local_addr()?
+        );
+        tokio::spawn(crate::metrics::serve(listener, handle, shutdown.clone()));
     }
-    tracing::info!(rules = rules.rule_count(), dir = %cfg.rules.display(), "rule set generation 1 loaded");
+    let reloader = Arc::new(crate::reload::Reloader::start(&cfg.rules).map_err(|e| {
+        anyhow::anyhow!("the rule set {} is not usable:\n{e}", cfg.rules.display())
+    })?);
+    // --- end operations ---
     let mut _demo = None;
     if demo {
         let endpoint = crate::demo::start().await?;
@@ -39,23 +48,14 @@ pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> any
     let backend = RsipBackend::start(cfg.sip.clone())
         .await
         .map_err(|e| anyhow::anyhow!("SIP back end: {e}"))?;
-    let sip: Arc<dyn SipBackend> = Arc::new(backend);
+    let sip: Arc<dyn SipBackend> = Arc::new(crate::metrics::MeteredSip(Arc::new(backend)));
     let large = crate::large::LargeConfig {
         host: cfg.sip_listen.ip(),
         ..crate::large::LargeConfig::default()
     };
-    let rules = Arc::new(ArcSwap::from_pointee(rules));
+    let rules = reloader.rules();
+    let _watcher = crate::reload::spawn(reloader, &cfg.reload, shutdown.clone())?;
     let store = Arc::new(MemoryStore::default());
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
-        }
-        tracing::info!("shutting down: no new sessions, finishing transactions in flight");
-    };
-    let shutdown = futures_shared(shutdown);
     let mut tasks = Vec::new();
     for (addr, protocol) in [
         (cfg.smtp_listen, Protocol::Smtp),
@@ -85,30 +85,18 @@ pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> any
         let smtp_cfg = cfg.smtp.clone();
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            smtp::serve(listener, protocol, smtp_cfg, handler, sd.wait()).await
+            let report = smtp::serve(listener, protocol, smtp_cfg, handler, sd.wait()).await;
+            if report.aborted_sessions > 0 {
+                tracing::warn!(
+                    aborted = report.aborted_sessions,
+                    "shutdown grace period over: sessions cut"
+                );
+            }
         }));
     }
     for t in tasks {
         let _ = t.await;
     }
+    tracing::info!("stopped");
     Ok(())
-}
-
-/// A shutdown signal several listeners can wait on.
-#[derive(Clone)]
-struct Shared(tokio::sync::watch::Receiver<bool>);
-
-impl Shared {
-    async fn wait(mut self) {
-        let _ = self.0.wait_for(|v| *v).await;
-    }
-}
-
-fn futures_shared(f: impl std::future::Future<Output = ()> + Send + 'static) -> Shared {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        f.await;
-        let _ = tx.send(true);
-    });
-    Shared(rx)
 }

@@ -3,5 +3,6 @@
 
 mod gateway;
 mod mapping;
+mod ops;
 mod peers;
 mod properties;

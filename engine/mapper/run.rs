@@ -96,6 +96,9 @@ pub fn run<S: PhaseState>(
                 }
             }
         }
+        if let Some(hits) = &rule.hits {
+            hits.increment(1);
+        }
         if let Some(ex) = explain.as_deref_mut() {
             ex.push(Fired {
                 phase,

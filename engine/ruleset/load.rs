@@ -573,5 +573,6 @@ fn compile_rule(
         when: when.map(|c| c as Code),
         actions,
         stop,
+        hits: None,
     })
 }

@@ -52,6 +52,9 @@ pub struct Rule {
     pub when: Option<Code>,
     pub actions: Vec<CompiledAction>,
     pub stop: bool,
+    /// Counts the times the rule fired (`iwf_rule_hits_total`). `None` until the rule set
+    /// is put into service (`metrics::count_rule_hits`): self-tests and dry runs do not count.
+    pub hits: Option<::metrics::Counter>,
 }
 
 /// An action with its compiled value(s).

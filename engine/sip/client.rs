@@ -585,7 +585,11 @@ impl Inner {
                 })?;
             let sent_by = self.sent_by(target.transport, &conn);
             let stamp = match &prev {
-                None => stamp::first(target.transport.via_name(), &sent_by, &self.host),
+                None => {
+                    let s = stamp::first(target.transport.via_name(), &sent_by, &self.host);
+                    crate::logging::note_call_id(&s.call_id);
+                    s
+                }
                 Some(p) => stamp::follow_up(p, target.transport.via_name(), &sent_by),
             };
             let mut request = self

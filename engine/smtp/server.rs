@@ -85,18 +85,22 @@ pub async fn serve(
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     tracing::info!(%peer, "connection limit reached");
+                    crate::metrics::connection_refused(protocol, "limit");
                     refuse(&socket, &replies::too_many_connections(&shared.config.hostname));
                     continue;
                 };
                 let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), shared.config.limits.connections_per_ip) else {
                     tracing::info!(%peer, "per-IP connection limit reached");
+                    crate::metrics::connection_refused(protocol, "per_ip");
                     refuse(&socket, &replies::too_many_connections_from_ip(&shared.config.hostname));
                     continue;
                 };
                 report.sessions += 1;
                 let session = Session::new(shared.clone(), socket, peer, stop_rx.clone());
+                let active = crate::metrics::session_started(protocol);
                 sessions.spawn(async move {
                     session.run().await;
+                    drop(active);
                     drop(ip_slot);
                     drop(permit);
                 });
