@@ -305,3 +305,25 @@ fn exploder_strategy() {
         ]
     );
 }
+
+/// The configuration example in the README is a valid configuration (TLS paths aside).
+#[test]
+fn readme_config_example_loads() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let start = readme
+        .find("```yaml\nrules: rules")
+        .expect("config example")
+        + "```yaml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let example: String = readme[start..end]
+        .lines()
+        .filter(|l| !l.starts_with("tls_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("iwf.yaml");
+    std::fs::write(&path, example).unwrap();
+    let cfg = iwf::config::Config::load(Some(&path), &Default::default())
+        .unwrap_or_else(|e| panic!("README config example: {e}"));
+    assert_eq!(cfg.smarthost.as_deref(), Some("127.0.0.1:25"));
+}

@@ -32,7 +32,9 @@ pub fn load(dir: &Path, generation: u64) -> Result<RuleSet, Vec<Diagnostic>> {
             .filter(|p| {
                 // Editors' lock and swap files (`.#x.yaml`, `.x.yaml.swp`) are not rules.
                 p.is_file()
-                    && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
                     && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
                     && p.file_stem().is_some_and(|s| s != "settings")
             })

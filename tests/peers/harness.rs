@@ -276,7 +276,7 @@ impl Iwf {
     /// For `iwf demo`: every request its in-process endpoint printed, as parsed requests.
     pub fn demo_requests(&self) -> Vec<SipRequest> {
         let out = self.proc.output();
-        out.split("--- received by the demo CPM endpoint ---\n")
+        out.split("--- SIP request received by the demo CPM endpoint ---\n")
             .skip(1)
             .filter_map(|block| {
                 let block = block.split("\n---\n").next().unwrap_or(block);
