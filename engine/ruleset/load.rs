@@ -325,6 +325,39 @@ fn other_phase_hint(msg: &str, bit: u8) -> String {
     msg.to_string()
 }
 
+/// Compile errors of an expression, placed inside the YAML value they came from.
+fn report_compile_errors(
+    src: &Source,
+    value: &Spanned<String>,
+    errs: &[compile::CompileError],
+    phase_bit: u8,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for er in errs {
+        diags.push(src.in_value(
+            &value.referenced,
+            &value.value,
+            er.span.start,
+            er.span.end,
+            other_phase_hint(&er.message, phase_bit),
+        ));
+    }
+}
+
+fn syntax_error(
+    src: &Source,
+    value: &Spanned<String>,
+    se: &crate::dsl::parser::SyntaxError,
+) -> Diagnostic {
+    src.in_value(
+        &value.referenced,
+        &value.value,
+        se.at,
+        se.at + 1,
+        format!("syntax error: {}", se.message),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn compile_rule(
     raw: &RawRule,
@@ -377,27 +410,13 @@ fn compile_rule(
                         Some(code)
                     }
                     Err(errs) => {
-                        for er in errs {
-                            diags.push(src.in_value(
-                                &w.referenced,
-                                &w.value,
-                                er.span.start,
-                                er.span.end,
-                                other_phase_hint(&er.message, phase.bit),
-                            ));
-                        }
+                        report_compile_errors(src, w, &errs, phase.bit, diags);
                         None
                     }
                 }
             }
             Err(se) => {
-                diags.push(src.in_value(
-                    &w.referenced,
-                    &w.value,
-                    se.at,
-                    se.at + 1,
-                    format!("syntax error: {}", se.message),
-                ));
+                diags.push(syntax_error(src, w, &se));
                 None
             }
         });
@@ -465,26 +484,12 @@ fn compile_rule(
                     Some(code)
                 }
                 Err(errs) => {
-                    for er in errs {
-                        diags.push(src.in_value(
-                            &s.referenced,
-                            &s.value,
-                            er.span.start,
-                            er.span.end,
-                            other_phase_hint(&er.message, phase.bit),
-                        ));
-                    }
+                    report_compile_errors(src, s, &errs, phase.bit, diags);
                     None
                 }
             },
             Err(se) => {
-                diags.push(src.in_value(
-                    &s.referenced,
-                    &s.value,
-                    se.at,
-                    se.at + 1,
-                    format!("syntax error: {}", se.message),
-                ));
+                diags.push(syntax_error(src, s, &se));
                 None
             }
         }
