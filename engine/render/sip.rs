@@ -5,6 +5,8 @@
 //! practice: Via, Max-Forwards, From, To, Call-ID, CSeq first, then the rule headers, then
 //! Content-Type and Content-Length.
 
+use std::borrow::Cow;
+
 use rsipstack::sip::{self, Headers, Method, Request, Uri, Version, headers::make_header};
 
 use crate::plan::{Delivery, Stamp};
@@ -91,7 +93,7 @@ fn render(
     let lines = header_lines(&method, delivery, stamp, content_type, body.len(), contact)?;
     let headers: Headers = lines
         .into_iter()
-        .map(|(n, v)| make_header(&n, v))
+        .map(|(n, v)| make_header(n, v.into_owned()))
         .collect::<Vec<sip::Header>>()
         .into();
     Ok(Request {
@@ -104,64 +106,64 @@ fn render(
 }
 
 /// Every header line of the request, in wire order, each checked by the encoder.
-fn header_lines(
+fn header_lines<'a>(
     method: &Method,
-    delivery: &Delivery,
+    delivery: &'a Delivery,
     stamp: &Stamp,
-    content_type: &str,
+    content_type: &'a str,
     body_len: usize,
     contact: Option<&str>,
-) -> Result<Vec<(String, String)>, RenderError> {
-    let mut lines: Vec<(String, String)> = Vec::with_capacity(delivery.headers.len() + 8);
-    let push = |lines: &mut Vec<(String, String)>, n: &str, v: String| -> Result<(), EncodeError> {
-        lines.push(encoder::header(n, &v)?);
-        Ok(())
-    };
-    push(
-        &mut lines,
-        "Via",
-        format!(
-            "SIP/2.0/{} {};branch={}",
-            stamp.transport, stamp.sent_by, stamp.branch
-        ),
-    )?;
+) -> Result<Vec<(&'a str, Cow<'a, str>)>, RenderError> {
+    let mut lines: Vec<(&'a str, Cow<'a, str>)> = Vec::with_capacity(delivery.headers.len() + 8);
     let rule = |name: &str| {
         delivery
             .headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_str())
     };
-    push(
-        &mut lines,
+    lines.push((
+        "Via",
+        Cow::Owned(format!(
+            "SIP/2.0/{} {};branch={}",
+            stamp.transport, stamp.sent_by, stamp.branch
+        )),
+    ));
+    lines.push((
         "Max-Forwards",
-        rule("max-forwards").unwrap_or_else(|| "70".into()),
-    )?;
+        Cow::Borrowed(rule("max-forwards").unwrap_or("70")),
+    ));
     if let Some(from) = rule("from") {
-        push(&mut lines, "From", format!("{from};tag={}", stamp.from_tag))?;
+        lines.push(("From", Cow::Owned(format!("{from};tag={}", stamp.from_tag))));
     }
-    push(
-        &mut lines,
+    lines.push((
         "To",
-        rule("to").unwrap_or_else(|| format!("<{}>", delivery.request_uri)),
-    )?;
-    push(&mut lines, "Call-ID", stamp.call_id.clone())?;
-    push(&mut lines, "CSeq", format!("{} {}", stamp.cseq, method))?;
+        match rule("to") {
+            Some(to) => Cow::Borrowed(to),
+            None => Cow::Owned(format!("<{}>", delivery.request_uri)),
+        },
+    ));
+    lines.push(("Call-ID", Cow::Owned(stamp.call_id.clone())));
+    lines.push(("CSeq", Cow::Owned(format!("{} {}", stamp.cseq, method))));
     if let Some(c) = contact {
-        push(&mut lines, "Contact", format!("<{c}>"))?;
+        lines.push(("Contact", Cow::Owned(format!("<{c}>"))));
     }
     for (n, v) in &delivery.headers {
-        let lower = n.to_ascii_lowercase();
-        if LEADING.contains(&lower.as_str())
-            || lower == "to"
-            || MECHANISM_HEADERS.contains(&lower.as_str())
-        {
-            continue;
+        let placed = LEADING
+            .iter()
+            .chain(MECHANISM_HEADERS.iter())
+            .chain(std::iter::once(&"to"))
+            .any(|m| n.eq_ignore_ascii_case(m));
+        if !placed {
+            encoder::check_name(n)?;
+            lines.push((n.as_str(), Cow::Borrowed(v.as_str())));
         }
-        push(&mut lines, n, v.clone())?;
     }
-    push(&mut lines, "Content-Type", content_type.to_string())?;
-    push(&mut lines, "Content-Length", body_len.to_string())?;
+    lines.push(("Content-Type", Cow::Borrowed(content_type)));
+    lines.push(("Content-Length", Cow::Owned(body_len.to_string())));
+    for (n, v) in &lines {
+        encoder::check_value(n, v)?;
+    }
     Ok(lines)
 }
 
