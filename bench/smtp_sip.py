@@ -321,6 +321,8 @@ def medians(records):
         ok = [r["rate"] for r in rs if r["rc"] == 0]
         med[k] = {"rate": statistics.median(ok) if ok else 0.0, "n": len(ok), "all": [r["rate"] for r in rs],
                   "us": statistics.median([r["server_us_per_mail"] for r in rs]),
+                  "chain_us": statistics.median([(r["server_cpu_s"] + r["kamailio_cpu_s"] + r["generator_cpu_s"])
+                                                 / max(r["mails"], 1) * 1e6 for r in rs]),
                   "failed": sum(1 for r in rs if r["rc"] != 0),
                   "foreign": statistics.median([r["foreign_cpu_s"] / max(r["seconds"], 1e-9) for r in rs])}
     return med
@@ -431,6 +433,23 @@ def report(a, meta, med, lat, idle, records, end_rss):
     L.append("")
     L.append("Every run's rate (all rounds), server CPU per mail and the CPU that other processes "
              "on the machine took during the run (`foreign`, in cores) are in the table at the end.\n")
+    L.append("## CPU per mail (µs, medians) — the figure least moved by machine noise\n")
+    L.append("`server` is the gateway's (or sink's) own CPU; `chain` adds Kamailio and smtp-source. "
+             "On a machine with nothing else running, 2 cores / chain is the rate the chain can reach; "
+             "the last columns are the ratios that follow from it.\n")
+    L.append("| sessions | connections | sink server / chain | iwf UDP | iwf TCP | py UDP | py TCP | "
+             "iwf UDP / sink (from chain) | iwf TCP / sink | iwf UDP / py UDP | iwf TCP / py TCP |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in a.sessions:
+        for mode in a.modes:
+            c = lambda t, f: med.get((t, s, mode), {}).get(f)
+            cell = lambda t: "—" if c(t, "us") is None else f"{c(t, 'us'):.0f} / {c(t, 'chain_us'):.0f}"
+            def cr(x, y):
+                return "—" if not c(x, "chain_us") or not c(y, "chain_us") else f"{c(y, 'chain_us') / c(x, 'chain_us'):.2f}"
+            L.append(f"| {s} | {'reused (-d)' if mode == 'reused' else 'per mail'} | " +
+                     " | ".join(cell(t) for t in ("sink", "iwf-udp", "iwf-tcp", "py-udp", "py-tcp")) + " | " +
+                     " | ".join([cr("iwf-udp", "sink"), cr("iwf-tcp", "sink"), cr("iwf-udp", "py-udp"), cr("iwf-tcp", "py-tcp")]) + " |")
+    L.append("")
     L.append("## Goals\n")
     L.append("| goal | measured | met |")
     L.append("|---|---|---|")
@@ -500,10 +519,28 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--tag", default="", help="suffix for the result file names")
+    ap.add_argument("--report-from", metavar="JSON", help="only rewrite the .md of an earlier run from its .json")
     a = ap.parse_args()
     a.sessions = [int(x) for x in a.sessions.split(",")]
     a.modes = [m for m in a.modes.split(",") if m]
     a.targets = [t for t in a.targets.split(",") if t]
+    if a.report_from:
+        d = json.load(open(a.report_from))
+        for k, v in d["args"].items():
+            if k not in ("report_from",):
+                setattr(a, k, v)
+        recs = d["records"]
+        tp = [r for r in recs if r.get("phase") == "throughput"]
+        md = report(a, d["meta"], medians(tp), [r for r in recs if r.get("phase") == "latency"],
+                    [r for r in recs if r.get("phase") == "idle"], tp, d.get("end_rss_kib") or {})
+        m = d["meta"]
+        md += (f"\nLoad average at start `{m['loadavg_start']}`, at end `{m.get('loadavg_end')}`; "
+               f"net.ipv4.tcp_tw_reuse={m['tcp_tw_reuse']}. Raw records: `{os.path.basename(a.report_from)}`.\n")
+        out = a.report_from[:-5] + ".md"
+        with open(out, "w") as f:
+            f.write(md)
+        print(md)
+        return
     skip = set(a.skip.split(","))
     for t in a.targets:
         if t.startswith("py") and not os.path.exists(PY_DEBIAN):
@@ -515,7 +552,8 @@ def main():
     date = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "engine", "Cargo.toml"], capture_output=True, text=True).stdout.strip()
-    meta = {"date": date, "commit": commit + ("+dirty" if dirty else ""), "command": " ".join(["bench/smtp_sip.sh"] + sys.argv[1:]),
+    meta = {"date": date, "commit": commit + ("+dirty" if dirty else ""), "command": " ".join(["bench/smtp_sip.sh"] + [x for i, x in enumerate(sys.argv[1:])
+                                                            if x != "--iwf" and (i == 0 or sys.argv[i] != "--iwf")]),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, kernel {platform.release()}",
             "loadavg_start": open("/proc/loadavg").read().strip(),
             "tcp_tw_reuse": open("/proc/sys/net/ipv4/tcp_tw_reuse").read().strip()}
