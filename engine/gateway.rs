@@ -6,7 +6,6 @@
 //! A retried transaction (the sender got a 4xx) does not deliver twice: recipients already
 //! delivered are recorded in a [`DeliveredStore`] keyed by the mail's identity.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -27,21 +26,67 @@ pub trait DeliveredStore: Send + Sync {
     fn record(&self, mail_key: &str, rcpt: &str);
 }
 
-/// The embedded, in-memory store (one machine).
-#[derive(Default)]
-pub struct MemoryStore(Mutex<HashSet<(String, String)>>);
+/// The embedded, in-memory store (one machine). Records expire after `ttl` (a sender's
+/// retries end after 4–5 days, RFC 5321 §4.5.4.1) and the store never holds more than
+/// `max` records: when full, the oldest go first.
+pub struct MemoryStore {
+    records: Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+    ttl: std::time::Duration,
+    max: usize,
+}
+
+impl MemoryStore {
+    pub fn new(ttl: std::time::Duration, max: usize) -> Self {
+        MemoryStore {
+            records: Mutex::new(std::collections::HashMap::new()),
+            ttl,
+            max: max.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for MemoryStore {
+    /// Five days, one million records.
+    fn default() -> Self {
+        MemoryStore::new(std::time::Duration::from_secs(5 * 24 * 3600), 1_000_000)
+    }
+}
 
 impl DeliveredStore for MemoryStore {
     fn was_delivered(&self, mail_key: &str, rcpt: &str) -> bool {
-        self.0
-            .lock()
-            .map(|s| s.contains(&(mail_key.to_string(), rcpt.to_ascii_lowercase())))
-            .unwrap_or(false)
+        let Ok(r) = self.records.lock() else {
+            return false;
+        };
+        r.get(&(mail_key.to_string(), rcpt.to_ascii_lowercase()))
+            .is_some_and(|at| at.elapsed() < self.ttl)
     }
     fn record(&self, mail_key: &str, rcpt: &str) {
-        if let Ok(mut s) = self.0.lock() {
-            s.insert((mail_key.to_string(), rcpt.to_ascii_lowercase()));
+        let Ok(mut r) = self.records.lock() else {
+            return;
+        };
+        if r.len() >= self.max {
+            let ttl = self.ttl;
+            r.retain(|_, at| at.elapsed() < ttl);
+            if r.len() >= self.max {
+                // Still full of live records: drop the oldest half.
+                let mut ages: Vec<std::time::Instant> = r.values().copied().collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                r.retain(|_, at| *at > cut);
+            }
         }
+        r.insert(
+            (mail_key.to_string(), rcpt.to_ascii_lowercase()),
+            std::time::Instant::now(),
+        );
     }
 }
 
@@ -86,9 +131,7 @@ impl MailHandler for Gateway {
 
 /// The identity of a mail for idempotency: its Message-ID, else a hash of its content.
 fn mail_key(raw: &[u8]) -> String {
-    if let Ok(m) = crate::mail::Mail::parse(raw)
-        && let Some(id) = m.message_id()
-    {
+    if let Some(id) = crate::mail::message_id_only(raw) {
         return format!("id:{id}");
     }
     use std::hash::{Hash, Hasher};
@@ -137,9 +180,6 @@ impl Gateway {
         });
         let results = futures_join_all(sends).await;
         for (d, reply) in plan.deliveries.iter().zip(results) {
-            if reply.is_positive() {
-                self.store.record(&key, &d.recipient);
-            }
             if let Some(i) = position(&d.recipient) {
                 replies[i] = Some(reply.clone());
             }
@@ -165,6 +205,16 @@ impl Gateway {
             transaction = self
                 .hand_off_dsn(&envelope, &per_recipient, &raw, transaction)
                 .await;
+        }
+        // Only a 4xx makes the sender retry the whole transaction: then remember who has
+        // the mail already, so the retry reaches only the rest (DESIGN §3.6). After a 250 or
+        // a 5xx nothing is retried, and LMTP senders retry per recipient.
+        if self.protocol == Protocol::Smtp && transaction.is_transient() {
+            for (r, reply) in envelope.rcpts.iter().zip(&per_recipient) {
+                if reply.is_positive() {
+                    self.store.record(&key, &r.address);
+                }
+            }
         }
         crate::logging::finish_transaction(&crate::logging::Transaction {
             protocol: self.protocol,
@@ -350,4 +400,36 @@ async fn futures_join_all<F: std::future::Future>(
         out.extend(r);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_store_expires_and_stays_bounded() {
+        let s = MemoryStore::new(std::time::Duration::from_millis(50), 10);
+        s.record("id:a", "X@y");
+        assert!(
+            s.was_delivered("id:a", "x@y"),
+            "case-insensitive recipients"
+        );
+        assert!(!s.was_delivered("id:b", "x@y"));
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(!s.was_delivered("id:a", "x@y"), "expired");
+        for i in 0..100 {
+            s.record(&format!("id:{i}"), "r@y");
+        }
+        assert!(s.len() <= 10, "bounded: {}", s.len());
+        assert!(s.was_delivered("id:99", "r@y"), "the newest survive");
+    }
+
+    #[test]
+    fn message_id_from_headers_only() {
+        assert_eq!(
+            mail_key(b"Message-ID: <a@b>\r\nSubject: x\r\n\r\nbody"),
+            "id:a@b"
+        );
+        assert!(mail_key(b"Subject: x\r\n\r\nbody").starts_with("hash:"));
+    }
 }

@@ -18,6 +18,14 @@ static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
         .default_header_text()
 });
 
+/// The Message-ID of a mail from its header section alone (no body parse).
+pub fn message_id_only(raw: &[u8]) -> Option<String> {
+    MessageParser::new()
+        .parse_headers(raw)?
+        .message_id()
+        .map(|s| s.to_string())
+}
+
 /// Why a mail cannot be mapped at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MailError {
