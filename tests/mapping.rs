@@ -88,9 +88,12 @@ fn render(run: &DryRun) -> String {
     for r in &run.rejections {
         out.push_str(&format!("=== {} rejected ===\n{}\n", r.recipient, r.reply));
     }
+    // Rules by file, without line numbers: a comment added to a rule file must not change
+    // every snapshot (`iwf map --explain` shows the lines).
     out.push_str("=== rules that fired ===\n");
     for f in &run.explain {
-        out.push_str(&format!("{} {} ({})\n", f.phase, f.rule, f.at));
+        let file = f.at.rsplit_once(':').map(|(file, _)| file).unwrap_or(&f.at);
+        out.push_str(&format!("{} {} ({})\n", f.phase, f.rule, file));
     }
     out
 }
