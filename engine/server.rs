@@ -40,10 +40,7 @@ pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> any
         .await
         .map_err(|e| anyhow::anyhow!("SIP back end: {e}"))?;
     let sip: Arc<dyn SipBackend> = Arc::new(backend);
-    let large = crate::large::LargeConfig {
-        host: cfg.sip_listen.ip(),
-        ..crate::large::LargeConfig::default()
-    };
+    let large = cfg.large.clone();
     let rules = Arc::new(ArcSwap::from_pointee(rules));
     let store = Arc::new(MemoryStore::default());
     let shutdown = async {
