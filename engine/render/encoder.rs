@@ -33,7 +33,10 @@ pub fn check_name(name: &str) -> Result<(), EncodeError> {
 /// Checks a header value: no CR, LF or other control characters.
 pub fn check_value(name: &str, value: &str) -> Result<(), EncodeError> {
     // Fast path: ASCII without C0 controls (tab allowed) or DEL is always fine.
-    if value.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t') {
+    if value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
+    {
         return Ok(());
     }
     match value
