@@ -34,6 +34,8 @@ pub struct ConfigFile {
     pub shutdown_grace_secs: Option<u64>,
     #[serde(default)]
     pub reload: ReloadFile,
+    #[serde(default)]
+    pub large: LargeFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +65,18 @@ pub struct TimersFile {
     pub t4_ms: Option<u64>,
 }
 
+/// Large Message Mode (INVITE + MSRP) settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LargeFile {
+    /// Octets of content per MSRP SEND (default 2048; Kamailio needs <= 10 KB).
+    pub chunk_size: Option<usize>,
+    /// How long to wait for each chunk's MSRP response (default 30, RFC 4975 §7.1.2).
+    pub response_timeout_secs: Option<u64>,
+    /// Cap on a whole large-mode session (default 120, mapping reference §7 Q10).
+    pub session_cap_secs: Option<u64>,
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -78,6 +92,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: crate::logging::LogFormat,
     pub reload: crate::reload::ReloadConfig,
+    /// Large-mode delivery (its `host` is the SIP listening address).
+    pub large: crate::large::LargeConfig,
 }
 
 /// A configuration problem, with where it is.
@@ -243,6 +259,25 @@ impl Config {
         if let Some(v) = file.timers.t4_ms {
             sip.timers.t4 = Duration::from_millis(v);
         }
+        let mut large = crate::large::LargeConfig {
+            host: sip_addr.ip(),
+            ..crate::large::LargeConfig::default()
+        };
+        if let Some(v) = file.large.chunk_size {
+            if v == 0 {
+                return Err(ConfigError {
+                    where_: "large.chunk_size".into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+            large.chunk_size = v;
+        }
+        if let Some(v) = file.large.response_timeout_secs {
+            large.response_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = file.large.session_cap_secs {
+            large.session_cap = Duration::from_secs(v);
+        }
         Ok(Config {
             rules: o
                 .rules
@@ -260,6 +295,7 @@ impl Config {
             metrics_listen,
             log_format,
             reload,
+            large,
         })
     }
 }

@@ -145,7 +145,18 @@ impl<'x> Mail<'x> {
             return None;
         }
         let t = self.msg.body_text(0)?;
-        Some(crlf(t.trim_end_matches(['\r', '\n'])))
+        Some(crlf(t.trim_end_matches(['\r', '\n'])).into_owned())
+    }
+
+    /// [`Mail::text`] in a shared buffer, copied once from the parsed mail (not twice).
+    pub fn text_shared(&self) -> Option<std::sync::Arc<str>> {
+        if self.msg.text_body_count() == 0 && self.msg.html_body_count() == 0 {
+            return None;
+        }
+        let t = self.msg.body_text(0)?;
+        Some(std::sync::Arc::from(&*crlf(
+            t.trim_end_matches(['\r', '\n']),
+        )))
     }
 
     /// The top-level MIME entity as received: its Content-* headers and raw body, for
@@ -255,14 +266,14 @@ fn unfold(s: &str) -> String {
 }
 
 /// Normalizes line ends to CRLF.
-fn crlf(s: &str) -> String {
+fn crlf(s: &str) -> std::borrow::Cow<'_, str> {
     let b = s.as_bytes();
     let bare = b.iter().enumerate().any(|(i, &c)| {
         (c == b'\n' && (i == 0 || b[i - 1] != b'\r'))
             || (c == b'\r' && b.get(i + 1) != Some(&b'\n'))
     });
     if !bare {
-        return s.to_string();
+        return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + s.len() / 32);
     let mut prev = '\0';
@@ -279,7 +290,7 @@ fn crlf(s: &str) -> String {
     if prev == '\r' {
         out.push('\n');
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -49,10 +49,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("SIP back end: {e}"))?;
     let sip: Arc<dyn SipBackend> = Arc::new(crate::metrics::MeteredSip(Arc::new(backend)));
-    let large = crate::large::LargeConfig {
-        host: cfg.sip_listen.ip(),
-        ..crate::large::LargeConfig::default()
-    };
+    let large = cfg.large.clone();
     let rules = reloader.rules();
     let _watcher = crate::reload::spawn(reloader, &cfg.reload, shutdown.clone())?;
     let store = Arc::new(MemoryStore::default());

@@ -2,6 +2,7 @@
 //! CI=true, so a changed snapshot fails until it is reviewed and accepted.
 
 mod gateway;
+mod large;
 mod mapping;
 mod ops;
 mod peers;

@@ -105,6 +105,14 @@ pub fn eval(code: &Code, input: &dyn Input, frame: &mut Frame) -> Result<Value, 
             }
         }
         Code::Concat(parts) => {
+            // `"${expr}"` alone: a string value is already its own text; share it rather
+            // than copy it (a whole mail body for `text: ${mail.text}`).
+            if let [only] = parts.as_slice() {
+                match eval(only, input, frame)? {
+                    v @ Value::Str(_) => return Ok(v),
+                    v => return Ok(Value::str(v.to_string())),
+                }
+            }
             let mut out = String::new();
             for p in parts {
                 use std::fmt::Write;

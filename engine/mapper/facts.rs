@@ -2,6 +2,7 @@
 //! computed once per mail and shared by every phase and recipient.
 
 use std::cell::{OnceCell, RefCell};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -16,7 +17,8 @@ pub struct MailFacts<'x> {
     from: OnceCell<Vec<Mailbox>>,
     to: OnceCell<Vec<Mailbox>>,
     cc: OnceCell<Vec<Mailbox>>,
-    text: OnceCell<Option<String>>,
+    /// Shared with every `mail.text` value the rules read (no copy per reference).
+    text: OnceCell<Option<Arc<str>>>,
     dnt: OnceCell<Vec<Mailbox>>,
     date: OnceCell<Option<(i64, String)>>,
     subject: OnceCell<Option<String>>,
@@ -55,7 +57,10 @@ impl<'x> MailFacts<'x> {
         self.cc.get_or_init(|| self.mail.mailboxes("Cc"))
     }
     pub fn text(&self) -> Option<&str> {
-        self.text.get_or_init(|| self.mail.text()).as_deref()
+        self.text_shared().map(|t| &**t)
+    }
+    fn text_shared(&self) -> Option<&Arc<str>> {
+        self.text.get_or_init(|| self.mail.text_shared()).as_ref()
     }
     pub fn dnt(&self) -> &[Mailbox] {
         self.dnt
@@ -157,7 +162,9 @@ impl Facts<'_, '_> {
             F::MailDateIso => Value::opt_str(m.date().map(|d| d.1.as_str())),
             F::MailMessageId => Value::opt_str(m.mail.message_id()),
             F::MailSize => Value::Int(m.mail.raw.len() as i64),
-            F::MailText => Value::opt_str(m.text()),
+            F::MailText => m
+                .text_shared()
+                .map_or(Value::Null, |t| Value::Str(t.clone())),
             F::MailContentType => Value::str(m.mail.content_type()),
             F::MailAttachments => Value::Int(m.mail.attachments() as i64),
             F::MailReceivedCount => Value::Int(m.mail.header_count("Received") as i64),

@@ -244,7 +244,7 @@ pub struct Draft {
     pub mode: Mode,
     pub imdn: Vec<String>,
     pub cpim_body: bool,
-    pub text: Option<String>,
+    pub text: Option<std::sync::Arc<str>>,
     pub recipient_list: &'static str,
     pub exploder: Option<String>,
     pub reject: Option<Reply>,
@@ -339,7 +339,14 @@ impl run::PhaseState for MessageState<'_, '_> {
                     other => return Err(format!("body must be text or cpim, found `{other}`")),
                 }
             }
-            Action::Text => d.text = (!value.is_null()).then(text),
+            // A text taken whole from a field (`${mail.text}`) shares its buffer.
+            Action::Text => {
+                d.text = match value {
+                    Value::Null => None,
+                    Value::Str(s) => Some(s),
+                    other => Some(other.to_string().into()),
+                }
+            }
             Action::RecipientList => {
                 d.recipient_list = match text().as_str() {
                     "none" => "none",
@@ -383,8 +390,23 @@ fn sizing_stamp() -> Stamp {
 impl MessageState<'_, '_> {
     fn request_size(&self) -> usize {
         let ids = crate::ids::SequentialIds::new();
-        match build_delivery(self.rules, &self.facts, &self.draft, self.history, &ids) {
-            Ok(d) => sip::message_len(&d, &sizing_stamp()).unwrap_or(usize::MAX >> 1),
+        // The pager text goes into the body verbatim (text/plain, CPIM, multipart), so it
+        // is measured by its length instead of copied twice into a throw-away body.
+        let text_len = match self.draft.mode {
+            Mode::Pager => self.draft.text.as_deref().map_or(0, str::len),
+            Mode::Large => 0,
+        };
+        match build_delivery_sized(
+            self.rules,
+            &self.facts,
+            &self.draft,
+            self.history,
+            &ids,
+            text_len > 0,
+        ) {
+            Ok(d) => {
+                sip::message_len_plus(&d, &sizing_stamp(), text_len).unwrap_or(usize::MAX >> 1)
+            }
             Err(_) => usize::MAX >> 1,
         }
     }
@@ -398,6 +420,24 @@ fn build_delivery(
     history: &[resource_lists::Entry],
     ids: &dyn Ids,
 ) -> Result<Delivery, String> {
+    build_delivery_sized(rules, facts, d, history, ids, false)
+}
+
+/// [`build_delivery`]; with `without_text`, a pager body leaves the draft's text out
+/// (for measuring: its length is added by the caller).
+fn build_delivery_sized(
+    rules: &RuleSet,
+    facts: &Facts,
+    d: &Draft,
+    history: &[resource_lists::Entry],
+    ids: &dyn Ids,
+    without_text: bool,
+) -> Result<Delivery, String> {
+    let text = if without_text {
+        ""
+    } else {
+        d.text.as_deref().unwrap_or("")
+    };
     let recipient = facts.rcpt.map(|r| r.address.clone()).unwrap_or_default();
     let imdn_id = (!d.imdn.is_empty()).then(|| ids.token());
     let (inner_head, inner_body, cpim_needed): (Vec<u8>, &[u8], bool) = match (d.mode, facts.mail) {
@@ -407,8 +447,8 @@ fn build_delivery(
         }
         (Mode::Large, None) => (cpim::text_entity(""), &[], true),
         (Mode::Pager, _) => (
-            cpim::text_entity(d.text.as_deref().unwrap_or("")),
-            &[],
+            cpim::TEXT_ENTITY_HEAD.to_vec(),
+            text.as_bytes(),
             d.cpim_body || imdn_id.is_some(),
         ),
     };
@@ -424,7 +464,7 @@ fn build_delivery(
     } else {
         (
             "text/plain;charset=UTF-8".to_string(),
-            d.text.clone().unwrap_or_default().into_bytes(),
+            text.as_bytes().to_vec(),
         )
     };
     let mut headers = d.headers.clone();
@@ -917,4 +957,75 @@ pub fn aggregate(
         .or_else(|| replies.first().cloned())
         .unwrap_or_else(|| Reply::new(554, "5.5.1", "no valid recipients"));
     (reply, st.dsn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `request.size` measures the pager text by its length: it must equal the length of
+    /// the request built with the text, for every body shape the text can go into.
+    #[test]
+    fn request_size_is_the_size_of_the_built_request() {
+        let rules = crate::ruleset::load(std::path::Path::new("rules"), 1)
+            .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
+        let rcpt = Rcpt::parse("<alice@cpm.example.net>").unwrap();
+        let envelope = Envelope {
+            mail_from: crate::envelope::MailFrom::default(),
+            rcpts: vec![rcpt.clone()],
+            client: crate::envelope::Client::default(),
+            received_at: Utc::now(),
+        };
+        let uri = "sip:alice@ims.example.net".to_string();
+        let history = [resource_lists::Entry {
+            uri: "sip:bob@ims.example.net".into(),
+            copy_control: "to",
+        }];
+        for (cpim_body, imdn, list, text) in [
+            (false, false, "", "hello"),
+            (true, false, "", "hello"),
+            (true, true, "", "h\u{e9}llo w\u{f6}rld\r\nline two"),
+            (false, false, "history", "hello"),
+            (true, true, "history", &"x".repeat(99_999)[..]),
+        ] {
+            let st = MessageState {
+                facts: Facts {
+                    envelope: &envelope,
+                    rcpt: Some(&rcpt),
+                    rcpt_uri: Some(&uri),
+                    mail: None,
+                    now: Utc::now(),
+                },
+                rules: &rules,
+                draft: Draft {
+                    request_uri: uri.clone(),
+                    headers: vec![("Subject".into(), "sizes".into())],
+                    cpim: vec![("From".into(), "<sip:a@iwf.example.net>".into())],
+                    mode: Mode::Pager,
+                    imdn: if imdn {
+                        vec!["positive-delivery".into()]
+                    } else {
+                        vec![]
+                    },
+                    cpim_body,
+                    text: Some(text.into()),
+                    recipient_list: list,
+                    exploder: None,
+                    reject: None,
+                },
+                history: &history,
+            };
+            let built = build_delivery(
+                &rules,
+                &st.facts,
+                &st.draft,
+                &history,
+                &crate::ids::SequentialIds::new(),
+            )
+            .unwrap();
+            assert!(built.content.body.len() >= text.len());
+            let want = sip::message_len(&built, &sizing_stamp()).unwrap();
+            assert_eq!(st.request_size(), want, "{cpim_body} {imdn} {list:?}");
+        }
+    }
 }

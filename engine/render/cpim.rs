@@ -44,10 +44,13 @@ impl Cpim<'_> {
     }
 }
 
+/// The header section of [`text_entity`]: the text follows it verbatim.
+pub const TEXT_ENTITY_HEAD: &[u8] = b"Content-Type: text/plain; charset=UTF-8\r\n\r\n";
+
 /// A text/plain inner entity in UTF-8.
 pub fn text_entity(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + 48);
-    out.extend_from_slice(b"Content-Type: text/plain; charset=UTF-8\r\n\r\n");
+    out.extend_from_slice(TEXT_ENTITY_HEAD);
     out.extend_from_slice(text.as_bytes());
     out
 }

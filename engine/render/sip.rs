@@ -67,17 +67,28 @@ pub fn render_invite(
 /// computed from the header lines without building the request: what the pager-mode
 /// size rule (`request.size`) measures on every mail.
 pub fn message_len(delivery: &Delivery, stamp: &Stamp) -> Result<usize, RenderError> {
+    message_len_plus(delivery, stamp, 0)
+}
+
+/// [`message_len`] of the delivery with `extra` more body octets (a body measured
+/// without some verbatim part of it).
+pub fn message_len_plus(
+    delivery: &Delivery,
+    stamp: &Stamp,
+    extra: usize,
+) -> Result<usize, RenderError> {
+    let body_len = delivery.content.body.len() + extra;
     let lines = header_lines(
         &Method::Message,
         delivery,
         stamp,
         &delivery.content.content_type,
-        delivery.content.body.len(),
+        body_len,
         None,
     )?;
     let request_line = "MESSAGE ".len() + delivery.request_uri.len() + " SIP/2.0\r\n".len();
     let headers: usize = lines.iter().map(|(n, v)| n.len() + 2 + v.len() + 2).sum();
-    Ok(request_line + headers + 2 + delivery.content.body.len())
+    Ok(request_line + headers + 2 + body_len)
 }
 
 fn render(
