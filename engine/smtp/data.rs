@@ -247,10 +247,9 @@ impl Session {
                     id: &tx.id,
                     date: chrono::Utc::now(),
                 });
-                let mut message = Vec::with_capacity(header.len() + body.len());
-                message.extend_from_slice(header.as_bytes());
-                message.extend_from_slice(&body);
-                drop(body);
+                // Prepend in place: a big message is not held twice while it is copied.
+                let mut message = body;
+                message.splice(0..0, header.bytes());
                 // Nothing may wait in our output buffer while the handler works.
                 if self.flush().await.is_err() {
                     return Flow::Close;
