@@ -18,6 +18,22 @@ static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
         .default_header_text()
 });
 
+/// A mail stored with bare LF line ends (a file on disk) as SMTP carries it: CRLF. A mail
+/// that already has CRLF line ends is returned as it is.
+pub fn crlf_line_ends(raw: Vec<u8>) -> Vec<u8> {
+    if raw.windows(2).any(|w| w == b"\r\n") {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 40);
+    for b in raw {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
 /// The Message-ID of a mail from its header section alone (no body parse).
 pub fn message_id_only(raw: &[u8]) -> Option<String> {
     MessageParser::new()

@@ -29,33 +29,7 @@ enum Command {
         rules: Option<PathBuf>,
     },
     /// Dry run: print the SIP request(s) a mail would become, or the SMTP rejections.
-    Map {
-        #[arg(long, value_name = "DIR", default_value = "rules")]
-        rules: PathBuf,
-        #[arg(long, value_enum, default_value_t = Format::Sip)]
-        format: Format,
-        /// Show each rule that fired, with its file:line and the value it produced.
-        #[arg(long)]
-        explain: bool,
-        /// What follows `MAIL FROM:`, e.g. '<a@mail.example.org> BY=3600;R'.
-        #[arg(long, value_name = "ARGS")]
-        mail_from: Option<String>,
-        /// What follows `RCPT TO:` (repeatable), e.g. '<+15551230001@cpm.example.net> NOTIFY=SUCCESS'.
-        #[arg(long = "rcpt", value_name = "ARGS")]
-        rcpts: Vec<String>,
-        /// The client authenticated (SMTP AUTH), for the P-Asserted-Identity rule.
-        #[arg(long)]
-        authenticated: bool,
-        /// Reproducible identifiers and clock (as in snapshots and self-tests).
-        #[arg(long)]
-        deterministic: bool,
-        /// MSRP chunk size for large mode.
-        #[arg(long, default_value_t = 2048)]
-        chunk_size: usize,
-        /// The mail (RFC 5322), or - for standard input.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-    },
+    Map(MapArgs),
     /// Run the gateway: ESMTP (and LMTP) in, SIP out.
     Serve(ServeArgs),
     /// Run the gateway with an in-process SIP endpoint that answers 200 and prints every
@@ -102,27 +76,7 @@ fn main() -> ExitCode {
         Command::Check { rules_flag, rules } => {
             check(rules_flag.or(rules).unwrap_or_else(|| "rules".into()))
         }
-        Command::Map {
-            rules,
-            format,
-            explain,
-            mail_from,
-            rcpts,
-            authenticated,
-            deterministic,
-            chunk_size,
-            file,
-        } => map(MapArgs {
-            rules,
-            format,
-            explain,
-            mail_from,
-            rcpts,
-            authenticated,
-            deterministic,
-            chunk_size,
-            file,
-        }),
+        Command::Map(args) => map(args),
         Command::Serve(a) => serve(a, false),
         Command::Demo(a) => serve(a, true),
     }
@@ -193,15 +147,32 @@ fn check(dir: PathBuf) -> ExitCode {
     }
 }
 
+#[derive(clap::Args)]
 struct MapArgs {
+    #[arg(long, value_name = "DIR", default_value = "rules")]
     rules: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Sip)]
     format: Format,
+    /// Show each rule that fired, with its file:line and the value it produced.
+    #[arg(long)]
     explain: bool,
+    /// What follows `MAIL FROM:`, e.g. '<a@mail.example.org> BY=3600;R'.
+    #[arg(long, value_name = "ARGS")]
     mail_from: Option<String>,
+    /// What follows `RCPT TO:` (repeatable), e.g. '<+15551230001@cpm.example.net> NOTIFY=SUCCESS'.
+    #[arg(long = "rcpt", value_name = "ARGS")]
     rcpts: Vec<String>,
+    /// The client authenticated (SMTP AUTH), for the P-Asserted-Identity rule.
+    #[arg(long)]
     authenticated: bool,
+    /// Reproducible identifiers and clock (as in snapshots and self-tests).
+    #[arg(long)]
     deterministic: bool,
+    /// MSRP chunk size for large mode.
+    #[arg(long, default_value_t = 2048)]
     chunk_size: usize,
+    /// The mail (RFC 5322), or - for standard input.
+    #[arg(value_name = "FILE")]
     file: PathBuf,
 }
 
@@ -223,7 +194,7 @@ fn map(a: MapArgs) -> ExitCode {
         eprintln!("error: cannot read {}: {e}", a.file.display());
         return ExitCode::FAILURE;
     }
-    let raw = normalize_line_ends(raw);
+    let raw = iwf::mail::crlf_line_ends(raw);
     let mail_from = match a.mail_from.as_deref().map(MailFrom::parse).transpose() {
         Ok(m) => m,
         Err(e) => {
@@ -277,21 +248,6 @@ fn map(a: MapArgs) -> ExitCode {
         Format::Sip => print!("{}", render_text(&run)),
     }
     ExitCode::SUCCESS
-}
-
-/// A mail file with bare LF line ends is read as CRLF, the way it would arrive over SMTP.
-fn normalize_line_ends(raw: Vec<u8>) -> Vec<u8> {
-    if raw.windows(2).any(|w| w == b"\r\n") {
-        return raw;
-    }
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 40);
-    for b in raw {
-        if b == b'\n' {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
 }
 
 fn render_text(run: &dryrun::DryRun) -> String {

@@ -35,15 +35,7 @@ fn split_fixture(text: &[u8]) -> (Option<MailFrom>, Vec<Rcpt>, Vec<u8>) {
         }
         rest = &rest[(end + 1).min(rest.len())..];
     }
-    let mut raw = Vec::with_capacity(rest.len());
-    let mut prev = 0u8;
-    for &b in rest {
-        if b == b'\n' && prev != b'\r' {
-            raw.push(b'\r');
-        }
-        raw.push(b);
-        prev = b;
-    }
+    let raw = iwf::mail::crlf_line_ends(rest.to_vec());
     (mail_from, rcpts, raw)
 }
 
