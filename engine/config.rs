@@ -20,6 +20,9 @@ pub struct ConfigFile {
     pub next_hop: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// SIP over TLS to the next hop (`next_hop: sips:…` or `;transport=tls`).
+    #[serde(default)]
+    pub sip_tls: SipTlsFile,
     /// `host:port` of the MTA that takes our DSNs.
     pub smarthost: Option<String>,
     #[serde(default)]
@@ -44,6 +47,19 @@ pub struct ReloadFile {
     /// Watch the rules directory (default true); SIGHUP reloads either way.
     pub watch: Option<bool>,
     pub debounce_ms: Option<u64>,
+}
+
+/// TLS towards the SIP next hop: trust anchors and an optional client certificate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipTlsFile {
+    /// PEM file of the CA(s) that sign the next hop's certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain and key (mutual TLS), both or neither.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to verify in the next hop's certificate (default: its host name).
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,9 +255,37 @@ impl Config {
             reload.debounce = Duration::from_millis(ms);
         }
         let sip_addr = addr("sip_listen", &sip_listen)?;
+        let read = |key: &str, p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConfigError> {
+            p.as_ref()
+                .map(|p| {
+                    std::fs::read(p).map_err(|e| ConfigError {
+                        where_: format!("sip_tls.{key}"),
+                        message: format!("cannot read {}: {e}", p.display()),
+                    })
+                })
+                .transpose()
+        };
+        let t = &file.sip_tls;
+        if t.cert.is_some() != t.key.is_some() {
+            return Err(ConfigError {
+                where_: "sip_tls.cert/sip_tls.key".into(),
+                message: "give both or neither".into(),
+            });
+        }
+        let sip_tls = if t.ca.is_some() || t.cert.is_some() || t.server_name.is_some() {
+            Some(crate::sip::TlsClient {
+                ca_pem: read("ca", &t.ca)?,
+                client_cert_pem: read("cert", &t.cert)?,
+                client_key_pem: read("key", &t.key)?,
+                server_name: t.server_name.clone(),
+            })
+        } else {
+            None
+        };
         let mut sip = crate::sip::SipConfig {
             udp_listen: Some(sip_addr),
             outbound_proxy: next_hop.clone(),
+            tls: sip_tls,
             ..crate::sip::SipConfig::default()
         };
         if next_hop
