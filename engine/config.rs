@@ -91,6 +91,8 @@ pub struct LargeFile {
     pub response_timeout_secs: Option<u64>,
     /// Cap on a whole large-mode session (default 120, mapping reference §7 Q10).
     pub session_cap_secs: Option<u64>,
+    /// PEM file of the CA(s) of the MSRP peers: enables MSRP over TLS (`msrps:`).
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// The checked configuration.
@@ -307,6 +309,19 @@ impl Config {
             host: sip_addr.ip(),
             ..crate::large::LargeConfig::default()
         };
+        if let Some(ca) = &file.large.tls_ca {
+            let pem = std::fs::read(ca).map_err(|e| ConfigError {
+                where_: "large.tls_ca".into(),
+                message: format!("cannot read {}: {e}", ca.display()),
+            })?;
+            large.tls =
+                Some(
+                    crate::large::tls_client_config(&pem).map_err(|message| ConfigError {
+                        where_: "large.tls_ca".into(),
+                        message,
+                    })?,
+                );
+        }
         if let Some(v) = file.large.chunk_size {
             if v == 0 {
                 return Err(ConfigError {

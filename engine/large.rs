@@ -29,6 +29,29 @@ pub struct LargeConfig {
     pub session_cap: Duration,
     /// `a=max-size` we announce.
     pub max_size: u64,
+    /// MSRP over TLS (RFC 4975 §6, `msrps:`): when set, our path is `msrps:`, the m-line
+    /// `TCP/TLS/MSRP`, and the connection to the answer's path is TLS-verified with it.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// A TLS client configuration trusting the CA certificates in `ca_pem` (and nothing else).
+pub fn tls_client_config(ca_pem: &[u8]) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots
+            .add(cert.map_err(|e| format!("CA file: {e}"))?)
+            .map_err(|e| format!("CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the CA file".into());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 impl Default for LargeConfig {
@@ -40,6 +63,7 @@ impl Default for LargeConfig {
             response_timeout: Duration::from_secs(30),
             session_cap: Duration::from_secs(120),
             max_size: 10 << 20,
+            tls: None,
         }
     }
 }
@@ -71,7 +95,8 @@ pub async fn deliver(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig) -> O
 
 async fn deliver_uncapped(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig) -> Outcome {
     let session = msrp::codec::random_ident();
-    let local_path = msrp_path(cfg.host, cfg.port, &session, false);
+    let tls = cfg.tls.clone().map(tokio_rustls::TlsConnector::from);
+    let local_path = msrp_path(cfg.host, cfg.port, &session, tls.is_some());
     let offer = SdpOffer {
         session_id: rand::random::<u32>() as u64,
         host: cfg.host,
@@ -82,7 +107,7 @@ async fn deliver_uncapped(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig)
         max_size: Some(cfg.max_size),
         sendonly: true,
         setup_active: true,
-        tls: false,
+        tls: tls.is_some(),
     };
     let contact = format!("sip:iwf@{}", cfg.host);
     let inv = sip
@@ -107,7 +132,7 @@ async fn deliver_uncapped(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig)
         let Some(to_path) = answer.next_hop().map(str::to_string) else {
             return final_sip(488, "SDP answer without a=path");
         };
-        let stream = match msrp::connect(&to_path, None, cfg.response_timeout).await {
+        let stream = match msrp::connect(&to_path, tls.as_ref(), cfg.response_timeout).await {
             Ok(s) => s,
             Err(e) => return msrp::SendOutcome::from(e).into_outcome(),
         };
@@ -131,4 +156,146 @@ async fn deliver_uncapped(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig)
         let _ = s.bye().await;
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::msrp::{Receiver, ReceiverConfig};
+    use crate::plan::Content;
+    use crate::sip::{Answerer, AnswererConfig, ReceivedRequest, Reply, RsipBackend, SipConfig};
+
+    const CERT: &[u8] = include_bytes!("smtp/testdata/cert.pem");
+    const KEY: &[u8] = include_bytes!("smtp/testdata/key.pem");
+
+    /// A TLS front for the plain MSRP receiver: what an `msrps:` peer looks like on the wire.
+    async fn tls_front(backend: std::net::SocketAddr) -> std::net::SocketAddr {
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(crate::smtp::tls_config_from_pem(CERT, KEY).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn msrp_over_tls_delivers_the_whole_message() {
+        let (receiver, mut messages) = Receiver::bind(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ReceiverConfig::default(),
+        )
+        .await
+        .unwrap();
+        let front = tls_front(receiver.local_addr()).await;
+        let answer = format!(
+            "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=message {} TCP/TLS/MSRP *\r\na=accept-types:message/cpim\r\n\
+             a=path:msrps://127.0.0.1:{}/peer;tcp\r\n",
+            front.port(),
+            front.port()
+        );
+        let offers: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = offers.clone();
+        let (answerer, _rx) = Answerer::start(AnswererConfig {
+            udp: Some("127.0.0.1:0".parse().unwrap()),
+            ..AnswererConfig::with_policy(move |req: &ReceivedRequest| match req.method.as_str() {
+                "INVITE" => {
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&req.body).into_owned());
+                    Reply::status(200)
+                        .with_header("Contact", "<sip:peer@127.0.0.1>")
+                        .with_body("application/sdp", answer.as_bytes())
+                }
+                _ => crate::sip::answerer::default_reply(200, req),
+            })
+        })
+        .await
+        .unwrap();
+        let backend = RsipBackend::start(SipConfig {
+            outbound_proxy: Some(format!(
+                "sip:{};transport=udp",
+                answerer.udp_addr().unwrap()
+            )),
+            ..SipConfig::default()
+        })
+        .await
+        .unwrap();
+        let body: Vec<u8> = (0..30_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let delivery = Delivery {
+            recipient: "+15551234567@cpm.example.net".into(),
+            mode: Mode::Large,
+            request_uri: "tel:+15551234567".into(),
+            headers: vec![("From".into(), "<sip:a@iwf.example.net>".into())],
+            content: Content {
+                content_type: "message/cpim".into(),
+                body: body.clone().into(),
+            },
+            imdn_message_id: None,
+            success_report: false,
+        };
+        let cfg = LargeConfig {
+            tls: Some(tls_client_config(CERT).unwrap()),
+            response_timeout: Duration::from_secs(5),
+            ..LargeConfig::default()
+        };
+        let outcome = deliver(&backend, &delivery, &cfg).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Final {
+                    protocol: Protocol::Msrp,
+                    status: 200,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        let got = tokio::time::timeout(Duration::from_secs(5), messages.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got.content[..], &body[..], "byte for byte through TLS");
+        let offer = offers.lock().unwrap()[0].clone();
+        assert!(offer.contains("m=message 2855 TCP/TLS/MSRP *"), "{offer}");
+        assert!(offer.contains("a=path:msrps://127.0.0.1:2855/"), "{offer}");
+    }
+
+    #[tokio::test]
+    async fn an_msrps_path_without_tls_configured_is_a_clear_failure() {
+        let stream =
+            crate::msrp::connect("msrps://127.0.0.1:9/x;tcp", None, Duration::from_secs(1)).await;
+        let outcome = crate::msrp::SendOutcome::from(stream.err().unwrap()).into_outcome();
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failure {
+                    kind: FailureKind::MsrpConnect,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        assert!(tls_client_config(b"not a certificate").is_err());
+    }
 }
