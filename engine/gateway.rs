@@ -158,6 +158,8 @@ impl Gateway {
                 ));
                 continue;
             }
+            // Resolved again (RCPT time already did it) on purpose: the whole transaction is
+            // then mapped by this one rule-set generation, even if a reload came in between.
             match mapper::resolve_recipient(&rules, &envelope, r, now, None) {
                 RcptDecision::Accept { uri } => {
                     accepted.push((r.clone(), uri));
