@@ -39,6 +39,15 @@ pub struct ConfigFile {
     pub reload: ReloadFile,
     #[serde(default)]
     pub large: LargeFile,
+    /// Where delivery and correlation records live: `sqlite` (default, a file in
+    /// `state_dir`), `memory`, `redis://host:port[/db]` or `redis+cluster://h:p,h:p`.
+    pub store: Option<String>,
+    /// Directory of the SQLite store (default `./state`).
+    pub state_dir: Option<PathBuf>,
+    /// How long a delivery record lives (default 432000 = 5 days, RFC 5321 §4.5.4.1).
+    pub store_ttl_secs: Option<u64>,
+    /// At most this many records of each kind (default 1000000).
+    pub store_max_records: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +121,9 @@ pub struct Config {
     pub reload: crate::reload::ReloadConfig,
     /// Large-mode delivery (its `host` is the SIP listening address).
     pub large: crate::large::LargeConfig,
+    /// The delivery/correlation store and its limits.
+    pub store: crate::store::Backend,
+    pub store_limits: crate::store::Limits,
 }
 
 /// A configuration problem, with where it is.
@@ -337,6 +349,26 @@ impl Config {
         if let Some(v) = file.large.session_cap_secs {
             large.session_cap = Duration::from_secs(v);
         }
+        let state_dir = file.state_dir.unwrap_or_else(|| "state".into());
+        let store =
+            crate::store::Backend::parse(file.store.as_deref().unwrap_or("sqlite"), &state_dir)
+                .map_err(|message| ConfigError {
+                    where_: "store".into(),
+                    message,
+                })?;
+        let mut store_limits = crate::store::Limits::default();
+        if let Some(v) = file.store_ttl_secs {
+            store_limits.delivery_ttl = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = file.store_max_records {
+            if v == 0 {
+                return Err(ConfigError {
+                    where_: "store_max_records".into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+            store_limits.max_records = v;
+        }
         Ok(Config {
             rules: o
                 .rules
@@ -355,6 +387,8 @@ impl Config {
             log_format,
             reload,
             large,
+            store,
+            store_limits,
         })
     }
 }

@@ -3,10 +3,11 @@
 //! maps each outcome with the response rules (retrying once in another form when a rule
 //! asks), and answers only once every outcome is known — 250 only after a SIP 2xx.
 //!
-//! A retried transaction (the sender got a 4xx) does not deliver twice: recipients already
-//! delivered are recorded in a [`DeliveredStore`] keyed by the mail's identity.
+//! A retried transaction (the sender got a 4xx, or lost our 250) does not deliver twice:
+//! every delivered recipient is recorded in the [`Store`] (keyed by the mail's identity,
+//! [`crate::store::mail_identity`]) before the reply is sent.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
@@ -20,82 +21,14 @@ use crate::ruleset::RuleSet;
 use crate::sip::SipBackend;
 use crate::smtp::{BoxFuture, DataReplies, MailHandler, Protocol};
 
-/// Remembers which recipients of which mail were delivered (idempotency across retries).
-pub trait DeliveredStore: Send + Sync {
-    fn was_delivered(&self, mail_key: &str, rcpt: &str) -> bool;
-    fn record(&self, mail_key: &str, rcpt: &str);
-}
-
-/// The embedded, in-memory store (one machine). Records expire after `ttl` (a sender's
-/// retries end after 4–5 days, RFC 5321 §4.5.4.1) and the store never holds more than
-/// `max` records: when full, the oldest go first.
-pub struct MemoryStore {
-    records: Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
-    ttl: std::time::Duration,
-    max: usize,
-}
-
-impl MemoryStore {
-    pub fn new(ttl: std::time::Duration, max: usize) -> Self {
-        MemoryStore {
-            records: Mutex::new(std::collections::HashMap::new()),
-            ttl,
-            max: max.max(1),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.records.lock().map(|r| r.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Default for MemoryStore {
-    /// Five days, one million records.
-    fn default() -> Self {
-        MemoryStore::new(std::time::Duration::from_secs(5 * 24 * 3600), 1_000_000)
-    }
-}
-
-impl DeliveredStore for MemoryStore {
-    fn was_delivered(&self, mail_key: &str, rcpt: &str) -> bool {
-        let Ok(r) = self.records.lock() else {
-            return false;
-        };
-        r.get(&(mail_key.to_string(), rcpt.to_ascii_lowercase()))
-            .is_some_and(|at| at.elapsed() < self.ttl)
-    }
-    fn record(&self, mail_key: &str, rcpt: &str) {
-        let Ok(mut r) = self.records.lock() else {
-            return;
-        };
-        if r.len() >= self.max {
-            let ttl = self.ttl;
-            r.retain(|_, at| at.elapsed() < ttl);
-            if r.len() >= self.max {
-                // Still full of live records: drop the oldest half.
-                let mut ages: Vec<std::time::Instant> = r.values().copied().collect();
-                ages.sort_unstable();
-                let cut = ages[ages.len() / 2];
-                r.retain(|_, at| *at > cut);
-            }
-        }
-        r.insert(
-            (mail_key.to_string(), rcpt.to_ascii_lowercase()),
-            std::time::Instant::now(),
-        );
-    }
-}
+pub use crate::store::{MemoryStore, Store};
 
 /// The gateway's dependencies.
 pub struct Gateway {
     pub rules: Arc<ArcSwap<RuleSet>>,
     pub sip: Arc<dyn SipBackend>,
     pub ids: Arc<dyn Ids>,
-    pub store: Arc<dyn DeliveredStore>,
+    pub store: Arc<dyn Store>,
     pub protocol: Protocol,
     pub large: crate::large::LargeConfig,
     /// Where DSNs go (`host:port`); without one, a transaction whose recipients partly
@@ -129,28 +62,24 @@ impl MailHandler for Gateway {
     }
 }
 
-/// The identity of a mail for idempotency: its Message-ID, else a hash of its content.
-fn mail_key(raw: &[u8]) -> String {
-    if let Some(id) = crate::mail::message_id_only(raw) {
-        return format!("id:{id}");
-    }
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    raw.hash(&mut h);
-    format!("hash:{:016x}:{}", h.finish(), raw.len())
-}
-
 impl Gateway {
     async fn deliver(&self, envelope: Envelope, raw: Vec<u8>) -> DataReplies {
         // One rule-set generation maps the whole transaction.
         let rules = self.rules.load_full();
         let now = Utc::now();
-        let key = mail_key(&raw);
+        let key = crate::store::mail_identity(&envelope.mail_from.address, &raw);
+        let addresses: Vec<String> = envelope.rcpts.iter().map(|r| r.address.clone()).collect();
+        // Who has this mail already? A store that cannot say means no delivery now: the
+        // sender retries later (and no 250 goes out whose record could not be kept).
+        let done = match self.store.delivered(&key, &addresses).await {
+            Ok(d) => d,
+            Err(e) => return self.store_unavailable(&envelope, &rules, &key, &e),
+        };
         let mut replies: Vec<Option<Reply>> = vec![None; envelope.rcpts.len()];
         let mut accepted = Vec::new();
         let mut index_of = Vec::new();
         for (i, r) in envelope.rcpts.iter().enumerate() {
-            if self.store.was_delivered(&key, &r.address) {
+            if done.get(i).copied().unwrap_or(false) {
                 replies[i] = Some(Reply::new(
                     250,
                     "2.0.0",
@@ -197,26 +126,43 @@ impl Gateway {
                 replies[i] = Some(r);
             }
         }
-        let per_recipient: Vec<Reply> = replies
+        let mut per_recipient: Vec<Reply> = replies
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Reply::new(451, "4.3.0", "recipient not processed")))
             .collect();
         let (mut transaction, dsn) =
             mapper::aggregate(&rules, &envelope, &per_recipient, now, None);
-        if dsn && self.protocol == Protocol::Smtp {
+        // Every recipient delivered now is recorded (durably) before any reply: a retry
+        // after a 4xx, or after a 250 the sender never saw, then reaches only the rest.
+        let delivered_now: Vec<String> = envelope
+            .rcpts
+            .iter()
+            .zip(&per_recipient)
+            .zip(&done)
+            .filter(|((_, reply), before)| reply.is_positive() && !**before)
+            .map(|((r, _), _)| r.address.clone())
+            .collect();
+        if let Err(e) = self.store.record_delivered(&key, &delivered_now).await {
+            tracing::warn!(mail = %key, recipients = delivered_now.len(), "delivered, but the record could not be kept: answering 4xx: {e}");
+            transaction = Reply::new(
+                451,
+                "4.3.0",
+                "delivery state could not be recorded; try again later",
+            );
+            for (reply, before) in per_recipient.iter_mut().zip(&done) {
+                if reply.is_positive() && !*before {
+                    *reply = transaction.clone();
+                }
+            }
+        }
+        if dsn
+            && self.protocol == Protocol::Smtp
+            && transaction.is_positive()
+            && self.protocol == Protocol::Smtp
+        {
             transaction = self
                 .hand_off_dsn(&envelope, &per_recipient, &raw, transaction)
                 .await;
-        }
-        // Only a 4xx makes the sender retry the whole transaction: then remember who has
-        // the mail already, so the retry reaches only the rest (DESIGN §3.6). After a 250 or
-        // a 5xx nothing is retried, and LMTP senders retry per recipient.
-        if self.protocol == Protocol::Smtp && transaction.is_transient() {
-            for (r, reply) in envelope.rcpts.iter().zip(&per_recipient) {
-                if reply.is_positive() {
-                    self.store.record(&key, &r.address);
-                }
-            }
         }
         crate::logging::finish_transaction(&crate::logging::Transaction {
             protocol: self.protocol,
@@ -230,6 +176,30 @@ impl Gateway {
             per_recipient,
             transaction,
         }
+    }
+
+    /// The answer when the store cannot say who has the mail already: 451 for everyone, so
+    /// the sender retries once the store is back (the failure is counted and logged by the
+    /// store as `iwf_store_errors_total`).
+    fn store_unavailable(
+        &self,
+        envelope: &Envelope,
+        rules: &RuleSet,
+        key: &str,
+        e: &crate::store::StoreError,
+    ) -> DataReplies {
+        tracing::warn!(mail = %key, "not delivered, answering 4xx: {e}");
+        let reply = Reply::new(451, "4.3.0", "delivery state unavailable; try again later");
+        let replies = DataReplies::all(envelope, reply);
+        crate::logging::finish_transaction(&crate::logging::Transaction {
+            protocol: self.protocol,
+            generation: rules.generation,
+            message_id: key.strip_prefix("id:"),
+            envelope,
+            per_recipient: &replies.per_recipient,
+            reply: &replies.transaction,
+        });
+        replies
     }
 
     /// Sends the DSN a positive transaction reply promises; the reply stands only if the
@@ -406,32 +376,16 @@ async fn futures_join_all<F: std::future::Future>(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_store_expires_and_stays_bounded() {
-        let s = MemoryStore::new(std::time::Duration::from_millis(50), 10);
-        s.record("id:a", "X@y");
-        assert!(
-            s.was_delivered("id:a", "x@y"),
-            "case-insensitive recipients"
-        );
-        assert!(!s.was_delivered("id:b", "x@y"));
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert!(!s.was_delivered("id:a", "x@y"), "expired");
-        for i in 0..100 {
-            s.record(&format!("id:{i}"), "r@y");
-        }
-        assert!(s.len() <= 10, "bounded: {}", s.len());
-        assert!(s.was_delivered("id:99", "r@y"), "the newest survive");
-    }
-
     #[test]
     fn message_id_from_headers_only() {
+        use crate::store::mail_identity;
         assert_eq!(
-            mail_key(b"Message-ID: <a@b>\r\nSubject: x\r\n\r\nbody"),
+            mail_identity("a@b", b"Message-ID: <a@b>\r\nSubject: x\r\n\r\nbody"),
             "id:a@b"
         );
-        assert!(mail_key(b"Subject: x\r\n\r\nbody").starts_with("hash:"));
+        let h = mail_identity("s@x", b"Subject: x\r\n\r\nbody");
+        assert!(h.starts_with("sha256:") && h.len() == 7 + 64, "{h}");
+        assert_ne!(h, mail_identity("t@x", b"Subject: x\r\n\r\nbody"));
+        assert_ne!(h, mail_identity("s@x", b"Subject: x\r\n\r\nother body"));
     }
 }

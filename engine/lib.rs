@@ -55,3 +55,4 @@ pub mod server;
 pub mod shutdown;
 pub mod sip;
 pub mod smtp;
+pub mod store;

@@ -35,6 +35,23 @@ enum Command {
     /// Run the gateway with an in-process SIP endpoint that answers 200 and prints every
     /// request it receives: a mail sent to 127.0.0.1:2525 shows up as a SIP MESSAGE.
     Demo(ServeArgs),
+    /// Look inside the delivery/correlation store the configuration names.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+        /// YAML configuration file (its `store` and `state_dir`).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Backend, location, live record counts and limits.
+    Stats,
+    /// The recipients recorded for a mail identity (`id:<Message-ID>` or `sha256:<hex>`)
+    /// and the correlation record with that key, as JSON.
+    Get { key: String },
 }
 
 #[derive(clap::Args, Clone)]
@@ -79,6 +96,62 @@ fn main() -> ExitCode {
         Command::Map(args) => map(args),
         Command::Serve(a) => serve(a, false),
         Command::Demo(a) => serve(a, true),
+        Command::Store { action, config } => store(action, config),
+    }
+}
+
+fn store(action: StoreAction, config: Option<PathBuf>) -> ExitCode {
+    let cfg = match iwf::config::Config::load(config.as_deref(), &Default::default()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let iwf::store::Backend::Sqlite(path) = &cfg.store
+        && !path.exists()
+    {
+        eprintln!(
+            "error: no store at {} (nothing recorded yet, or another state_dir)",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let run = async {
+        let s = cfg.store.open(cfg.store_limits)?;
+        match action {
+            StoreAction::Stats => {
+                let st = s.stats().await?;
+                println!("backend: {}", st.backend);
+                println!("location: {}", st.location);
+                println!("delivery_records: {}", st.delivery_records);
+                println!("correlation_records: {}", st.correlation_records);
+                println!("max_records: {}", st.max_records);
+                println!("delivery_ttl_secs: {}", st.delivery_ttl_secs);
+            }
+            StoreAction::Get { key } => {
+                let l = s.lookup(&key).await?;
+                println!("{}", serde_json::to_string_pretty(&l)?);
+                if l.delivered.is_empty() && l.correlation.is_none() {
+                    anyhow::bail!("nothing recorded under `{key}`");
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

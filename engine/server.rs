@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Config, Overrides};
-use crate::gateway::{Gateway, MemoryStore};
+use crate::gateway::Gateway;
 use crate::ids::RandomIds;
 use crate::sip::{RsipBackend, SipBackend};
 use crate::smtp::{self, Protocol};
@@ -52,7 +52,9 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     let large = cfg.large.clone();
     let rules = reloader.rules();
     let _watcher = crate::reload::spawn(reloader, &cfg.reload, shutdown.clone())?;
-    let store = Arc::new(MemoryStore::default());
+    let store = cfg.store.open(cfg.store_limits)?;
+    crate::store::describe_metrics();
+    tracing::info!(store = ?cfg.store, "store open");
     let mut tasks = Vec::new();
     for (addr, protocol) in [
         (cfg.smtp_listen, Protocol::Smtp),
