@@ -210,6 +210,8 @@ impl Iwf {
             .arg("serve")
             .arg("--config")
             .arg(&cfg)
+            // Its state (the SQLite store in ./state) stays in the test's directory.
+            .current_dir(dir.path())
             .env("RUST_LOG", "warn,iwf=info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

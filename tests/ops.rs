@@ -96,6 +96,8 @@ impl Iwf {
             .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--next-hop", next_hop])
             .args(extra)
+            // Its state (the SQLite store in ./state) stays in the test's directory.
+            .current_dir(dir.path())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

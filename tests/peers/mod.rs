@@ -13,6 +13,7 @@
 //! | [`postfix`] | smtplib → Postfix → `iwf serve` → SIPp; bounces read by an aiosmtpd sink |
 //! | [`mixed`] | smtplib over SMTP and LMTP → `iwf serve` → in-process answerer, per-recipient answers |
 //! | [`concurrency`] | 64 raw SMTP sessions → `iwf serve` → SIPp or the in-process answerer |
+//! | [`store`] | raw SMTP and Postfix → `iwf serve` (SQLite / redis-server) → in-process answerer; kill -9 |
 
 mod clients;
 mod concurrency;
@@ -20,3 +21,4 @@ mod harness;
 mod mixed;
 mod postfix;
 mod sip_outcomes;
+mod store;
