@@ -462,12 +462,21 @@ async fn kill_9_twice_under_postfix_load_delivers_every_recipient_exactly_once()
     tokio::time::sleep(Duration::from_secs(3)).await;
     let accepted = cpm.accepted.lock().unwrap().clone();
     let twice: Vec<_> = accepted.iter().filter(|(_, n)| **n != 1).collect();
-    let tail = |s: String| s.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+    let tail = |s: String| {
+        let mut l: Vec<&str> = s.lines().rev().take(40).collect();
+        l.reverse();
+        l.join("\n")
+    };
+    let missing: Vec<String> = (0..mails)
+        .flat_map(|i| [R1, R2, R3].map(move |r| (i, r)))
+        .filter(|(i, r)| !accepted.contains_key(&(format!("crash-{i}"), format!("tel:{}", tel(r)))))
+        .map(|(i, r)| format!("crash-{i} {r}"))
+        .collect();
     assert!(
         done,
-        "{} of {want} (mail, recipient) pairs delivered; queue empty: {}\npostfix:\n{}\niwf:\n{}",
+        "{} of {want} (mail, recipient) pairs delivered; missing: {missing:?}\nqueue:\n{}\npostfix:\n{}\niwf:\n{}",
         accepted.len(),
-        pf.queue_empty(),
+        pf.script("queue").1,
         tail(pf.log()),
         tail(gw.proc.output())
     );
