@@ -13,6 +13,11 @@ Phases, all in one run on one machine:
                  connection rate measured in phase 1; DATA-end -> reply p50/p99.
   3. idle RSS    a fresh iwf, 1,000 connections that sent EHLO and wait; VmRSS.
 Writes bench/results/<date>.md (table) and <date>.json (every raw record).
+
+Stores: iwf-udp, iwf-tcp and the idle-RSS iwf run with `store: memory`; iwf-sqlite (the
+default store: SQLite in the work directory, fsync per group commit) and iwf-redis (a
+redis-server started here on loopback, appendonly + appendfsync always) are iwf-udp with
+the durable stores, so the "Store cost" table compares the three in the same run.
 """
 import argparse
 import datetime
@@ -33,9 +38,11 @@ CLK = os.sysconf("SC_CLK_TCK")
 PY_DEBIAN = "/usr/bin/python3"  # py_iwf needs Debian's python3-aiosmtpd
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 MAIL_FROM = "a@mail.example.org"
 RCPT = "+15551230001@cpm.example.net"
 LOG = None
+SENT = {}  # target -> mails acknowledged with rc 0 (calibration runs included)
 
 
 def log(*a):
@@ -200,7 +207,9 @@ def start_servers(a, wd, rules, cfg):
     P = a.port_base
     ports = {"sink": P, "iwf-udp": P + 1, "iwf-tcp": P + 2, "py-udp": P + 3, "py-tcp": P + 4,
              "iwf-rss": P + 5, "sip-udp": P + 11, "sip-tcp": P + 12, "sip-rss": P + 15,
-             "kam-sip": P + 20, "kam-msrp": P + 21}
+             "kam-sip": P + 20, "kam-msrp": P + 21,
+             "iwf-sqlite": P + 6, "iwf-redis": P + 7, "sip-sqlite": P + 16, "sip-redis": P + 17,
+             "redis": P + 22}
     busy = [f"{k}={p}" for k, p in ports.items() if not port_free(p)]
     if busy:
         raise SystemExit(f"ports in use: {', '.join(busy)}; pick another --port-base")
@@ -213,6 +222,23 @@ def start_servers(a, wd, rules, cfg):
     kam_pid = int(open(os.path.join(wd, "kam", "main.pid")).read())
     kam = {"pid": kam_pid, "env": env}
     servers = {}
+    if "iwf-redis" in a.targets:
+        rdir = os.path.join(wd, "redis")
+        os.makedirs(rdir, exist_ok=True)
+        rp = Proc("redis", [REDIS_SERVER, "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "yes", "--appendfsync", "always", "--dir", rdir],
+                  os.path.join(wd, "redis.log"))
+        for _ in range(100):
+            if not port_free(ports["redis"]):
+                break
+            time.sleep(0.1)
+        log(f"redis: pid {rp.pid}, 127.0.0.1:{ports['redis']} (appendonly, appendfsync always)")
+    store_cfg = {}
+    for store, text in (("sqlite", f"store: sqlite\nstate_dir: {os.path.join(wd, 'state')}\n"),
+                        ("redis", f"store: redis://127.0.0.1:{ports['redis']}/0\n")):
+        store_cfg[store] = os.path.join(wd, f"iwf-{store}.yaml")
+        with open(store_cfg[store], "w") as f:
+            f.write(open(cfg).read().replace("store: memory\n", "") + text)
     ienv = dict(os.environ, RUST_LOG="warn")
     kp = ports["kam-sip"]
     sink_cmd = [SMTP_SINK] + (["-u", "nobody"] if os.geteuid() == 0 else []) + [f"127.0.0.1:{ports['sink']}", "1024"]
@@ -222,6 +248,12 @@ def start_servers(a, wd, rules, cfg):
                      "--sip-listen", f"127.0.0.1:{ports['sip-udp']}", "--next-hop", f"sip:127.0.0.1:{kp};transport=udp"], ienv),
         "iwf-tcp": ([a.iwf, "serve", "--config", cfg, "--rules", rules, "--smtp-listen", f"127.0.0.1:{ports['iwf-tcp']}",
                      "--sip-listen", f"127.0.0.1:{ports['sip-tcp']}", "--next-hop", f"sip:127.0.0.1:{kp};transport=tcp"], ienv),
+        "iwf-sqlite": ([a.iwf, "serve", "--config", store_cfg["sqlite"], "--rules", rules, "--smtp-listen",
+                        f"127.0.0.1:{ports['iwf-sqlite']}", "--sip-listen", f"127.0.0.1:{ports['sip-sqlite']}",
+                        "--next-hop", f"sip:127.0.0.1:{kp};transport=udp"], ienv),
+        "iwf-redis": ([a.iwf, "serve", "--config", store_cfg["redis"], "--rules", rules, "--smtp-listen",
+                       f"127.0.0.1:{ports['iwf-redis']}", "--sip-listen", f"127.0.0.1:{ports['sip-redis']}",
+                       "--next-hop", f"sip:127.0.0.1:{kp};transport=udp"], ienv),
         "py-udp": ([PY_DEBIAN, os.path.join(HERE, "py_iwf.py"), "--listen", f"127.0.0.1:{ports['py-udp']}", "--peer", f"127.0.0.1:{kp}"], None),
         "py-tcp": ([PY_DEBIAN, os.path.join(HERE, "py_iwf.py"), "--listen", f"127.0.0.1:{ports['py-tcp']}", "--peer", f"127.0.0.1:{kp}", "--tcp"], None),
     }
@@ -275,6 +307,8 @@ def throughput(a, ports, kam, servers):
                     if key not in guess:  # short sizing run (also a warm-up)
                         w, rc, out, _, _ = smtp_source(ports[target], sessions, a.calib_mails, reuse, 120)
                         guess[key] = a.calib_mails / w if rc == 0 else 100.0
+                        if rc == 0:
+                            SENT[target] = SENT.get(target, 0) + a.calib_mails
                         if not reuse:
                             time.sleep(a.pause)
                     cap = a.max_mails_reused if reuse else a.max_mails_conn
@@ -293,6 +327,7 @@ def throughput(a, ports, kam, servers):
                     rate = mails / wall if rc == 0 else 0.0
                     if rc == 0:
                         guess[key] = rate
+                        SENT[target] = SENT.get(target, 0) + mails
                     rec = {"phase": "throughput", "round": rnd, "target": target, "sessions": sessions,
                            "mode": mode, "mails": mails, "seconds": round(wall, 3), "rc": rc,
                            "rate": round(rate, 1), "server_cpu_s": round(srv_cpu, 2),
@@ -431,6 +466,27 @@ def report(a, meta, med, lat, idle, records, end_rss):
                 if x is not None:
                     goals.append((f"iwf {tr} ≥ 5× py_iwf, {s} sessions, {'reused' if mode == 'reused' else 'per mail'}", x, 5.0))
     L.append("")
+    stores = [t for t in ("iwf-udp", "iwf-sqlite", "iwf-redis") if t in a.targets]
+    if len(stores) > 1:
+        L.append("## Store cost (iwf, SIP over UDP; mails/s)\n")
+        L.append("`memory` forgets on restart; `sqlite` commits every delivered recipient with fsync "
+                 "(group commit) before the reply; `redis` is a local redis-server with appendonly + "
+                 "`appendfsync always`. Goal: a durable store costs under 15% at 64 sessions.\n")
+        L.append("| sessions | connections | memory | sqlite | redis | sqlite / memory | redis / memory |")
+        L.append("|---|---|---|---|---|---|---|")
+        for s in a.sessions:
+            for mode in a.modes:
+                g = lambda t: med.get((t, s, mode), {}).get("rate")
+                r = [None if not g(t) or not g("iwf-udp") else g(t) / g("iwf-udp") for t in ("iwf-sqlite", "iwf-redis")]
+                L.append(f"| {s} | {'reused (-d)' if mode == 'reused' else 'per mail'} | " +
+                         " | ".join(fmt(g(t)) for t in ("iwf-udp", "iwf-sqlite", "iwf-redis")) + " | " +
+                         " | ".join("—" if x is None else f"{x:.2f}" for x in r) + " |")
+                if s == 64:
+                    for name, x in zip(("SQLite", "Redis"), r):
+                        if x is not None:
+                            goals.append((f"{name} store ≥ 85% of the memory store, 64 sessions, "
+                                          f"{'reused' if mode == 'reused' else 'per mail'}", x, 0.85))
+        L.append("")
     L.append("Every run's rate (all rounds), server CPU per mail and the CPU that other processes "
              "on the machine took during the run (`foreign`, in cores) are in the table at the end.\n")
     L.append("## CPU per mail (µs, medians) — the figure least moved by machine noise\n")
@@ -505,7 +561,7 @@ def main():
     ap.add_argument("--duration", type=float, default=10.0, help="target seconds per throughput run")
     ap.add_argument("--sessions", default="16,64")
     ap.add_argument("--modes", default="reused,per-mail")
-    ap.add_argument("--targets", default="sink,iwf-udp,iwf-tcp,py-udp,py-tcp")
+    ap.add_argument("--targets", default="sink,iwf-udp,iwf-tcp,iwf-sqlite,iwf-redis,py-udp,py-tcp")
     ap.add_argument("--calib-mails", type=int, default=2000)
     ap.add_argument("--min-mails", type=int, default=2000)
     ap.add_argument("--max-mails-reused", type=int, default=400000)
@@ -562,7 +618,8 @@ def main():
     cfg = os.path.join(wd, "iwf.yaml")
     with open(cfg, "w") as f:
         f.write("# benchmark: 64 sessions and the 1,000 idle connections come from one address\n"
-                "limits: {connections: 2000, connections_per_ip: 2000}\n")
+                "limits: {connections: 2000, connections_per_ip: 2000}\n"
+                "store: memory\n")
 
     def on_signal(sig, _):
         raise KeyboardInterrupt
@@ -572,6 +629,12 @@ def main():
     try:
         ports, kam, servers = start_servers(a, wd, rules, cfg)
         records = throughput(a, ports, kam, servers)
+        if "iwf-sqlite" in servers:
+            # Every mail has its own Message-ID, so the store must hold one record per mail
+            # sent (else some were answered "already delivered" and the rate would flatter).
+            r = subprocess.run([a.iwf, "store", "stats", "--config", os.path.join(wd, "iwf-sqlite.yaml")],
+                               capture_output=True, text=True)
+            log(f"iwf-sqlite: {SENT.get('iwf-sqlite', 0)} mails sent; store: " + " ".join(r.stdout.split()))
         med = medians(records)
         end_rss = {name: rss_kib(p.pid) for name, p in servers.items()}
         if "latency" not in skip:

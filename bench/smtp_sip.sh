@@ -8,17 +8,18 @@
 #
 # It builds iwf (release), starts Kamailio, smtp-sink, two iwf and two py_iwf processes,
 # runs the load, stops all of them by PID, and writes bench/results/<date>.md and .json.
-# Needs (Debian, as root): postfix (smtp-source, smtp-sink), kamailio, python3-aiosmtpd:
+# Needs (Debian, as root): postfix (smtp-source, smtp-sink), kamailio, python3-aiosmtpd,
+# redis-server (the iwf-redis target; iwf-sqlite and iwf-udp compare the stores):
 #   apt-get update
 #   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 #   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-#       postfix kamailio python3-aiosmtpd
+#       postfix kamailio python3-aiosmtpd redis-server
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 
 missing=()
-for t in /usr/sbin/smtp-source /usr/sbin/smtp-sink kamailio ss /usr/bin/python3; do
+for t in /usr/sbin/smtp-source /usr/sbin/smtp-sink kamailio ss /usr/bin/python3 redis-server; do
   command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=("python3-aiosmtpd")

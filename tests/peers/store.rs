@@ -337,7 +337,11 @@ impl Postfix {
             _tmp: tmp,
         };
         let (status, out) = pf.script("start");
-        assert!(status.success(), "postfix did not start:\n{out}\n{}", pf.log());
+        assert!(
+            status.success(),
+            "postfix did not start:\n{out}\n{}",
+            pf.log()
+        );
         pf
     }
 
