@@ -8,8 +8,11 @@
 //!   then takes every record queued meanwhile (up to [`BATCH`]) into the same transaction:
 //!   while one fsync runs, the next batch collects, so N concurrent transactions cost about
 //!   one fsync, not N.
-//! - **Reads** (is this recipient delivered?) use a second connection; WAL lets them run
-//!   while the writer commits.
+//! - **Reads** (is this recipient delivered?) use a few reader connections of their own;
+//!   WAL lets them run while the writer commits, and a primary-key lookup in a warm page
+//!   cache takes microseconds, so it runs right on the calling task (a hop to a blocking
+//!   thread would cost more than the lookup); only when every reader is busy does the call
+//!   wait for one on a blocking thread.
 //! - **Sweep.** The writer deletes expired records every [`SWEEP_EVERY`] (in chunks, so a
 //!   large sweep never holds the write lock for long), and keeps each table at most
 //!   `max_records` rows by deleting those that expire first.
@@ -30,6 +33,8 @@ use super::{
     BoxFuture, Fields, Limits, Lookup, Stats, Store, StoreError, failed, ms, now_ms, rcpt_key,
 };
 
+/// Reader connections.
+const READERS: usize = 4;
 /// At most this many queued requests share one commit.
 const BATCH: usize = 512;
 /// How often expired records are swept.
@@ -77,7 +82,7 @@ struct Request {
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Option<mpsc::Sender<Request>>>,
-    reader: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
     limits: Limits,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -115,8 +120,10 @@ impl SqliteStore {
         let writer_conn = open_connection(path)
             .and_then(|c| c.execute_batch(SCHEMA).map(|_| c))
             .map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
-        let reader =
-            open_connection(path).map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(path).map(Mutex::new))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
         let (tx, rx) = mpsc::channel();
         let mut w = Writer::new(writer_conn, limits)
             .map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
@@ -126,7 +133,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(Some(tx)),
-            reader: Arc::new(Mutex::new(reader)),
+            readers: Arc::new(readers),
             limits,
             thread: Mutex::new(Some(thread)),
         })
@@ -150,14 +157,19 @@ impl SqliteStore {
             .unwrap_or_else(|_| Err(StoreError::Unavailable("sqlite writer stopped".into())))
     }
 
-    /// Runs `f` on the read connection off the async threads.
+    /// Runs `f` on a free reader connection (see the module documentation).
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let reader = self.reader.clone();
+        for r in self.readers.iter() {
+            if let Ok(c) = r.try_lock() {
+                return f(&c).map_err(sql_err);
+            }
+        }
+        let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            let c = reader
+            let c = readers[0]
                 .lock()
                 .map_err(|_| StoreError::Unavailable("sqlite reader lock poisoned".into()))?;
             f(&c).map_err(sql_err)
