@@ -155,11 +155,7 @@ impl Gateway {
                 }
             }
         }
-        if dsn
-            && self.protocol == Protocol::Smtp
-            && transaction.is_positive()
-            && self.protocol == Protocol::Smtp
-        {
+        if dsn && self.protocol == Protocol::Smtp && transaction.is_positive() {
             transaction = self
                 .hand_off_dsn(&envelope, &per_recipient, &raw, transaction)
                 .await;

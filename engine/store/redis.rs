@@ -31,7 +31,7 @@ enum Conn {
     Single(ConnectionManager),
     /// Connected on first use, dropped after a failure.
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
         conn: Mutex<Option<ClusterConnection>>,
     },
 }
@@ -86,7 +86,7 @@ impl RedisStore {
                 .retries(1)
                 .build()?;
             Conn::Cluster {
-                client,
+                client: Box::new(client),
                 conn: Mutex::new(None),
             }
         } else {
