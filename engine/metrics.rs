@@ -88,6 +88,10 @@ fn describe() {
         "Connections answered 421 at connect (connection limits)"
     );
     describe_counter!(
+        "iwf_rule_errors_total",
+        "Rule evaluations that failed, by rule and kind (content: 554 5.6.0, local: 451 4.3.0)"
+    );
+    describe_counter!(
         "iwf_recipients_refused_total",
         "RCPT TO refused by the rules, by reply code"
     );
@@ -228,6 +232,12 @@ pub fn session_started(p: Protocol) -> ActiveGuard {
 pub fn connection_refused(p: Protocol, reason: &'static str) {
     counter!("iwf_smtp_connections_refused_total", "protocol" => protocol_label(p), "reason" => reason)
         .increment(1);
+}
+
+/// A rule whose evaluation failed: `kind` is `content` (the mail or the peer cannot be
+/// converted: a permanent refusal) or `local` (iwf's own fault: a temporary one).
+pub fn rule_failed(rule: &str, kind: &'static str) {
+    counter!("iwf_rule_errors_total", "rule" => rule.to_string(), "kind" => kind).increment(1);
 }
 
 /// A recipient the rules refused at RCPT time.

@@ -55,8 +55,18 @@ fn words(v: &Value) -> Vec<String> {
     }
 }
 
+/// A reply a rule rendered. The rule's own text was checked when it loaded, so a control
+/// character here came in through a value of the mail (or of a peer): that is the mail's
+/// fault, a permanent refusal (`554 5.6.0`), not a local error the sender should retry.
 fn reply_of(v: &Value) -> Result<Reply, String> {
-    Reply::parse(&v.to_string()).map_err(|e| format!("invalid SMTP reply `{v}`: {e}"))
+    let text = v.to_string();
+    Reply::parse(&text).map_err(|e| match e {
+        crate::reply::ReplyError::ControlCharacter => format!(
+            "{}a value of the message would put a control character into the reply",
+            run::CONTENT_ERROR
+        ),
+        e => format!("invalid SMTP reply `{}`: {e}", text.escape_debug()),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -221,6 +231,7 @@ pub fn resolve_recipient(
 /// A rule failed at run time (step limit, overflow): a temporary local error, logged.
 fn rule_failure(e: &RunError) -> Reply {
     if e.permanent {
+        crate::metrics::rule_failed(&e.rule, "content");
         tracing::info!(rule = %e.rule, at = %e.at, "mail refused: {}", e.message);
         return Reply::new(
             554,
@@ -228,6 +239,7 @@ fn rule_failure(e: &RunError) -> Reply {
             format!("the message cannot be converted: {}", e.message),
         );
     }
+    crate::metrics::rule_failed(&e.rule, "local");
     tracing::error!(rule = %e.rule, at = %e.at, "rule evaluation failed: {}", e.message);
     Reply::new(451, "4.3.0", format!("local error in rule {}", e.rule))
 }
@@ -962,6 +974,41 @@ pub fn aggregate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A control character that the mail's content carries into a reply a rule echoes
+    /// (`Sensitivity`, RFC 2047-encoded) is the mail's fault: `554 5.6.0`, never the
+    /// `451 4.3.0` "local error" a sender would retry for days.
+    #[test]
+    fn a_control_character_from_the_mail_in_a_reply_is_permanent() {
+        let rules = crate::ruleset::load(std::path::Path::new("rules"), 1)
+            .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
+        let ids = crate::ids::SequentialIds::new();
+        for value in [
+            "=?utf-8?q?private=01x?=",
+            "=?utf-8?q?private=0D=0AX-Evil:_1?=",
+        ] {
+            let mail = format!(
+                "From: a@mail.example.org\r\nTo: +15551234567@cpm.example.net\r\nSensitivity: {value}\r\n\r\nhi\r\n"
+            );
+            let run = crate::dryrun::run(
+                &rules,
+                mail.as_bytes(),
+                &crate::dryrun::Options {
+                    mail_from: None,
+                    rcpts: vec![],
+                    client: Default::default(),
+                    now: crate::ids::fixed_now(),
+                    elapsed: 0,
+                    ids: &ids,
+                    explain: false,
+                    chunk_size: 2048,
+                },
+            );
+            assert!(run.deliveries.is_empty(), "{value}");
+            let reply = &run.rejections[0].reply;
+            assert!(reply.starts_with("554 5.6.0"), "{value}: {reply}");
+        }
+    }
 
     /// `request.size` measures the pager text by its length: it must equal the length of
     /// the request built with the text, for every body shape the text can go into.

@@ -58,7 +58,9 @@ impl Session {
             State::Data(..) => unreachable!("no commands are read during DATA"),
             State::Mail(tx) => (tx.envelope.mail_from.smtputf8, tx.envelope.rcpts.len()),
         };
-        if let Err(reply) = check(&to, esmtp, smtputf8) {
+        if let Err(reply) =
+            super::params::check_rcpt(line).and_then(|()| check(&to, esmtp, smtputf8))
+        {
             return self.reply(reply);
         }
         let mut rcpt = Rcpt::from_proto(&to);

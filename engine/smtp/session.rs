@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use smtp_proto::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -101,6 +101,8 @@ pub(crate) struct Session {
     pub hello: Option<Hello>,
     pub tls: bool,
     errors: usize,
+    /// Octets of a BDAT chunk still to be thrown away (CHUNKING is not offered).
+    skip: u64,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -122,6 +124,7 @@ impl Session {
             hello: None,
             tls: false,
             errors: 0,
+            skip: 0,
             shutdown,
         }
     }
@@ -151,7 +154,7 @@ impl Session {
             }
             // Everything buffered is answered: wait for more.
             self.flush().await?;
-            let in_data = matches!(self.state, State::Data(..));
+            let in_data = matches!(self.state, State::Data(..)) || self.skip > 0;
             if !in_data && self.shutting_down() {
                 self.queue(&replies::shutting_down(&self.shared.config.hostname));
                 return self.close().await;
@@ -187,6 +190,20 @@ impl Session {
     /// Processes everything buffered; returns `Continue` when more input is needed.
     async fn process_input(&mut self) -> Flow {
         loop {
+            if self.skip > 0 {
+                let n = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(self.rbuf.len());
+                self.rbuf.advance(n);
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    return Flow::Continue;
+                }
+                let flow = self.reply(replies::bdat_not_offered());
+                if flow != Flow::Continue {
+                    return flow;
+                }
+            }
             if matches!(self.state, State::Data(..)) {
                 match self.data_input().await {
                     None => return Flow::Continue,
@@ -224,25 +241,42 @@ impl Session {
             self.queue(&replies::shutting_down(&self.shared.config.hostname));
             return Flow::Close;
         }
+        let verb = line.get(..4).unwrap_or_default();
+        // Before any other check: whatever the rest of the line looks like, a BDAT chunk
+        // follows it, and must not be read as commands.
+        if verb.eq_ignore_ascii_case(b"BDAT")
+            && line.get(4).is_none_or(|&b| b == b' ' || b == b'\r')
+        {
+            return self.bdat(&line);
+        }
         if std::str::from_utf8(&line).is_err() {
             return self.reply(replies::command_not_utf8());
         }
         // Only MAIL and RCPT get the parameter allowance (see `command_line_max`).
-        let verb = line.get(..4).unwrap_or_default();
         let with_params = verb.eq_ignore_ascii_case(b"MAIL") || verb.eq_ignore_ascii_case(b"RCPT");
         if line.len() > self.shared.config.limits.command_line && !with_params {
             return self.reply(replies::command_line_too_long());
         }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
-            Err(e) => return self.reply(parse_error(e)),
+            Err(e) => {
+                // smtp-proto refuses some values our bounded checks answer more precisely
+                // (a 20-digit SIZE is well formed and too big: 552, RFC 1870).
+                if verb.eq_ignore_ascii_case(b"MAIL")
+                    && let Err(reply) =
+                        super::params::check_mail(&line, self.config().limits.message_size)
+                {
+                    return self.reply(reply);
+                }
+                return self.reply(parse_error(e));
+            }
         };
         tracing::trace!(peer = %self.peer, verb = request.name(), "command");
         match request {
             Request::Ehlo { host } => self.hello(super::ehlo::Verb::Ehlo, host),
             Request::Helo { host } => self.hello(super::ehlo::Verb::Helo, host),
             Request::Lhlo { host } => self.hello(super::ehlo::Verb::Lhlo, host),
-            Request::Mail { from } => self.mail(from),
+            Request::Mail { from } => self.mail(from, &line),
             Request::Rcpt { to } => self.rcpt(to, &line).await,
             Request::Data => self.data_command(),
             Request::Rset => {
@@ -268,6 +302,32 @@ impl Session {
             | Request::Burl { .. }
             | Request::Bdat { .. }
             | Request::Auth { .. }) => self.reply(replies::not_implemented(other.name())),
+        }
+    }
+
+    /// BDAT (RFC 3030) although CHUNKING is not offered: its chunk follows the line at once,
+    /// so it is read and thrown away before the `502`; were it not, its octets would be
+    /// parsed as commands. A size we cannot read past ends the session.
+    fn bdat(&mut self, line: &[u8]) -> Flow {
+        let size = line
+            .get(4..)
+            .unwrap_or_default()
+            .trim_ascii()
+            .split(|&b| b == b' ')
+            .next()
+            .filter(|s| (1..=20).contains(&s.len()) && s.iter().all(u8::is_ascii_digit))
+            .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok())
+            .filter(|&n| n <= self.shared.config.limits.message_size as u64);
+        match size {
+            Some(0) => self.reply(replies::bdat_not_offered()),
+            Some(n) => {
+                self.skip = n;
+                Flow::Continue
+            }
+            None => {
+                self.queue(&replies::bdat_unframeable(&self.shared.config.hostname));
+                Flow::Close
+            }
         }
     }
 
