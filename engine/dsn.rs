@@ -6,8 +6,6 @@
 //! or includes FAILURE (RFC 3461 §5.2.6); the returned content follows RET (RFC 3461 §4.3:
 //! headers only unless RET=FULL).
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
@@ -116,25 +114,9 @@ fn one_line(s: &str) -> String {
 
 /// Hands a DSN to the smarthost (`host:port`): `MAIL FROM:<>` (RFC 3461 §6.2), one RCPT.
 pub async fn send(smarthost: &str, helo: &str, to: &str, dsn: Vec<u8>) -> Result<(), String> {
-    let (host, port) = smarthost
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_matches(['[', ']']).to_string(),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| format!("smarthost `{smarthost}` is not host:port"))?;
-    let builder = mail_send::SmtpClientBuilder::new(host, port)
-        .map_err(|e| e.to_string())?
-        .implicit_tls(false)
-        .helo_host(helo)
-        .timeout(Duration::from_secs(60));
-    let mut client = builder.connect_plain().await.map_err(|e| e.to_string())?;
-    let message = mail_send::smtp::message::Message::new("", [to], dsn);
-    client.send(message).await.map_err(|e| e.to_string())?;
-    let _ = client.quit().await;
-    Ok(())
+    crate::smarthost::send(smarthost, helo, "", &[to], dsn)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

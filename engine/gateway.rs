@@ -111,7 +111,7 @@ impl MailHandler for Gateway {
         let decision = mapper::resolve_recipient(&rules, envelope, rcpt, Utc::now(), None);
         Box::pin(async move {
             match decision {
-                RcptDecision::Accept { .. } => Ok(()),
+                RcptDecision::Accept { .. } | RcptDecision::Mailbox { .. } => Ok(()),
                 RcptDecision::Reject(r) => {
                     crate::metrics::rcpt_refused(self.protocol, &r);
                     Err(r)
@@ -149,6 +149,7 @@ impl Gateway {
         let mut replies: Vec<Option<Reply>> = vec![None; envelope.rcpts.len()];
         let mut accepted = Vec::new();
         let mut index_of = Vec::new();
+        let mut relayed: Vec<(usize, String)> = Vec::new();
         for (i, r) in envelope.rcpts.iter().enumerate() {
             if self.store.was_delivered(&key, &r.address) {
                 replies[i] = Some(Reply::new(
@@ -165,7 +166,13 @@ impl Gateway {
                     accepted.push((r.clone(), uri));
                     index_of.push(i);
                 }
+                RcptDecision::Mailbox { address } => relayed.push((i, address)),
                 RcptDecision::Reject(reply) => replies[i] = Some(reply),
+            }
+        }
+        if !relayed.is_empty() {
+            for (i, reply) in self.relay(&envelope, &relayed, &raw).await {
+                replies[i] = Some(reply);
             }
         }
         let plan = mapper::plan_mail(&rules, &envelope, &accepted, &raw, &*self.ids, now, false);
@@ -229,6 +236,59 @@ impl Gateway {
         DataReplies {
             per_recipient,
             transaction,
+        }
+    }
+
+    /// Relays the mail as it is to the mailboxes the `mailbox` rules named (postmaster),
+    /// through the smarthost, in one transaction; one reply per relayed recipient.
+    async fn relay(
+        &self,
+        envelope: &Envelope,
+        relayed: &[(usize, String)],
+        raw: &[u8],
+    ) -> Vec<(usize, Reply)> {
+        let reply = |code: u16, status: &str, text: String| {
+            relayed
+                .iter()
+                .map(|(i, _)| {
+                    let r = &envelope.rcpts[*i].address;
+                    (*i, Reply::new(code, status, format!("<{r}>: {text}")))
+                })
+                .collect()
+        };
+        let Some(smarthost) = &self.smarthost else {
+            tracing::error!("a rule relays a recipient as mail, but no smarthost is configured");
+            return reply(
+                451,
+                "4.3.5",
+                "no smarthost configured to relay this recipient".into(),
+            );
+        };
+        let mut to: Vec<&str> = relayed.iter().map(|(_, m)| m.as_str()).collect();
+        to.sort_unstable();
+        to.dedup();
+        let from = envelope.mail_from.address.as_str();
+        match crate::smarthost::send(smarthost, &self.hostname, from, &to, raw.to_vec()).await {
+            Ok(()) => {
+                tracing::info!(smarthost = %smarthost, to = ?to, "relayed as mail");
+                reply(250, "2.0.0", "relayed as mail through the smarthost".into())
+            }
+            Err(e) if e.is_permanent() => {
+                tracing::warn!(smarthost = %smarthost, "relay refused: {e}");
+                reply(
+                    550,
+                    "5.0.0",
+                    format!("relay refused by the smarthost ({e})"),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(smarthost = %smarthost, "relay failed: {e}");
+                reply(
+                    451,
+                    "4.4.0",
+                    format!("relay through the smarthost failed ({e})"),
+                )
+            }
         }
     }
 

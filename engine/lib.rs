@@ -54,4 +54,5 @@ pub mod selftest;
 pub mod server;
 pub mod shutdown;
 pub mod sip;
+pub mod smarthost;
 pub mod smtp;

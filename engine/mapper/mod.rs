@@ -142,13 +142,21 @@ pub fn address_uri(
 /// The RCPT-time decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum RcptDecision {
-    Accept { uri: String },
+    Accept {
+        uri: String,
+    },
+    /// Not a CPM recipient: the mail is relayed as it is to this mail address through the
+    /// smarthost (the `mailbox` action; postmaster, RFC 5321 §4.5.1).
+    Mailbox {
+        address: String,
+    },
     Reject(Reply),
 }
 
 struct RecipientState<'a, 'x> {
     facts: Facts<'a, 'x>,
     uri: Option<String>,
+    mailbox: Option<String>,
     reject: Option<Reply>,
 }
 
@@ -168,12 +176,22 @@ impl run::PhaseState for RecipientState<'_, '_> {
         match action {
             Action::Uri if !value.is_null() => self.uri = Some(value.to_string()),
             Action::Reject => self.reject = Some(reply_of(&value)?),
+            Action::Mailbox if !value.is_null() => {
+                let address = value.to_string();
+                if !crate::envelope::is_mailbox(&address) {
+                    return Err(format!(
+                        "`mailbox` must be a mail address, got `{}`",
+                        address.escape_debug()
+                    ));
+                }
+                self.mailbox = Some(address);
+            }
             _ => {}
         }
         Ok(())
     }
     fn done(&self) -> bool {
-        self.reject.is_some() || self.uri.is_some()
+        self.reject.is_some() || self.uri.is_some() || self.mailbox.is_some()
     }
 }
 
@@ -206,6 +224,7 @@ pub fn resolve_recipient(
             now,
         },
         uri: None,
+        mailbox: None,
         reject: None,
     };
     if let Err(e) = run::run(
@@ -217,10 +236,11 @@ pub fn resolve_recipient(
     ) {
         return RcptDecision::Reject(rule_failure(&e));
     }
-    match (st.reject, st.uri) {
-        (Some(r), _) => RcptDecision::Reject(r),
-        (None, Some(uri)) => RcptDecision::Accept { uri },
-        (None, None) => RcptDecision::Reject(Reply::new(
+    match (st.reject, st.uri, st.mailbox) {
+        (Some(r), _, _) => RcptDecision::Reject(r),
+        (None, Some(uri), _) => RcptDecision::Accept { uri },
+        (None, None, Some(address)) => RcptDecision::Mailbox { address },
+        (None, None, None) => RcptDecision::Reject(Reply::new(
             550,
             "5.1.1",
             format!("<{}>: no rule accepted this recipient", rcpt.address),
@@ -974,6 +994,34 @@ pub fn aggregate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 5321 §4.5.1: postmaster, unqualified or at a served domain, in any case, is
+    /// accepted and relayed to the configured mailbox; at another domain it is a relay try.
+    #[test]
+    fn postmaster_is_accepted_and_relayed_to_the_mailbox() {
+        let rules = crate::ruleset::load(std::path::Path::new("rules"), 1)
+            .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
+        let envelope = Envelope {
+            mail_from: crate::envelope::MailFrom::default(),
+            rcpts: vec![],
+            client: crate::envelope::Client::default(),
+            received_at: crate::ids::fixed_now(),
+        };
+        let decide = |args: &str| {
+            let rcpt = Rcpt::parse(args).unwrap();
+            resolve_recipient(&rules, &envelope, &rcpt, crate::ids::fixed_now(), None)
+        };
+        let mailbox = RcptDecision::Mailbox {
+            address: "postmaster@mail.example.org".into(),
+        };
+        assert_eq!(decide("<postmaster>"), mailbox);
+        assert_eq!(decide("<Postmaster>"), mailbox);
+        assert_eq!(decide("<POSTMASTER@CPM.example.net>"), mailbox);
+        assert!(
+            matches!(decide("<postmaster@elsewhere.example>"), RcptDecision::Reject(r) if r.code == 550)
+        );
+        assert!(matches!(decide("<>"), RcptDecision::Reject(_)));
+    }
 
     /// A control character that the mail's content carries into a reply a rule echoes
     /// (`Sensitivity`, RFC 2047-encoded) is the mail's fault: `554 5.6.0`, never the

@@ -58,6 +58,8 @@ pub struct RawRule {
     #[serde(default)]
     pub dsn: Option<Spanned<String>>,
     #[serde(default)]
+    pub mailbox: Option<Spanned<String>>,
+    #[serde(default)]
     pub stop: Option<Spanned<bool>>,
 }
 

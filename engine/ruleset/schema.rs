@@ -44,11 +44,12 @@ pub enum Action {
     Reply,
     Retry,
     Dsn,
+    Mailbox,
     Stop,
 }
 
 impl Action {
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Action::Uri,
         Action::Reject,
         Action::SetHeader,
@@ -65,6 +66,7 @@ impl Action {
         Action::Reply,
         Action::Retry,
         Action::Dsn,
+        Action::Mailbox,
         Action::Stop,
     ];
 
@@ -86,6 +88,7 @@ impl Action {
             Action::Reply => "reply",
             Action::Retry => "retry",
             Action::Dsn => "dsn",
+            Action::Mailbox => "mailbox",
             Action::Stop => "stop",
         }
     }
@@ -133,6 +136,9 @@ impl Action {
             Action::Reply => "the SMTP reply",
             Action::Retry => "retry the delivery once in another form: `large` or `text`",
             Action::Dsn => "true: send one RFC 3464 DSN for the permanently failed recipients",
+            Action::Mailbox => {
+                "accept the recipient and relay the mail unchanged to this mail address through the smarthost (postmaster, RFC 5321 §4.5.1)"
+            }
             Action::Stop => "true: no later rule of this phase runs",
         }
     }
@@ -150,7 +156,7 @@ pub static PHASES: &[PhaseDef] = &[
         name: "recipient",
         bit: RECIPIENT,
         doc: "RCPT TO → accept with a target URI or reject, decided at RCPT time",
-        actions: &[Action::Uri, Action::Reject, Action::Stop],
+        actions: &[Action::Uri, Action::Reject, Action::Mailbox, Action::Stop],
     },
     PhaseDef {
         name: "message",
