@@ -71,6 +71,9 @@ pub struct LimitsFile {
     pub connections_per_ip: Option<usize>,
     pub command_timeout_secs: Option<u64>,
     pub data_timeout_secs: Option<u64>,
+    pub min_data_rate: Option<usize>,
+    pub stress_timeout_secs: Option<u64>,
+    pub connect_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +212,15 @@ impl Config {
         }
         if let Some(v) = l.data_timeout_secs {
             smtp.limits.data_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = l.min_data_rate {
+            smtp.limits.min_data_rate = v;
+        }
+        if let Some(v) = l.stress_timeout_secs {
+            smtp.limits.stress_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = l.connect_wait_ms {
+            smtp.limits.connect_wait = Duration::from_millis(v);
         }
         match (&file.tls_cert, &file.tls_key) {
             (Some(c), Some(k)) => {

@@ -54,7 +54,12 @@
 //!   DSN's ORCPT alone may be 500 octets, RFC 3461 §4.2).
 //! * **Timeouts** are inactivity timeouts for each read, as RFC 5321 §4.5.3.2 defines them:
 //!   `command_timeout` while waiting for a command, `data_timeout` while message content
-//!   arrives. Expiry → `421 4.4.2` and close.
+//!   arrives — and budgets, since a client trickling a byte at a time never trips those: a
+//!   whole command line must arrive within `command_timeout`, a whole message within
+//!   `data_timeout` plus one second per `min_data_rate` octets. When three quarters of the
+//!   slots are in use (stress, Postfix's term) both budgets shrink to `stress_timeout`, and
+//!   a new connection finding every slot taken waits up to `connect_wait` for one before its
+//!   `421 4.3.2`. Expiry → `421 4.4.2` and close.
 //! * **Enhanced status codes** are on every reply except the greeting, EHLO/LHLO/HELO and 354
 //!   (RFC 2034 §3).
 //! * **Shutdown**: see [`serve`]. A session between commands gets `421 4.3.2` and is closed

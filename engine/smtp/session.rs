@@ -39,6 +39,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// What all sessions of one listener share.
 pub(crate) struct Shared {
     pub config: SmtpConfig,
+    /// The listener's session slots: how many are free tells whether it is under stress.
+    pub slots: Arc<tokio::sync::Semaphore>,
     pub protocol: Protocol,
     pub handler: Arc<dyn MailHandler>,
     /// Source of transaction ids (for Received: and logs).
@@ -48,6 +50,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// At least three quarters of the session slots are in use: budgets shrink to
+    /// [`Limits::stress_timeout`](super::Limits::stress_timeout).
+    pub(crate) fn stressed(&self) -> bool {
+        let total = self.config.limits.connections;
+        let used = total.saturating_sub(self.slots.available_permits());
+        used.saturating_mul(4) >= total.saturating_mul(3)
+    }
+
     fn next_id(&self) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
         format!("{:08X}{:06X}", self.epoch & 0xFFFF_FFFF, n)
@@ -103,6 +113,9 @@ pub(crate) struct Session {
     errors: usize,
     /// Octets of a BDAT chunk still to be thrown away (CHUNKING is not offered).
     skip: u64,
+    /// The current wait for input: content (DATA, a BDAT chunk) or not, since when, and
+    /// how many octets arrived during it (for the whole-command and DATA budgets).
+    waiting: Option<(bool, tokio::time::Instant, usize)>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -125,6 +138,7 @@ impl Session {
             tls: false,
             errors: 0,
             skip: 0,
+            waiting: None,
             shutdown,
         }
     }
@@ -159,15 +173,10 @@ impl Session {
                 self.queue(&replies::shutting_down(&self.shared.config.hostname));
                 return self.close().await;
             }
-            let limits = &self.shared.config.limits;
-            let timeout = if in_data {
-                limits.data_timeout
-            } else {
-                limits.command_timeout
-            };
+            let deadline = self.read_deadline(in_data);
             self.rbuf.reserve(READ_CHUNK);
             let read = tokio::select! {
-                read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.rbuf)) => Some(read),
+                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)) => Some(read),
                 () = wait_for_shutdown(&mut self.shutdown), if !in_data => None,
             };
             let Some(read) = read else {
@@ -181,10 +190,55 @@ impl Session {
                     return self.close().await;
                 }
                 Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => {
+                    if let Some((_, _, got)) = &mut self.waiting {
+                        *got = got.saturating_add(n);
+                    }
+                }
                 Ok(Err(e)) => return Err(e),
             }
         }
+    }
+
+    /// When the next read gives up: the longest silence allowed, or the end of the budget
+    /// of the whole command line / message content, whichever comes first.
+    ///
+    /// A command line's budget is [`Limits::command_timeout`](super::Limits) from when the
+    /// session began waiting for it; content's is `data_timeout` plus one second per
+    /// `min_data_rate` octets received. Under stress both bases shrink to `stress_timeout`.
+    fn read_deadline(&mut self, in_data: bool) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let limits = &self.shared.config.limits;
+        // A new wait starts when the kind of input changes, or (for commands) when no
+        // part of a command line is pending.
+        let continuing = matches!(self.waiting, Some((kind, ..)) if kind == in_data)
+            && (in_data || !self.rbuf.is_empty());
+        if !continuing {
+            self.waiting = Some((in_data, now, 0));
+        }
+        let (_, since, got) = self.waiting.unwrap_or((in_data, now, 0));
+        let stressed = self.shared.stressed();
+        let (silence, base) = if in_data {
+            let base = if stressed {
+                limits.stress_timeout
+            } else {
+                limits.data_timeout
+            };
+            (limits.data_timeout, base)
+        } else {
+            let base = if stressed {
+                limits.stress_timeout
+            } else {
+                limits.command_timeout
+            };
+            (limits.command_timeout, base)
+        };
+        let earned = if in_data && limits.min_data_rate > 0 {
+            Duration::from_secs((got / limits.min_data_rate) as u64)
+        } else {
+            Duration::ZERO
+        };
+        (now + silence).min(since + base + earned)
     }
 
     /// Processes everything buffered; returns `Continue` when more input is needed.

@@ -506,7 +506,10 @@ async fn recipients_past_the_limit_get_452() {
 async fn connections_over_the_limits_get_421() {
     let server = Server::start(
         Protocol::Smtp,
-        config(|c| c.limits.connections = 2),
+        config(|c| {
+            c.limits.connections = 2;
+            c.limits.connect_wait = Duration::ZERO;
+        }),
         Recorder::default(),
     )
     .await;
@@ -1207,4 +1210,114 @@ async fn out_of_range_parameters_are_refused() {
     )
     .await;
     c.expect("QUIT", "221").await;
+}
+
+/// A connection that finds every slot taken waits for one (as in a listen queue) instead of
+/// being refused at once; past `connect_wait` it gets `421 4.3.2`.
+#[tokio::test]
+async fn a_full_listener_makes_new_connections_wait_for_a_slot() {
+    let server = Server::start(
+        Protocol::Smtp,
+        config(|c| {
+            c.limits.connections = 1;
+            c.limits.connect_wait = Duration::from_secs(3);
+        }),
+        Recorder::default(),
+    )
+    .await;
+    let mut first = server.connect().await;
+    let waiter = tokio::spawn({
+        let addr = server.addr;
+        async move {
+            let mut c = Client::new(TcpStream::connect(addr).await.unwrap());
+            let greeting = c.reply().await;
+            (greeting, c)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.expect("QUIT", "221").await;
+    let (greeting, mut c) = waiter.await.unwrap();
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    // and one that waits longer than connect_wait is refused
+    let start = std::time::Instant::now();
+    let mut late = Client::new(TcpStream::connect(server.addr).await.unwrap());
+    late.expect_reply("421 4.3.2").await;
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    c.expect("QUIT", "221").await;
+}
+
+async fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((ip, 0))).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// Slowloris (RFC 5321 §4.5.3.2 timeouts are per read, so a byte now and then would hold a
+/// slot for ever): many clients from several addresses trickle a byte every 200 ms and
+/// fill the listener. The whole-command budget, shrunk under stress, cuts them, and a
+/// legitimate client from another address gets its mail through with a 250 meanwhile.
+#[tokio::test]
+async fn trickling_clients_do_not_starve_legitimate_mail() {
+    let server = Server::start(
+        Protocol::Smtp,
+        config(|c| {
+            c.limits.connections = 20;
+            c.limits.connections_per_ip = 10;
+            c.limits.stress_timeout = Duration::from_secs(1);
+            c.limits.connect_wait = Duration::from_secs(5);
+        }),
+        Recorder::default(),
+    )
+    .await;
+    let addr = server.addr;
+    let mut tricklers = Vec::new();
+    for ip in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+        for _ in 0..10 {
+            tricklers.push(tokio::spawn(async move {
+                let mut s = connect_from(ip, addr).await;
+                // one byte of "EHLO x" every 200 ms, never a whole line; then the reply
+                let mut cut = Vec::new();
+                for b in b"EHLO trickle.example".iter().cycle().take(200) {
+                    if s.write_all(&[*b]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let mut buf = [0u8; 512];
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+                    {
+                        cut.extend_from_slice(&buf[..n]);
+                        if n == 0 || cut.windows(3).any(|w| w == b"421") {
+                            break;
+                        }
+                    }
+                }
+                String::from_utf8_lossy(&cut).into_owned()
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = std::time::Instant::now();
+    let legit = connect_from([127, 0, 0, 4], addr).await;
+    let mut c = Client::new(legit);
+    let greeting = c.reply().await;
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    c.expect("EHLO legit.example", "250").await;
+    c.expect("MAIL FROM:<a@mail.example.org>", "250").await;
+    c.expect("RCPT TO:<b@cpm.example.net>", "250").await;
+    c.expect("DATA", "354").await;
+    c.expect("Subject: hi\r\n\r\nhello\r\n.", "250").await;
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "legitimate mail took {took:?}"
+    );
+    for t in tricklers {
+        let got = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("trickler ends")
+            .unwrap();
+        assert!(got.contains("421 4.4.2") || got.is_empty(), "{got}");
+    }
+    assert_eq!(server.handler.messages().len(), 1);
 }
