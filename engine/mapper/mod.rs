@@ -484,9 +484,36 @@ fn build_delivery_sized(
             d.cpim_body || imdn_id.is_some(),
         ),
     };
+    // Large mode carries message/cpim alone (the SDP accept-types), so a history list goes
+    // into the CPIM document's own recipient headers: one `To` per to-entry, one `cc` per
+    // cc-entry (RFC 3862 §3.3-3.4 allow them repeated; MSRP UAs SHOULD read cc) instead of
+    // an RFC 5365 body part. The list never vanishes with the mode.
+    let large_history = d.mode == Mode::Large
+        && d.recipient_list == "history"
+        && history.iter().any(|e| e.uri != d.request_uri);
+    let cpim_headers: std::borrow::Cow<'_, [(String, String)]> = if large_history {
+        let mut h: Vec<(String, String)> = d
+            .cpim
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("To") && !n.eq_ignore_ascii_case("cc"))
+            .cloned()
+            .collect();
+        let at = h
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case("From"))
+            .map_or(0, |i| i + 1);
+        let entries = history.iter().rev();
+        for e in entries {
+            let name = if e.copy_control == "cc" { "cc" } else { "To" };
+            h.insert(at, (name.to_string(), format!("<{}>", e.uri)));
+        }
+        std::borrow::Cow::Owned(h)
+    } else {
+        std::borrow::Cow::Borrowed(&d.cpim)
+    };
     let (content_type, body) = if cpim_needed {
         let doc = cpim::Cpim {
-            headers: &d.cpim,
+            headers: &cpim_headers,
             imdn: imdn_id.as_deref().map(|id| (id, d.imdn.as_slice())),
             inner: &[&inner_head, inner_body],
         }
@@ -925,8 +952,18 @@ impl Input for TransactionState<'_, '_> {
                     .map(|r| r.to_string()),
             )
         };
+        let first_code = |c: u16| {
+            Value::opt_str(self.replies.iter().find(|r| r.code / 100 == c).map(
+                |r| match &r.status {
+                    Some(s) => format!("{} {s}", r.code),
+                    None => r.code.to_string(),
+                },
+            ))
+        };
         match f {
             F::ResultsTotal => Value::Int(self.replies.len() as i64),
+            F::ResultsFirstTemporaryCode => first_code(4),
+            F::ResultsFirstPermanentCode => first_code(5),
             F::ResultsDelivered => count(2),
             F::ResultsTemporary => count(4),
             F::ResultsPermanent => count(5),
@@ -1021,6 +1058,47 @@ mod tests {
             matches!(decide("<postmaster@elsewhere.example>"), RcptDecision::Reject(r) if r.code == 550)
         );
         assert!(matches!(decide("<>"), RcptDecision::Reject(_)));
+    }
+
+    /// With several recipients the one SMTP reply speaks for all of them: it must not name
+    /// one (an MTA's bounce for bob would cite alice's reason). One recipient: its own reply.
+    #[test]
+    fn the_transaction_reply_names_no_single_recipient() {
+        let rules = crate::ruleset::load(std::path::Path::new("rules"), 1)
+            .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
+        let envelope = Envelope {
+            mail_from: crate::envelope::MailFrom::default(),
+            rcpts: vec![],
+            client: crate::envelope::Client::default(),
+            received_at: crate::ids::fixed_now(),
+        };
+        let r = |s: &str| Reply::parse(s).unwrap();
+        let ok = r("250 2.0.0 <alice@cpm.example.net>: delivered");
+        let busy = r("450 4.2.1 <bob@cpm.example.net>: CPM user busy (SIP 486)");
+        let unknown = r("550 5.1.1 <carol@cpm.example.net>: CPM user unknown (SIP 404)");
+        let unknown2 = r("550 5.1.1 <dave@cpm.example.net>: CPM user unknown (SIP 404)");
+        let cases: Vec<(Vec<Reply>, &str)> = vec![
+            (
+                vec![busy.clone()],
+                "450 4.2.1 <bob@cpm.example.net>: CPM user busy (SIP 486)",
+            ),
+            (
+                vec![ok.clone(), busy.clone()],
+                "450 4.2.1 1 of 2 CPM recipients failed temporarily, 1 delivered; a retry reaches only the rest",
+            ),
+            (
+                vec![unknown.clone()],
+                "550 5.1.1 <carol@cpm.example.net>: CPM user unknown (SIP 404)",
+            ),
+            (
+                vec![unknown, unknown2],
+                "550 5.1.1 all 2 CPM recipients refused (first reason: CPM user unknown (SIP 404))",
+            ),
+        ];
+        for (replies, want) in cases {
+            let (got, _) = aggregate(&rules, &envelope, &replies, crate::ids::fixed_now(), None);
+            assert_eq!(got.to_string(), want);
+        }
     }
 
     /// A control character that the mail's content carries into a reply a rule echoes
