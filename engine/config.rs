@@ -25,6 +25,9 @@ pub struct ConfigFile {
     pub sip_tls: SipTlsFile,
     /// `host:port` of the MTA that takes our DSNs.
     pub smarthost: Option<String>,
+    /// How long a CPM peer's refusal (415 to CPIM, 488 to MSRP, 413) is remembered, in
+    /// seconds (default 3600; 0 = not at all).
+    pub peer_memory_secs: Option<u64>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -108,6 +111,8 @@ pub struct Config {
     pub sip_listen: SocketAddr,
     pub next_hop: Option<String>,
     pub smarthost: Option<String>,
+    /// How long a peer's refusals are remembered (`peer_memory_secs`).
+    pub peer_memory: Duration,
     pub smtp: crate::smtp::SmtpConfig,
     pub sip: crate::sip::SipConfig,
     pub metrics_listen: Option<SocketAddr>,
@@ -361,6 +366,7 @@ impl Config {
             sip_listen: sip_addr,
             next_hop,
             smarthost: file.smarthost,
+            peer_memory: Duration::from_secs(file.peer_memory_secs.unwrap_or(3600)),
             smtp,
             sip,
             metrics_listen,

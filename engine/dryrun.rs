@@ -162,6 +162,7 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
         &accepted,
         raw,
         opts.ids,
+        &crate::peer_memory::Unknown,
         opts.now,
         opts.explain,
     );

@@ -45,6 +45,7 @@ pub mod mapper;
 pub mod metrics;
 pub mod msrp;
 pub mod outcome;
+pub mod peer_memory;
 pub mod plan;
 pub mod reload;
 pub mod render;

@@ -284,6 +284,8 @@ pub struct Draft {
 
 struct MessageState<'a, 'x> {
     facts: Facts<'a, 'x>,
+    /// What the peer memory knows of the peer behind this recipient's URI.
+    peer: crate::peer_memory::Caps,
     rules: &'a RuleSet,
     draft: Draft,
     /// RFC 5365 history entries (To/Cc mapped by the address phase), computed once per mail.
@@ -303,6 +305,12 @@ impl Input for MessageState<'_, '_> {
             F::PlanRequestUri => Value::str(d.request_uri.as_str()),
             F::PlanBody => Value::str(if d.cpim_body { "cpim" } else { "text" }),
             F::PlanRecipientList => Value::str(d.recipient_list),
+            F::PeerAcceptsCpim => Value::Bool(self.peer.accepts_cpim),
+            F::PeerAcceptsMsrp => Value::Bool(self.peer.accepts_msrp),
+            F::PeerMaxBytes => self
+                .peer
+                .max_bytes
+                .map_or(Value::Null, |n| Value::Int(n.min(i64::MAX as u64) as i64)),
             other => self.facts.field(other),
         }
     }
@@ -664,12 +672,16 @@ pub struct MailPlan {
 
 /// Maps a mail for its accepted recipients: `accepted` pairs each RCPT with the URI the
 /// recipient phase chose.
+// The inputs are the plan's whole world (no ambient state): bundling them would only
+// rename the list.
+#[allow(clippy::too_many_arguments)]
 pub fn plan_mail(
     rules: &RuleSet,
     envelope: &Envelope,
     accepted: &[(Rcpt, String)],
     raw: &[u8],
     ids: &dyn Ids,
+    peers: &dyn crate::peer_memory::PeerCaps,
     now: DateTime<Utc>,
     explain: bool,
 ) -> MailPlan {
@@ -728,6 +740,7 @@ pub fn plan_mail(
                 mail: Some(&mail),
                 now,
             },
+            peer: peers.caps(uri),
             rules,
             draft: Draft {
                 request_uri: uri.clone(),
@@ -795,8 +808,17 @@ pub fn plan_mail(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ResponseDecision {
     Reply(Reply),
-    /// Retry once in another form: `large` or `text`.
+    /// Retry once in another form: `large`, `text` or `pager`.
     Retry(String),
+}
+
+/// What the response phase noted besides its decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseNotes {
+    /// `learn:` — what the refusal says of the peer (`no-cpim`, `no-msrp`, `too-big`).
+    pub learn: Option<String>,
+    /// `report: relayed` — a success DSN with Action: relayed is owed.
+    pub relayed: bool,
 }
 
 struct ResponseState<'a, 'x> {
@@ -804,8 +826,10 @@ struct ResponseState<'a, 'x> {
     outcome: &'a Outcome,
     cpim_body: bool,
     retried: &'a [String],
+    imdn_requested: bool,
     reply: Option<Reply>,
     retry: Option<String>,
+    notes: ResponseNotes,
 }
 
 impl Input for ResponseState<'_, '_> {
@@ -828,6 +852,7 @@ impl Input for ResponseState<'_, '_> {
             (F::Mode | F::PlanMode, o) => Value::str(o.mode().as_str()),
             (F::PlanBody, _) => Value::str(if self.cpim_body { "cpim" } else { "text" }),
             (F::Retried, _) => Value::list_of_str(self.retried.iter().map(String::as_str)),
+            (F::PlanImdnRequested, _) => Value::Bool(self.imdn_requested),
             (other, _) => self.facts.field(other),
         }
     }
@@ -855,6 +880,8 @@ impl run::PhaseState for ResponseState<'_, '_> {
                     self.retry = Some(r);
                 }
             }
+            Action::Learn => self.notes.learn = Some(value.to_string()),
+            Action::Report => self.notes.relayed = value.to_string() == "relayed",
             _ => {}
         }
         Ok(())
@@ -875,6 +902,8 @@ pub struct ResponseInput<'a> {
     pub cpim_body: bool,
     /// Retries already made (a retry is offered at most once per kind).
     pub retried: &'a [String],
+    /// Whether the request that got this outcome asked for an IMDN.
+    pub imdn_requested: bool,
     pub now: DateTime<Utc>,
 }
 
@@ -884,6 +913,15 @@ pub fn respond(
     input: &ResponseInput,
     explain: Option<&mut Vec<Fired>>,
 ) -> ResponseDecision {
+    respond_noting(rules, input, explain).0
+}
+
+/// [`respond`], with what the rules noted besides the decision (`learn:`, `report:`).
+pub fn respond_noting(
+    rules: &RuleSet,
+    input: &ResponseInput,
+    explain: Option<&mut Vec<Fired>>,
+) -> (ResponseDecision, ResponseNotes) {
     let ResponseInput {
         envelope,
         rcpt,
@@ -891,6 +929,7 @@ pub fn respond(
         outcome,
         cpim_body,
         retried,
+        imdn_requested,
         now,
     } = *input;
     let mut st = ResponseState {
@@ -904,8 +943,10 @@ pub fn respond(
         outcome,
         cpim_body,
         retried,
+        imdn_requested,
         reply: None,
         retry: None,
+        notes: ResponseNotes::default(),
     };
     if let Err(e) = run::run(
         "response",
@@ -914,9 +955,12 @@ pub fn respond(
         rules.step_limit,
         explain,
     ) {
-        return ResponseDecision::Reply(rule_failure(&e));
+        return (
+            ResponseDecision::Reply(rule_failure(&e)),
+            ResponseNotes::default(),
+        );
     }
-    match (st.retry, st.reply) {
+    let decision = match (st.retry, st.reply) {
         (Some(r), _) => ResponseDecision::Retry(r),
         (None, Some(reply)) => ResponseDecision::Reply(reply),
         (None, None) => ResponseDecision::Reply(Reply::new(
@@ -924,7 +968,8 @@ pub fn respond(
             "4.3.0",
             format!("<{}>: no response rule matched the outcome", rcpt.address),
         )),
-    }
+    };
+    (decision, st.notes)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1162,6 +1207,7 @@ mod tests {
             (true, true, "history", &"x".repeat(99_999)[..]),
         ] {
             let st = MessageState {
+                peer: Default::default(),
                 facts: Facts {
                     envelope: &envelope,
                     rcpt: Some(&rcpt),

@@ -45,11 +45,13 @@ pub enum Action {
     Retry,
     Dsn,
     Mailbox,
+    Learn,
+    Report,
     Stop,
 }
 
 impl Action {
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 20] = [
         Action::Uri,
         Action::Reject,
         Action::SetHeader,
@@ -67,6 +69,8 @@ impl Action {
         Action::Retry,
         Action::Dsn,
         Action::Mailbox,
+        Action::Learn,
+        Action::Report,
         Action::Stop,
     ];
 
@@ -89,6 +93,8 @@ impl Action {
             Action::Retry => "retry",
             Action::Dsn => "dsn",
             Action::Mailbox => "mailbox",
+            Action::Learn => "learn",
+            Action::Report => "report",
             Action::Stop => "stop",
         }
     }
@@ -103,7 +109,9 @@ impl Action {
             Action::Mode => Some(&["pager", "large"]),
             Action::Body => Some(&["text", "cpim"]),
             Action::RecipientList => Some(&["none", "history", "exploder"]),
-            Action::Retry => Some(&["large", "text"]),
+            Action::Retry => Some(&["large", "text", "pager"]),
+            Action::Learn => Some(&["no-cpim", "no-msrp", "too-big"]),
+            Action::Report => Some(&["relayed"]),
             _ => None,
         }
     }
@@ -134,7 +142,15 @@ impl Action {
                 "the URI of the RFC 5365 exploder used by `recipient_list: exploder`"
             }
             Action::Reply => "the SMTP reply",
-            Action::Retry => "retry the delivery once in another form: `large` or `text`",
+            Action::Retry => {
+                "retry the delivery once in another form: `large`, `text`, or `pager` (planned again with what the peer memory now knows)"
+            }
+            Action::Learn => {
+                "remember what this refusal says of the peer behind the Request-URI: `no-cpim`, `no-msrp` or `too-big` (read back as peer.* in the message phase)"
+            }
+            Action::Report => {
+                "`relayed`: a success DSN with Action: relayed is owed for this recipient (RFC 3461 §5.2.2), sent if its NOTIFY has SUCCESS"
+            }
             Action::Dsn => "true: send one RFC 3464 DSN for the permanently failed recipients",
             Action::Mailbox => {
                 "accept the recipient and relay the mail unchanged to this mail address through the smarthost (postmaster, RFC 5321 §4.5.1)"
@@ -182,7 +198,13 @@ pub static PHASES: &[PhaseDef] = &[
         name: "response",
         bit: RESPONSE,
         doc: "SIP/MSRP final outcome or transport failure → SMTP reply (or a retry in another form)",
-        actions: &[Action::Reply, Action::Retry, Action::Stop],
+        actions: &[
+            Action::Reply,
+            Action::Retry,
+            Action::Learn,
+            Action::Report,
+            Action::Stop,
+        ],
     },
     PhaseDef {
         name: "transaction",
@@ -243,6 +265,10 @@ pub enum F {
     PlanImdn,
     PlanRequestUri,
     PlanBody,
+    PlanImdnRequested,
+    PeerAcceptsCpim,
+    PeerAcceptsMsrp,
+    PeerMaxBytes,
     PlanRecipientList,
     SipStatus,
     SipReason,
@@ -576,6 +602,34 @@ pub static FIELDS: &[(&str, F, T, u8, &str)] = &[
         T::Str,
         MESSAGE | RESPONSE,
         "text or cpim",
+    ),
+    (
+        "plan.imdn_requested",
+        F::PlanImdnRequested,
+        T::Bool,
+        RESPONSE,
+        "whether the request that got this outcome asked for an IMDN",
+    ),
+    (
+        "peer.accepts_cpim",
+        F::PeerAcceptsCpim,
+        T::Bool,
+        MESSAGE,
+        "false while the peer memory holds a recent `learn: no-cpim` for this Request-URI",
+    ),
+    (
+        "peer.accepts_msrp",
+        F::PeerAcceptsMsrp,
+        T::Bool,
+        MESSAGE,
+        "false while the peer memory holds a recent `learn: no-msrp` for this Request-URI",
+    ),
+    (
+        "peer.max_bytes",
+        F::PeerMaxBytes,
+        T::Int,
+        MESSAGE,
+        "the smallest request size the peer recently refused as too big (null: none)",
     ),
     (
         "plan.recipient_list",

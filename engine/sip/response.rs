@@ -271,6 +271,7 @@ mod tests {
                 outcome: &outcome,
                 cpim_body: false,
                 retried: &[],
+                imdn_requested: false,
                 now: crate::ids::fixed_now(),
             };
             let crate::mapper::ResponseDecision::Reply(reply) =
