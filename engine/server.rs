@@ -55,6 +55,10 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     let store = cfg.store.open(cfg.store_limits)?;
     crate::store::describe_metrics();
     tracing::info!(store = ?cfg.store, "store open");
+    let peers = Arc::new(crate::peer_memory::PeerMemory::new(
+        cfg.peer_memory,
+        100_000,
+    ));
     let mut tasks = Vec::new();
     for (addr, protocol) in [
         (cfg.smtp_listen, Protocol::Smtp),
@@ -76,6 +80,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             sip: sip.clone(),
             ids: Arc::new(RandomIds),
             store: store.clone(),
+            peers: peers.clone(),
             protocol,
             large: large.clone(),
             smarthost: cfg.smarthost.clone(),

@@ -495,7 +495,7 @@ fn compile_rule(
         }
     };
     type Single<'r> = (Action, &'r Option<Spanned<String>>, Option<Ty>);
-    let singles: [Single; 12] = [
+    let singles: [Single; 15] = [
         (Action::Uri, &raw.uri, Some(Ty::Str)),
         (Action::Reject, &raw.reject, Some(Ty::Str)),
         (Action::Mode, &raw.mode, Some(Ty::Str)),
@@ -508,6 +508,9 @@ fn compile_rule(
         (Action::Reply, &raw.reply, Some(Ty::Str)),
         (Action::Retry, &raw.retry, Some(Ty::Str)),
         (Action::Dsn, &raw.dsn, Some(Ty::Bool)),
+        (Action::Mailbox, &raw.mailbox, Some(Ty::Str)),
+        (Action::Learn, &raw.learn, Some(Ty::Str)),
+        (Action::Report, &raw.report, Some(Ty::Str)),
     ];
     // Header maps come first so that a rule's headers are set before its mode/body decisions.
     let maps = [

@@ -152,7 +152,13 @@ fn smtp_retry_after_a_temporary_failure_delivers_each_recipient_once() {
         "first attempt: {replies:?}\n{}",
         iwf.proc.output()
     );
-    assert!(replies[0].1.contains("<+15551230002@cpm.example.net>"));
+    // the one reply speaks for both recipients: it names neither (issue: Exim's bounce for
+    // one recipient cited the other's reason)
+    assert!(!replies[0].1.contains("@cpm.example.net"), "{replies:?}");
+    assert!(
+        replies[0].1.contains("1 of 2 CPM recipients"),
+        "{replies:?}"
+    );
     assert!(replies[1].is(250, "2.0.0"), "retry: {replies:?}");
     let counts = cpm.counts();
     assert_eq!(
