@@ -415,12 +415,20 @@ impl Store for SqliteStore {
                 return Ok(());
             }
             let expires = as_i64(now_ms().saturating_add(ms(self.limits.delivery_ttl)));
-            self.submit(Job::Delivered {
-                mail: mail.to_string(),
-                rcpts: rcpts.iter().map(|r| rcpt_key(r)).collect(),
-                expires,
-            })
-            .await
+            let r = self
+                .submit(Job::Delivered {
+                    mail: mail.to_string(),
+                    rcpts: rcpts.iter().map(|r| rcpt_key(r)).collect(),
+                    expires,
+                })
+                .await;
+            // A failed commit is counted by the writer; a stopped writer here.
+            if let Err(e @ StoreError::Unavailable(m)) = &r
+                && m.contains("writer stopped")
+            {
+                failed("sqlite", "record", e);
+            }
+            r
         })
     }
 

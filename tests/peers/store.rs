@@ -617,3 +617,47 @@ async fn two_instances_share_one_redis_and_answer_4xx_without_it() {
     drop(b);
     redis.stop();
 }
+
+/// The Redis backend through the store interface, against a real redis-server: recipients
+/// compare case-insensitively, records and correlation hashes expire, lookups and stats
+/// see what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_keeps_and_expires_records() {
+    use iwf::store::{Fields, Limits, RedisStore, Store};
+    if !require(&["redis-server"]) {
+        return;
+    }
+    let mut redis = Redis::start(free_port(false));
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let limits = Limits {
+        delivery_ttl: Duration::from_millis(300),
+        max_records: 1000,
+    };
+    let s = RedisStore::new(&[url], false, limits).unwrap();
+    let rc = |l: &[&str]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    s.record_delivered("id:m@x", &rc(&["A@B"])).await.unwrap();
+    assert_eq!(
+        s.delivered("id:m@x", &rc(&["a@b", "c@d"])).await.unwrap(),
+        vec![true, false]
+    );
+    let mut f = Fields::new();
+    f.insert("mail_from".into(), "alice@mail.example.org".into());
+    f.insert("message_id".into(), "m@x".into());
+    s.put("imdn:abc", &f, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(s.get("imdn:abc").await.unwrap(), Some(f));
+    let l = s.lookup("id:m@x").await.unwrap();
+    assert_eq!(l.delivered.keys().collect::<Vec<_>>(), vec!["a@b"]);
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.delivery_records, st.correlation_records), (1, 1));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        s.delivered("id:m@x", &rc(&["a@b"])).await.unwrap(),
+        vec![false],
+        "expired"
+    );
+    assert_eq!(s.get("imdn:abc").await.unwrap(), None, "expired");
+    redis.stop();
+    assert!(s.delivered("id:m@x", &rc(&["a@b"])).await.is_err());
+}
