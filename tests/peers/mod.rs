@@ -12,8 +12,10 @@
 //! | [`sip_outcomes`] | smtplib → `iwf serve` → SIPp UAS over UDP and TCP, one status each |
 //! | [`postfix`] | smtplib → Postfix → `iwf serve` → SIPp; bounces read by an aiosmtpd sink |
 //! | [`mixed`] | smtplib over SMTP and LMTP → `iwf serve` → in-process answerer, per-recipient answers |
+//! | [`baresip`] | smtplib → `iwf serve` → baresip, a real text-only SIP UA (415 to CPIM, 488 to MSRP); DSNs at an aiosmtpd sink |
 //! | [`concurrency`] | 64 raw SMTP sessions → `iwf serve` → SIPp or the in-process answerer |
 
+mod baresip;
 mod clients;
 mod concurrency;
 mod harness;
