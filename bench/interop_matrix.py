@@ -3,7 +3,8 @@
 as one table (every cell PASS, FAIL with what was seen, or n/a with the reason).
 
 Senders:   smtplib (Python's client, direct), swaks (direct), postfix (a private Postfix
-           instance relaying to iwf, tests/peers/postfix-relay.sh; needs root)
+           instance relaying to iwf, tests/peers/postfix-relay.sh; needs root), exim (a
+           private Exim with DSN on, binary at /usr/sbin/exim4 as .ci/run installs it)
 Receivers: sipp (SIPp UAS scenarios from tests/peers/sipp: 200, 404, 486; MESSAGE only),
            baresip (a real text-only UA: 415 to CPIM, 488 to MSRP, 404 to unknown users)
 Cases:     pager (one short text), notify (NOTIFY=SUCCESS,FAILURE + Disposition-Notification-To),
@@ -12,7 +13,7 @@ Cases:     pager (one short text), notify (NOTIFY=SUCCESS,FAILURE + Disposition-
 For each (receiver, case) a fresh receiver and iwf are started; iwf's smarthost is an
 aiosmtpd sink that keeps DSNs. Loopback only; everything started is stopped.
 
-Usage: bench/interop_matrix.py [--iwf target/release/iwf] [--senders smtplib,swaks,postfix]
+Usage: bench/interop_matrix.py [--iwf target/release/iwf] [--senders smtplib,swaks,postfix,exim]
                                [--receivers sipp,baresip] [--cases pager,notify,...]
 """
 
@@ -208,6 +209,82 @@ class Postfix:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Exim:
+    """A private Exim (the binary at /usr/sbin/exim4, as .ci/run installs it) relaying to iwf."""
+
+    def __init__(self, gw_port, bounce_port):
+        self.dir = tempfile.mkdtemp()
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        d = self.dir
+        for sub in ("spool", "log"):
+            os.makedirs(os.path.join(d, sub))
+            subprocess.run(["chown", "Debian-exim", os.path.join(d, sub)])
+        conf = os.path.join(d, "exim.conf")
+        with open(conf, "w") as f:
+            f.write(f"""primary_hostname = exim.interop.test
+spool_directory = {d}/spool
+log_file_path = {d}/log/%slog
+local_interfaces = 127.0.0.1
+dsn_advertise_hosts = *
+tls_advertise_hosts =
+acl_smtp_rcpt = acl_rcpt
+begin acl
+acl_rcpt:
+  accept hosts = 127.0.0.1
+  deny
+begin routers
+to_iwf:
+  driver = manualroute
+  domains = cpm.example.net
+  transport = to_iwf
+  route_list = * 127.0.0.1
+  self = send
+to_sink:
+  driver = manualroute
+  domains = bounce.test
+  transport = to_sink
+  route_list = * 127.0.0.1
+  self = send
+begin transports
+to_iwf:
+  driver = smtp
+  port = {gw_port}
+to_sink:
+  driver = smtp
+  port = {bounce_port}
+begin retry
+* * F,10m,2s
+""")
+        self.proc = Proc(["/usr/sbin/exim4", "-C", conf, "-bdf", "-q2s", "-oX", str(self.port)])
+        self.ok = bool(wait_for(lambda: listening(self.port)))
+
+    def log(self):
+        try:
+            return open(os.path.join(self.dir, "log", "mainlog"), errors="replace").read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        self.proc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def exim_send(ex, rcpts, data, rcpt_opts):
+    code, text = smtplib_send(ex.port, rcpts, data, rcpt_opts)
+    if code != 250:
+        return code, f"exim did not queue: {text}"
+    line = wait_for(lambda: next((l for l in ex.log().splitlines()
+                                  if rcpts[0] in l and (" => " in l or " ** " in l or " == " in l)), None),
+                    limit=60, step=0.3)
+    if not line:
+        return None, "no verdict in the Exim log"
+    for mark, code in ((" => ", 250), (" ** ", 550), (" == ", 450)):
+        if mark in line:
+            return code, line.split(mark, 1)[1][:160]
+    return None, line[-160:]
+
+
 def postfix_send(pf, rcpts, data, rcpt_opts):
     code, text = smtplib_send(pf.port, rcpts, data, rcpt_opts)
     if code != 250:
@@ -287,6 +364,13 @@ def run_cell(args, sender, receiver, case):
             code, text = smtplib_send(smtp, [rcpt], data, opts)
         elif sender == "swaks":
             code, text = swaks_send(smtp, [rcpt], data, opts)
+        elif sender == "exim":
+            if not os.access("/usr/sbin/exim4", os.X_OK):
+                return "n/a", "no /usr/sbin/exim4 (.ci/run installs it)"
+            pf = Exim(smtp, sink_port)
+            if not pf.ok:
+                return "n/a", "the private Exim does not start (needs root): " + pf.proc.text()[-200:]
+            code, text = exim_send(pf, [rcpt], data, opts)
         else:
             pf = Postfix(smtp, sink_port)
             pf.seen = set()
@@ -329,7 +413,7 @@ def run_cell(args, sender, receiver, case):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iwf", default=os.path.join(ROOT, "target", "release", "iwf"))
-    ap.add_argument("--senders", default="smtplib,swaks,postfix")
+    ap.add_argument("--senders", default="smtplib,swaks,postfix,exim")
     ap.add_argument("--receivers", default="sipp,baresip")
     ap.add_argument("--cases", default=",".join(CASES))
     args = ap.parse_args()
