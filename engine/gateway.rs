@@ -321,6 +321,11 @@ impl Gateway {
                 tracing::info!(smarthost = %smarthost, failed = failed.len(), relayed = relays.len(), "DSN handed to the smarthost");
                 reply
             }
+            // A relayed-only report is a courtesy (RFC 3461 §5.2.2): the mail stays delivered.
+            Err(e) if failed.is_empty() => {
+                tracing::warn!(smarthost = %smarthost, "relayed DSN not handed off: {e}");
+                reply
+            }
             Err(e) => {
                 tracing::warn!(smarthost = %smarthost, "DSN hand-off failed: {e}");
                 Reply::new(

@@ -211,6 +211,8 @@ impl Session {
                 let hint = tx.envelope.mail_from.size;
                 let phase = DataPhase::new(limits.message_size, limits.text_line, hint);
                 self.state = State::Data(tx, Box::new(phase));
+                // Every message gets its own DATA budget (see `Session::read_deadline`).
+                self.waiting = None;
                 self.reply(replies::start_data())
             }
             State::Data(..) => unreachable!("no commands are read during DATA"),

@@ -115,7 +115,7 @@ pub(crate) struct Session {
     skip: u64,
     /// The current wait for input: content (DATA, a BDAT chunk) or not, since when, and
     /// how many octets arrived during it (for the whole-command and DATA budgets).
-    waiting: Option<(bool, tokio::time::Instant, usize)>,
+    pub(super) waiting: Option<(bool, tokio::time::Instant, usize)>,
     shutdown: watch::Receiver<bool>,
 }
 

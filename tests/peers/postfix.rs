@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::harness::{
-    self, Iwf, IwfOptions, PYTHON, Proc, SipRequest, Sipp, Transport, asset, free_port, require,
+    self, Iwf, IwfOptions, PYTHON, Sink, SipRequest, Sipp, Transport, asset, free_port, require,
     smtplib, wait_until,
 };
 
@@ -93,52 +93,6 @@ impl Postfix {
 impl Drop for Postfix {
     fn drop(&mut self) {
         let _ = self.script("stop");
-    }
-}
-
-/// The aiosmtpd sink that receives the bounces (`tests/peers/sink.py`).
-struct Sink {
-    _proc: Proc,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Sink {
-    fn start() -> Sink {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port(false);
-        let mut proc = Proc::spawn(
-            "sink",
-            Command::new(PYTHON)
-                .arg(asset("sink.py"))
-                .arg(port.to_string())
-                .arg(dir.path()),
-        );
-        if wait_until(Duration::from_secs(10), || {
-            harness::listening(false, port).then_some(())
-        })
-        .is_none()
-        {
-            proc.kill();
-            panic!("the aiosmtpd sink did not listen: {}", proc.output());
-        }
-        Sink {
-            _proc: proc,
-            port,
-            dir,
-        }
-    }
-
-    fn mails(&self) -> Vec<String> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
-        files.sort();
-        files
-            .iter()
-            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
-            .collect()
     }
 }
 
