@@ -117,16 +117,42 @@ impl Gateway {
                 replies[i] = Some(reply.clone());
             }
         }
-        let sends = plan.deliveries.iter().map(|d| {
+        let sends = plan.deliveries.iter().enumerate().map(|(n, d)| {
             let rules = rules.clone();
             let envelope = &envelope;
             let raw = &raw;
-            async move { self.deliver_one(&rules, envelope, raw, d).await }
+            let key = &key;
+            let mut who = vec![d.recipient.clone()];
+            who.extend(
+                plan.covered
+                    .iter()
+                    .filter(|(_, idx)| *idx == n)
+                    .map(|(a, _)| a.clone()),
+            );
+            async move {
+                let (reply, relayed) = self.deliver_one(&rules, envelope, raw, d).await;
+                // Recorded as soon as the CPM side has it, not when the whole transaction is
+                // done: a crash while other recipients are still pending then cannot make
+                // the retry deliver this one again.
+                let recorded = if reply.is_positive() {
+                    Some(self.store.record_delivered(key, &who).await.map(|()| who))
+                } else {
+                    None
+                };
+                (reply, relayed, recorded)
+            }
         });
         let results = futures_join_all(sends).await;
         // Recipients owed a `relayed` DSN (report: relayed, and NOTIFY asks for SUCCESS).
         let mut relayed = vec![false; envelope.rcpts.len()];
-        for (d, (reply, report_relayed)) in plan.deliveries.iter().zip(results) {
+        let mut recorded: Vec<String> = Vec::new();
+        let mut record_failed = None;
+        for (d, (reply, report_relayed, rec)) in plan.deliveries.iter().zip(results) {
+            match rec {
+                Some(Ok(who)) => recorded.extend(who),
+                Some(Err(e)) => record_failed = Some(e),
+                None => {}
+            }
             if let Some(i) = position(&d.recipient) {
                 relayed[i] = report_relayed
                     && reply.is_positive()
@@ -158,10 +184,16 @@ impl Gateway {
             .iter()
             .zip(&per_recipient)
             .zip(&done)
-            .filter(|((_, reply), before)| reply.is_positive() && !**before)
+            .filter(|((r, reply), before)| {
+                reply.is_positive() && !**before && !recorded.contains(&r.address)
+            })
             .map(|((r, _), _)| r.address.clone())
             .collect();
-        if let Err(e) = self.store.record_delivered(&key, &delivered_now).await {
+        let kept = match record_failed {
+            Some(e) => Err(e),
+            None => self.store.record_delivered(&key, &delivered_now).await,
+        };
+        if let Err(e) = kept {
             tracing::warn!(mail = %key, recipients = delivered_now.len(), "delivered, but the record could not be kept: answering 4xx: {e}");
             transaction = Reply::new(
                 451,

@@ -8,10 +8,12 @@
 //!   MESSAGEs; `bench/store_crash.sh` runs the full 1,000) while the answerer refuses one
 //!   recipient of every mail with 480 for the first 15 s; iwf is killed with SIGKILL twice and
 //!   restarted on the same state file. At the end every (mail, recipient) was accepted by the
-//!   answerer exactly once and Postfix's queue is empty. Before each kill the answerer answers
-//!   480 for 300 ms, so no CPM 2xx is in flight between the CPM side and our commit: that
-//!   window (the CPM side accepted, iwf dies before writing the record) is the one a gateway
-//!   without a two-phase CPM side cannot close, see the README.
+//!   answerer exactly once and Postfix's queue is empty. Before each kill the answerer
+//!   answers 480 and the test waits until iwf has no transaction in flight
+//!   (`iwf_transactions_active` = 0), so no CPM 2xx is between the CPM side and our commit:
+//!   that window (the CPM side accepted, iwf dies before writing the record) is the one a
+//!   gateway without a two-phase CPM side cannot close, see the README. What the test proves
+//!   is that every committed record survives SIGKILL and stops the retries.
 //! - Two instances, one Redis: a transaction deferred by A and retried on B delivers only the
 //!   rest; Redis stopped → 451, no 250, nothing delivered, the metric and the log say why;
 //!   Redis back → mail flows.
@@ -425,7 +427,14 @@ async fn kill_9_twice_under_postfix_load_delivers_every_recipient_exactly_once()
     for pause in [Duration::from_secs(2), Duration::from_secs(4)] {
         tokio::time::sleep(pause).await;
         cpm.hold.store(true, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every transaction that could still be between a 2xx and its commit finishes
+        // (new ones only get 480 now): wait until none is in flight (on a loaded machine
+        // an fsync can take longer than any fixed pause).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let quiet = Instant::now() + Duration::from_secs(20);
+        while metric(gw.metrics, "iwf_transactions_active").await > 0.0 && Instant::now() < quiet {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let before = cpm.total();
         gw.proc.kill();
         eprintln!(
