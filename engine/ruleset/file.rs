@@ -59,6 +59,16 @@ pub struct RawRule {
     pub dsn: Option<Spanned<String>>,
     #[serde(default)]
     pub stop: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sip_reply: Option<Spanned<String>>,
+    #[serde(default)]
+    pub encoding: Option<Spanned<String>>,
+    #[serde(default)]
+    pub envelope_from: Option<Spanned<String>>,
+    #[serde(default)]
+    pub notify: Option<Spanned<String>>,
 }
 
 /// One self-test case (a file under `tests/` holds a list of them).
