@@ -25,6 +25,10 @@ pub struct ConfigFile {
     pub sip_tls: SipTlsFile,
     /// `host:port` of the MTA that takes our DSNs.
     pub smarthost: Option<String>,
+    /// CPM -> e-mail: longest wait for the smarthost, connect to its reply to DATA (default 20).
+    pub smarthost_timeout_secs: Option<u64>,
+    /// Also listen for SIP over TCP on the `sip_listen` address (CPM -> e-mail requests).
+    pub sip_tcp: Option<bool>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -105,6 +109,8 @@ pub struct Config {
     pub sip_listen: SocketAddr,
     pub next_hop: Option<String>,
     pub smarthost: Option<String>,
+    /// CPM -> e-mail: the wait for the smarthost.
+    pub smarthost_timeout: Duration,
     pub smtp: crate::smtp::SmtpConfig,
     pub sip: crate::sip::SipConfig,
     pub metrics_listen: Option<SocketAddr>,
@@ -290,7 +296,9 @@ impl Config {
             tls: sip_tls,
             ..crate::sip::SipConfig::default()
         };
-        if next_hop
+        if file.sip_tcp == Some(true) {
+            sip.tcp_listen = Some(sip_addr);
+        } else if next_hop
             .as_deref()
             .is_some_and(|h| h.contains("transport=tcp"))
         {
@@ -349,6 +357,7 @@ impl Config {
             sip_listen: sip_addr,
             next_hop,
             smarthost: file.smarthost,
+            smarthost_timeout: Duration::from_secs(file.smarthost_timeout_secs.unwrap_or(20)),
             smtp,
             sip,
             metrics_listen,

@@ -45,9 +45,19 @@ impl Incoming {
                 Some((full_name(n.trim()).to_string(), v.trim().to_string()))
             })
             .collect();
+        // rsip keeps the user part as received but percent-encodes it again when written
+        // (`%40` becomes `%2540`): put the received form back.
+        let mut request_uri = req.uri.to_string();
+        if let Some(auth) = &req.uri.auth {
+            let raw = match &auth.password {
+                Some(p) => format!("{}:{p}", auth.user),
+                None => auth.user.clone(),
+            };
+            request_uri = request_uri.replacen(&auth.to_string(), &raw, 1);
+        }
         Incoming {
             method: req.method.to_string(),
-            request_uri: req.uri.to_string(),
+            request_uri,
             headers,
             body: req.body.clone(),
             transport: transport.to_string(),
@@ -256,6 +266,17 @@ mod tests {
         );
         assert!(Incoming::parse(b"MESSAGE x\r\n\r\n").is_err());
         assert!(Incoming::parse(b"MESSAGE x SIP/2.0\r\nl: 9\r\n\r\nab").is_err());
+    }
+
+    #[test]
+    fn request_uri_as_received() {
+        let wire = "MESSAGE sip:alice%40mail.example.org@iwf.example.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK1\r\nFrom: <tel:+1>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let req = sip::Request::try_from(wire.as_bytes()).unwrap();
+        let inc = Incoming::from_request(&req, "UDP");
+        assert_eq!(
+            inc.request_uri,
+            "sip:alice%40mail.example.org@iwf.example.net"
+        );
     }
 
     #[test]
