@@ -140,7 +140,7 @@ fn cpim(body: &[u8]) -> Result<Content, ContentError> {
     }
     for (n, v) in &headers {
         if (n.eq_ignore_ascii_case("From") || n.eq_ignore_ascii_case("To"))
-            && name_addr(v).is_none()
+            && !name_addr(v).is_some_and(|(_, uri)| uri.contains(':'))
         {
             return Err(bad(&format!("`{n}` is not a name-addr")));
         }

@@ -26,6 +26,7 @@ pub mod content;
 pub mod phases;
 pub mod render;
 pub mod request;
+pub mod selftest;
 pub mod sink;
 pub mod threads;
 pub mod uas;
