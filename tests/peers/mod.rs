@@ -12,10 +12,12 @@
 //! | [`sip_outcomes`] | smtplib → `iwf serve` → SIPp UAS over UDP and TCP, one status each |
 //! | [`postfix`] | smtplib → Postfix → `iwf serve` → SIPp; bounces read by an aiosmtpd sink |
 //! | [`mixed`] | smtplib over SMTP and LMTP → `iwf serve` → in-process answerer, per-recipient answers |
+//! | [`cpm_to_mail`] | SIPp UAC → `iwf serve` → scripted aiosmtpd smarthost (250/4xx/5xx/silent) or Postfix |
 //! | [`concurrency`] | 64 raw SMTP sessions → `iwf serve` → SIPp or the in-process answerer |
 
 mod clients;
 mod concurrency;
+mod cpm_to_mail;
 mod harness;
 mod mixed;
 mod postfix;

@@ -1,0 +1,272 @@
+//! CPM → e-mail with real peers on loopback: SIPp as the UAC sending MESSAGE (text/plain and
+//! CPIM, over UDP and TCP) into `iwf serve`, which delivers to a smarthost — an aiosmtpd
+//! server scripted to answer 250 / 4xx / 5xx / nothing (`tests/peers/smarthost.py`), or
+//! nothing listening at all — and SIPp checks the mapped final response. SIPp's scenario
+//! names the one status it expects (SIPp exits non-zero on anything else).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::harness::{
+    self, Iwf, IwfOptions, PYTHON, Proc, Transport, asset, free_port, require, wait_until,
+};
+
+pub const TEXT: &str = "Content-Type: text/plain;charset=UTF-8\n\nhello from SIPp, grüße";
+
+pub const CPIM: &str = "Content-Type: message/cpim\n\nFrom: \"Bob Ünal\" <sip:+15551234567@ims.example.net>\nTo: <sip:alice%40mail.example.org@iwf.example.net>\nDateTime: 2025-11-21T14:03:05Z\nSubject: Grüße aus Köln\nNS: imdn <urn:ietf:params:imdn>\nimdn.Message-ID: Zq81mK0pR2\n\nContent-Type: text/plain; charset=utf-8\n\nHallo Alice, schöne Grüße!";
+
+/// A SIPp UAC scenario sending one MESSAGE with `content` (Content-Type line, blank line,
+/// body) and expecting `status`.
+pub fn uac_scenario(dir: &Path, status: u16, content: &str) -> PathBuf {
+    let (ct, body) = content.split_once("\n\n").unwrap();
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="CPM MESSAGE UAC expecting {status}">
+  <send retrans="500">
+    <![CDATA[
+
+      MESSAGE sip:alice%40mail.example.org@iwf.example.net SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "SIPp" <sip:+15551234567@ims.example.net>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:alice%40mail.example.org@iwf.example.net>
+      Call-ID: [call_id]
+      CSeq: 1 MESSAGE
+      Max-Forwards: 70
+      Expires: 3600
+      Conversation-ID: conv-[call_id]
+      {ct}
+      Content-Length: [len]
+
+{body}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="{status}"/>
+</scenario>
+"#
+    );
+    let path = dir.join(format!("uac_{status}.xml"));
+    std::fs::write(&path, xml).unwrap();
+    path
+}
+
+/// Runs SIPp as UAC against `port` and returns whether it saw `status` (within 60 s).
+pub fn sipp_uac(port: u16, transport: Transport, status: u16, content: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let scen = uac_scenario(dir.path(), status, content);
+    let local = free_port(transport.udp());
+    let mut cmd = Command::new("sipp");
+    cmd.arg(format!("127.0.0.1:{port}"))
+        .arg("-sf")
+        .arg(&scen)
+        .args(["-i", "127.0.0.1", "-p", &local.to_string()])
+        .args(["-t", if transport.udp() { "u1" } else { "t1" }])
+        .args([
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "50s",
+            "-recv_timeout",
+            "45000",
+        ])
+        .args(["-trace_err", "-trace_msg"])
+        .current_dir(dir.path());
+    let (st, out) = harness::run("sipp-uac", &mut cmd, Duration::from_secs(60));
+    let msgs = std::fs::read_dir(dir.path())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    (st.success(), format!("{out}\n{msgs}"))
+}
+
+/// The scripted aiosmtpd smarthost.
+pub struct Smarthost {
+    _proc: Proc,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Smarthost {
+    pub fn start(mode: &str) -> Smarthost {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(false);
+        let mut proc = Proc::spawn(
+            "smarthost",
+            Command::new(PYTHON)
+                .arg(asset("smarthost.py"))
+                .arg(port.to_string())
+                .arg(dir.path())
+                .arg(mode),
+        );
+        if wait_until(Duration::from_secs(10), || {
+            harness::listening(false, port).then_some(())
+        })
+        .is_none()
+        {
+            proc.kill();
+            panic!("the scripted smarthost did not listen: {}", proc.output());
+        }
+        Smarthost {
+            _proc: proc,
+            port,
+            dir,
+        }
+    }
+
+    pub fn mails(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort();
+        files
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+            .collect()
+    }
+}
+
+/// `iwf serve` with the smarthost at `smarthost_port` (UDP and TCP SIP); returns it with
+/// its SIP UDP and TCP ports.
+pub fn start_iwf(smarthost_port: u16, timeout_secs: u64) -> (Iwf, u16, u16) {
+    let config = format!(
+        "smarthost: 127.0.0.1:{smarthost_port}\nsmarthost_timeout_secs: {timeout_secs}\nsip_tcp: true\n"
+    );
+    let iwf = Iwf::start(IwfOptions {
+        config: &config,
+        ..IwfOptions::default()
+    });
+    let ports = wait_until(Duration::from_secs(10), || {
+        let out = iwf.proc.output();
+        let udp = out.lines().find_map(|l| {
+            l.strip_prefix("iwf: SIP (CPM -> e-mail MESSAGE) listening on udp ")
+                .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.port())
+        })?;
+        let tcp = out.lines().find_map(|l| {
+            l.strip_prefix("iwf: SIP (CPM -> e-mail MESSAGE) listening on tcp port ")
+                .and_then(|p| p.trim().parse::<u16>().ok())
+        })?;
+        Some((udp, tcp))
+    })
+    .unwrap_or_else(|| panic!("iwf printed no SIP ports:\n{}", iwf.proc.output()));
+    (iwf, ports.0, ports.1)
+}
+
+fn peers() -> bool {
+    require(&["sipp", PYTHON]) && {
+        let ok = Command::new(PYTHON)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: python3-aiosmtpd not installed");
+        }
+        ok
+    }
+}
+
+/// 202 only after the smarthost's 250; the mail it got is the mapped one, over UDP and TCP,
+/// for text/plain and CPIM.
+#[test]
+fn sipp_message_reaches_the_smarthost() {
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let (iwf, udp, tcp) = start_iwf(sink.port, 10);
+    let cases = [
+        (udp, Transport::Udp, TEXT),
+        (tcp, Transport::Tcp, TEXT),
+        (udp, Transport::Udp, CPIM),
+        (tcp, Transport::Tcp, CPIM),
+    ];
+    for (i, (port, t, content)) in cases.iter().enumerate() {
+        let (ok, out) = sipp_uac(*port, *t, 202, content);
+        assert!(
+            ok,
+            "case {i}: SIPp did not get 202:\n{out}\n--- iwf:\n{}",
+            iwf.proc.output()
+        );
+        let mails = wait_until(Duration::from_secs(5), || {
+            let m = sink.mails();
+            (m.len() > i).then_some(m)
+        })
+        .unwrap_or_else(|| panic!("case {i}: no mail at the smarthost"));
+        let m = &mails[i];
+        assert!(m.contains("X-Envelope-To: alice@mail.example.org"), "{m}");
+        assert!(m.contains("\r\nTo: <alice@mail.example.org>\r\n"), "{m}");
+        assert!(m.contains("\r\nMessage-ID: <"), "{m}");
+        if content == &CPIM {
+            assert!(m.contains("+15551234567@cpm.example.net>\r\n"), "{m}");
+            // aiosmtpd offers SMTPUTF8: the headers go as UTF-8, not RFC 2047
+            assert!(m.contains("\r\nSubject: Grüße aus Köln\r\n"), "{m}");
+            assert!(m.contains("From: \"Bob Ünal\" <"), "{m}");
+            assert!(m.contains("Date: Fri, 21 Nov 2025 14:03:05 +0000"), "{m}");
+            assert!(m.contains("Hallo Alice, schöne Grüße!"), "{m}");
+            assert!(m.contains("Content-Transfer-Encoding: 8bit"), "{m}");
+            assert!(m.contains("BODY=8BITMIME SMTPUTF8"), "{m}");
+        } else {
+            assert!(
+                m.contains("From: \"SIPp\" <+15551234567@cpm.example.net>"),
+                "{m}"
+            );
+            assert!(m.contains("hello from SIPp, grüße"), "{m}");
+        }
+    }
+    assert_eq!(sink.mails().len(), 4);
+}
+
+/// UDP retransmissions while the smarthost takes its time: one mail, one 202.
+#[test]
+fn retransmissions_do_not_mail_twice() {
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("slow");
+    let (iwf, udp, _) = start_iwf(sink.port, 10);
+    let (ok, out) = sipp_uac(udp, Transport::Udp, 202, TEXT);
+    assert!(ok, "{out}\n--- iwf:\n{}", iwf.proc.output());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(sink.mails().len(), 1, "{}", iwf.proc.output());
+}
+
+/// The smarthost's refusals and silence, each mapped by the cpm_response rules.
+#[test]
+fn smarthost_failures_map_to_sip_responses() {
+    if !peers() {
+        return;
+    }
+    for (mode, status, transport) in [
+        ("451", 503, Transport::Udp),
+        ("452", 480, Transport::Tcp),
+        ("550", 404, Transport::Udp),
+        ("552", 413, Transport::Tcp),
+        ("554", 403, Transport::Udp),
+        ("silent", 503, Transport::Tcp),
+    ] {
+        let sink = Smarthost::start(mode);
+        let (iwf, udp, tcp) = start_iwf(sink.port, 3);
+        let port = if transport.udp() { udp } else { tcp };
+        let (ok, out) = sipp_uac(port, transport, status, CPIM);
+        assert!(
+            ok,
+            "smarthost {mode}: SIPp did not get {status}:\n{out}\n--- iwf:\n{}",
+            iwf.proc.output()
+        );
+        assert!(sink.mails().is_empty(), "{mode}: a mail was kept");
+    }
+    // nothing listening: 503 (with Retry-After, checked by the self-tests)
+    let dead = free_port(false);
+    let (iwf, udp, _) = start_iwf(dead, 3);
+    let (ok, out) = sipp_uac(udp, Transport::Udp, 503, TEXT);
+    assert!(ok, "smarthost down: {out}\n--- iwf:\n{}", iwf.proc.output());
+}
