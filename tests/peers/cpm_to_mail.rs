@@ -270,3 +270,124 @@ fn smarthost_failures_map_to_sip_responses() {
     let (ok, out) = sipp_uac(udp, Transport::Udp, 503, TEXT);
     assert!(ok, "smarthost down: {out}\n--- iwf:\n{}", iwf.proc.output());
 }
+
+/// The private Postfix instance of `tests/peers/postfix-mailbox.sh` (local Maildir for
+/// alice@mail.example.org); stopped when dropped.
+struct MailboxPostfix {
+    dir: PathBuf,
+    port: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl MailboxPostfix {
+    fn start() -> MailboxPostfix {
+        let tmp = tempfile::tempdir().unwrap();
+        let pf = MailboxPostfix {
+            dir: tmp.path().join("postfix"),
+            port: free_port(false),
+            _tmp: tmp,
+        };
+        let (st, out) = pf.script("start");
+        assert!(st.success(), "postfix did not start:\n{out}\n{}", pf.log());
+        pf
+    }
+
+    fn script(&self, verb: &str) -> (std::process::ExitStatus, String) {
+        let mut cmd = Command::new("bash");
+        cmd.arg(asset("postfix-mailbox.sh"))
+            .arg(verb)
+            .env("PF_DIR", &self.dir)
+            .env("PF_PORT", self.port.to_string());
+        harness::run("postfix-mailbox.sh", &mut cmd, Duration::from_secs(90))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+
+    fn mailbox(&self) -> Vec<String> {
+        let new = self.dir.join("mail/alice/new");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(new)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+            .collect()
+    }
+}
+
+impl Drop for MailboxPostfix {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+/// A MESSAGE from SIPp reaches a Postfix mailbox as a proper mail (From, To, Date, Subject,
+/// UTF-8 body); SIPp gets 202 after Postfix's 250 and Postfix logs `status=sent`. A MESSAGE
+/// to a mail user Postfix does not know gets Postfix's 550 5.1.1 as 404.
+#[test]
+fn sipp_message_to_a_postfix_mailbox() {
+    if !peers() || !require(&["/usr/sbin/postfix"]) {
+        return;
+    }
+    if !harness::is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let pf = MailboxPostfix::start();
+    let (iwf, udp, tcp) = start_iwf(pf.port, 15);
+    let (ok, out) = sipp_uac(tcp, Transport::Tcp, 202, CPIM);
+    assert!(
+        ok,
+        "{out}\n--- iwf:\n{}\n--- postfix:\n{}",
+        iwf.proc.output(),
+        pf.log()
+    );
+    let mails = wait_until(Duration::from_secs(20), || {
+        let m = pf.mailbox();
+        (!m.is_empty()).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("nothing in the mailbox; postfix log:\n{}", pf.log()));
+    let m = &mails[0];
+    assert!(m.contains("+15551234567@cpm.example.net>"), "{m}");
+    assert!(m.contains("\nFrom: "), "{m}");
+    assert!(m.contains("\nTo: <alice@mail.example.org>"), "{m}");
+    assert!(m.contains("\nDate: Fri, 21 Nov 2025 14:03:05 +0000"), "{m}");
+    assert!(m.contains("\nSubject: "), "{m}");
+    assert!(m.contains("Hallo Alice, schöne Grüße!"), "{m}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pf.log()
+                .lines()
+                .any(|l| l.contains("to=<alice@mail.example.org>") && l.contains("status=sent"))
+                .then_some(())
+        })
+        .is_some(),
+        "{}",
+        pf.log()
+    );
+    // Postfix refuses an unknown mailbox at RCPT (550 5.1.1): 404 at SIPp.
+    let dir = tempfile::tempdir().unwrap();
+    let scen = uac_scenario(dir.path(), 404, TEXT);
+    let xml = std::fs::read_to_string(&scen)
+        .unwrap()
+        .replace("alice%40mail.example.org", "nobody%40mail.example.org");
+    std::fs::write(&scen, xml).unwrap();
+    let local = free_port(true);
+    let mut cmd = Command::new("sipp");
+    cmd.arg(format!("127.0.0.1:{udp}"))
+        .arg("-sf")
+        .arg(&scen)
+        .args(["-i", "127.0.0.1", "-p", &local.to_string(), "-t", "u1"])
+        .args(["-m", "1", "-nostdin", "-timeout", "50s"])
+        .current_dir(dir.path());
+    let (st, out) = harness::run("sipp-uac", &mut cmd, Duration::from_secs(60));
+    assert!(
+        st.success(),
+        "{out}\n--- iwf:\n{}\n--- postfix:\n{}",
+        iwf.proc.output(),
+        pf.log()
+    );
+}
