@@ -52,11 +52,14 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             cfg.smarthost = Some(sink);
         }
     }
-    // CPM -> e-mail: the UAS on the same SIP sockets (engine/reverse).
+    // CPM -> e-mail: the UAS on the same SIP sockets (engine/reverse), sharing the thread
+    // store with the mail -> CPM direction (which remembers what the CPM side accepted).
+    let threads: Arc<dyn crate::reverse::ThreadStore> =
+        Arc::new(crate::reverse::MemoryThreads::default());
     let uas = Arc::new(crate::reverse::Uas::new(
         reloader.rules(),
         Arc::new(RandomIds),
-        Arc::new(crate::reverse::MemoryThreads::default()),
+        threads.clone(),
         crate::reverse::UasConfig {
             smarthost: cfg.smarthost.clone(),
             helo: cfg.hostname.clone(),
@@ -74,7 +77,10 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     if let Some(p) = backend.tcp_port() {
         println!("iwf: SIP (CPM -> e-mail MESSAGE) listening on tcp port {p}");
     }
-    let sip: Arc<dyn SipBackend> = Arc::new(crate::metrics::MeteredSip(Arc::new(backend)));
+    let sip: Arc<dyn SipBackend> = Arc::new(crate::reverse::threads::Remembering {
+        inner: Arc::new(crate::metrics::MeteredSip(Arc::new(backend))),
+        threads,
+    });
     let large = cfg.large.clone();
     let rules = reloader.rules();
     let _watcher = crate::reload::spawn(reloader, &cfg.reload, shutdown.clone())?;

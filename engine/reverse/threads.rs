@@ -64,6 +64,70 @@ impl ThreadStore for MemoryThreads {
     }
 }
 
+/// Wraps the SIP back end: for every request the CPM side accepts (2xx), remembers its
+/// Conversation-ID against the mail's Message-ID (carried as Contribution-ID, percent-encoded
+/// by the rules).
+pub struct Remembering {
+    pub inner: std::sync::Arc<dyn crate::sip::SipBackend>,
+    pub threads: std::sync::Arc<dyn ThreadStore>,
+}
+
+impl Remembering {
+    fn note(&self, d: &crate::plan::Delivery, o: &crate::outcome::Outcome) {
+        let crate::outcome::Outcome::Final { status, .. } = o else {
+            return;
+        };
+        if status / 100 != 2 {
+            return;
+        }
+        let get = |n: &str| {
+            d.headers
+                .iter()
+                .find(|(h, _)| h.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.trim())
+        };
+        let (Some(conv), Some(contrib)) = (get("Conversation-ID"), get("Contribution-ID")) else {
+            return;
+        };
+        let Ok(id) = percent_encoding::percent_decode_str(contrib).decode_utf8() else {
+            return;
+        };
+        self.threads.remember(
+            conv,
+            Thread {
+                message_id: id.into_owned(),
+                references: String::new(),
+            },
+        );
+    }
+}
+
+impl crate::sip::SipBackend for Remembering {
+    fn send_message<'a>(
+        &'a self,
+        delivery: &'a crate::plan::Delivery,
+    ) -> crate::sip::BoxFuture<'a, crate::outcome::Outcome> {
+        Box::pin(async move {
+            let o = self.inner.send_message(delivery).await;
+            self.note(delivery, &o);
+            o
+        })
+    }
+
+    fn send_invite<'a>(
+        &'a self,
+        delivery: &'a crate::plan::Delivery,
+        sdp_offer: Vec<u8>,
+        contact: &'a str,
+    ) -> crate::sip::BoxFuture<'a, crate::sip::InviteOutcome> {
+        Box::pin(async move {
+            let o = self.inner.send_invite(delivery, sdp_offer, contact).await;
+            self.note(delivery, &o.outcome);
+            o
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

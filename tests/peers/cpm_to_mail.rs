@@ -54,8 +54,24 @@ pub fn uac_scenario(dir: &Path, status: u16, content: &str) -> PathBuf {
 
 /// Runs SIPp as UAC against `port` and returns whether it saw `status` (within 60 s).
 pub fn sipp_uac(port: u16, transport: Transport, status: u16, content: &str) -> (bool, String) {
+    sipp_uac_in(port, transport, status, content, None)
+}
+
+fn sipp_uac_in(
+    port: u16,
+    transport: Transport,
+    status: u16,
+    content: &str,
+    conversation: Option<&str>,
+) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let scen = uac_scenario(dir.path(), status, content);
+    if let Some(c) = conversation {
+        let xml = std::fs::read_to_string(&scen)
+            .unwrap()
+            .replace("conv-[call_id]", c);
+        std::fs::write(&scen, xml).unwrap();
+    }
     let local = free_port(transport.udp());
     let mut cmd = Command::new("sipp");
     cmd.arg(format!("127.0.0.1:{port}"))
@@ -137,11 +153,20 @@ impl Smarthost {
 /// `iwf serve` with the smarthost at `smarthost_port` (UDP and TCP SIP); returns it with
 /// its SIP UDP and TCP ports.
 pub fn start_iwf(smarthost_port: u16, timeout_secs: u64) -> (Iwf, u16, u16) {
+    start_iwf_with(smarthost_port, timeout_secs, None)
+}
+
+fn start_iwf_with(
+    smarthost_port: u16,
+    timeout_secs: u64,
+    next_hop: Option<String>,
+) -> (Iwf, u16, u16) {
     let config = format!(
         "smarthost: 127.0.0.1:{smarthost_port}\nsmarthost_timeout_secs: {timeout_secs}\nsip_tcp: true\n"
     );
     let iwf = Iwf::start(IwfOptions {
         config: &config,
+        next_hop,
         ..IwfOptions::default()
     });
     let ports = wait_until(Duration::from_secs(10), || {
@@ -389,5 +414,58 @@ fn sipp_message_to_a_postfix_mailbox() {
         "{out}\n--- iwf:\n{}\n--- postfix:\n{}",
         iwf.proc.output(),
         pf.log()
+    );
+}
+
+/// The thread survives the protocol change: a mail goes out as a MESSAGE (to SIPp as UAS)
+/// with a Conversation-ID; SIPp as UAC answers with a MESSAGE in that conversation; the mail
+/// that reaches the smarthost is In-Reply-To the first mail.
+#[test]
+fn a_cpm_reply_lands_in_the_mail_thread() {
+    use super::harness::{Sipp, smtplib};
+    use serde_json::json;
+    if !peers() {
+        return;
+    }
+    let uas = Sipp::start("message_uas_200.xml", Transport::Udp, None, 1, &[]);
+    let sink = Smarthost::start("ok");
+    let (iwf, udp, _) = start_iwf_with(sink.port, 10, Some(uas.next_hop()));
+    let mail = "From: Alice <alice@mail.example.org>\r\nTo: +15551234567@cpm.example.net\r\nSubject: lunch?\r\nMessage-ID: <first-1@mail.example.org>\r\n\r\nat noon?\r\n";
+    let r = smtplib(
+        iwf.smtp,
+        json!({"transactions": [{"mail_from": "alice@mail.example.org",
+                                 "rcpts": [["+15551234567@cpm.example.net", []]],
+                                 "data": mail}]}),
+        Duration::from_secs(40),
+    );
+    assert!(
+        r.transactions[0].data.as_ref().unwrap().is(250, "2.0.0"),
+        "{r:?}\n{}",
+        iwf.proc.output()
+    );
+    let got = uas.wait_requests(1, Duration::from_secs(5));
+    let conv = got[0]
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Conversation-ID"))
+        .map(|(_, v)| v.clone())
+        .expect("the MESSAGE carries a Conversation-ID");
+    assert_eq!(conv, "first-1%40mail.example.org");
+    let (ok, out) = sipp_uac_in(udp, Transport::Udp, 202, TEXT, Some(&conv));
+    assert!(ok, "{out}\n--- iwf:\n{}", iwf.proc.output());
+    let mails = wait_until(Duration::from_secs(5), || {
+        let m = sink.mails();
+        (!m.is_empty()).then_some(m)
+    })
+    .expect("the reply reached the smarthost");
+    assert!(
+        mails[0].contains("\r\nIn-Reply-To: <first-1@mail.example.org>\r\n"),
+        "{}",
+        mails[0]
+    );
+    assert!(
+        mails[0].contains("\r\nReferences: <first-1@mail.example.org>\r\n"),
+        "{}",
+        mails[0]
     );
 }
