@@ -270,12 +270,16 @@ mod tests {
 
     #[test]
     fn request_uri_as_received() {
-        let wire = "MESSAGE sip:alice%40mail.example.org@iwf.example.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK1\r\nFrom: <tel:+1>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let wire = "MESSAGE sip:alice%40mail.example.org@iwf.example.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK1\r\nFrom: <sip:bob%40x.org@iwf.example.net>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
         let req = sip::Request::try_from(wire.as_bytes()).unwrap();
         let inc = Incoming::from_request(&req, "UDP");
         assert_eq!(
             inc.request_uri,
             "sip:alice%40mail.example.org@iwf.example.net"
+        );
+        assert_eq!(
+            inc.header("From"),
+            Some("<sip:bob%40x.org@iwf.example.net>;tag=1")
         );
     }
 

@@ -245,6 +245,18 @@ pub async fn serve(mut incoming: rsipstack::transaction::TransactionReceiver, ua
                     Err(e) => tracing::warn!("response header dropped: {e}"),
                 }
             }
+            // The To tag is added here as text: rsip would write the To URI again from its
+            // typed form, percent-encoding the `%` of `alice%40…` a second time.
+            let tag = rsipstack::transaction::random_text(10);
+            for h in tx.original.headers.iter_mut() {
+                if let sip::Header::To(to) = h {
+                    let raw = to.to_string();
+                    let raw = raw.strip_prefix("To:").unwrap_or(&raw).trim().to_string();
+                    if !raw.to_ascii_lowercase().contains(";tag=") {
+                        *h = sip::Header::To(format!("{raw};tag={tag}").into());
+                    }
+                }
+            }
             let status = sip::StatusCode::from(a.status);
             if let Err(e) = tx.reply_with(status, headers, None).await {
                 tracing::debug!("SIP response not sent: {e}");
