@@ -145,6 +145,16 @@ fn bad_input_gets_its_answer() {
         let r = run(&rules, &message("message/cpim", cpim), &c);
         assert_eq!(status(&r), 400, "{cpim:?}: {}", r.response);
     }
+    // SMTP command injection through the Request-URI's user part: not a mail user
+    let inj = String::from_utf8(message("text/plain", "x"))
+        .unwrap()
+        .replacen(
+            "sip:alice%40mail.example.org@iwf.example.net SIP",
+            "sip:a%0D%0ARCPT%20TO%3A%3Cx%40evil.org%3E%40mail.example.org@iwf.example.net SIP",
+            1,
+        );
+    let r = run(&rules, inj.as_bytes(), &c);
+    assert_eq!(status(&r), 404, "{}", r.response);
     // a multipart without its boundary, and a body that is garbage bytes
     assert_eq!(
         status(&run(
