@@ -112,16 +112,22 @@ pub struct Smarthost {
 
 impl Smarthost {
     pub fn start(mode: &str) -> Smarthost {
+        Smarthost::start_with(mode, None)
+    }
+
+    /// With `tls` (certificate and key files): STARTTLS offered and required.
+    pub fn start_with(mode: &str, tls: Option<(&Path, &Path)>) -> Smarthost {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(false);
-        let mut proc = Proc::spawn(
-            "smarthost",
-            Command::new(PYTHON)
-                .arg(asset("smarthost.py"))
-                .arg(port.to_string())
-                .arg(dir.path())
-                .arg(mode),
-        );
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg(asset("smarthost.py"))
+            .arg(port.to_string())
+            .arg(dir.path())
+            .arg(mode);
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let mut proc = Proc::spawn("smarthost", &mut cmd);
         if wait_until(Duration::from_secs(10), || {
             harness::listening(false, port).then_some(())
         })
@@ -468,4 +474,37 @@ fn a_cpm_reply_lands_in_the_mail_thread() {
         "{}",
         mails[0]
     );
+}
+
+/// STARTTLS when offered: a smarthost that requires it gets the mail over TLS.
+#[test]
+fn starttls_to_the_smarthost() {
+    if !peers() || !require(&["openssl"]) {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let (st, out) = harness::run(
+        "openssl",
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        Duration::from_secs(60),
+    );
+    assert!(st.success(), "{out}");
+    let sink = Smarthost::start_with("ok", Some((&cert, &key)));
+    let (iwf, udp, _) = start_iwf(sink.port, 10);
+    let (ok, out) = sipp_uac(udp, Transport::Udp, 202, TEXT);
+    assert!(ok, "{out}\n--- iwf:\n{}", iwf.proc.output());
+    let mails = wait_until(Duration::from_secs(5), || {
+        let m = sink.mails();
+        (!m.is_empty()).then_some(m)
+    })
+    .expect("a mail at the smarthost");
+    assert!(mails[0].contains("X-Session-TLS: yes"), "{}", mails[0]);
 }

@@ -1,9 +1,10 @@
 """A scripted smarthost on aiosmtpd for the CPM -> e-mail peer tests.
-Usage: /usr/bin/python3 smarthost.py PORT DIR MODE  (listens on 127.0.0.1:PORT until killed)
+Usage: /usr/bin/python3 smarthost.py PORT DIR MODE [CERT KEY]  (127.0.0.1:PORT until killed)
 
 MODE: ok (250, keeps every mail as DIR/<n>.eml), slow (250 after 2.5 s), 451 (DATA 451
 4.3.0), 452 (RCPT 452 4.2.2 mailbox full), 550 (RCPT 550 5.1.1 no such user), 552 (DATA 552
-5.3.4), 554 (DATA 554 5.7.1), silent (never answers DATA).
+5.3.4), 554 (DATA 554 5.7.1), silent (never answers DATA). With CERT and KEY it offers
+STARTTLS and refuses mail without it (require_starttls); kept mails record X-Session-TLS.
 """
 
 import asyncio
@@ -46,6 +47,7 @@ class Scripted:
             f.write(b"X-Envelope-From: <%s>\r\n" % envelope.mail_from.strip("<>").encode())
             f.write(b"X-Envelope-To: %s\r\n" % ",".join(envelope.rcpt_tos).encode())
             f.write(b"X-Mail-Options: %s\r\n" % " ".join(envelope.mail_options).encode())
+            f.write(b"X-Session-TLS: %s\r\n" % (b"yes" if session.ssl else b"no"))
             f.write(envelope.original_content or envelope.content)
         os.rename(tmp, os.path.join(self.directory, "%d.eml" % self.count))
         return "250 2.0.0 kept"
@@ -53,8 +55,15 @@ class Scripted:
 
 def main():
     port, directory, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    tls = {}
+    if len(sys.argv) > 5:
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(sys.argv[4], sys.argv[5])
+        tls = {"tls_context": ctx, "require_starttls": True}
     controller = Controller(
-        Scripted(directory, mode), hostname="127.0.0.1", port=port, decode_data=False
+        Scripted(directory, mode), hostname="127.0.0.1", port=port, decode_data=False, **tls
     )
     controller.start()
     print("smarthost (%s) listening on 127.0.0.1:%d" % (mode, port), flush=True)
