@@ -258,12 +258,18 @@ fn methods_other_than_message() {
     let opt = b"OPTIONS sip:iwf.example.net SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:iwf.example.net>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\n\r\n";
     let r = run(&rules, opt, &caps());
     assert!(r.response.starts_with("SIP/2.0 200"));
-    assert!(r.response.contains("Allow: MESSAGE, OPTIONS"));
+    assert!(
+        r.response
+            .contains("Allow: INVITE, ACK, BYE, CANCEL, MESSAGE, OPTIONS")
+    );
     assert!(r.response.contains("Accept: text/plain"));
-    let bye = String::from_utf8_lossy(opt).replace("OPTIONS", "BYE");
+    let bye = String::from_utf8_lossy(opt).replace("OPTIONS", "SUBSCRIBE");
     let r = run(&rules, bye.as_bytes(), &caps());
     assert!(r.response.starts_with("SIP/2.0 405"));
-    assert!(r.response.contains("Allow: MESSAGE, OPTIONS"));
+    assert!(
+        r.response
+            .contains("Allow: INVITE, ACK, BYE, CANCEL, MESSAGE, OPTIONS")
+    );
     // not SIP at all
     let r = run(&rules, b"hello\r\n\r\n", &caps());
     assert!(r.response.contains("400"));

@@ -23,6 +23,7 @@
 //! | [`threads`] | mail Message-ID ↔ CPM conversation |
 
 pub mod content;
+pub mod large;
 pub mod phases;
 pub mod render;
 pub mod request;
@@ -44,7 +45,7 @@ pub use threads::{MemoryThreads, Thread, ThreadStore};
 pub use uas::{Uas, UasConfig};
 
 /// The methods this UAS takes (RFC 3261 §20.5 Allow).
-pub const ALLOW: &str = "MESSAGE, OPTIONS";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, MESSAGE, OPTIONS";
 
 /// A SIP final response: status, reason phrase, extra headers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -172,12 +173,7 @@ fn plan_inner(
     let map = |uri: &str, name: Option<&str>, role: &str, ex: Option<&mut Vec<Fired>>| {
         phases::map_address(rules, uri, name, role, now, ex).map_err(internal)
     };
-    // The recipient: the Request-URI (no relay: an unmapped one is refused).
-    let target = match map(&inc.request_uri, None, "target", explain.as_deref_mut())? {
-        phases::AddressDecision::Address(a) => a,
-        phases::AddressDecision::Refuse(r) => return Err(r),
-        phases::AddressDecision::Unmapped => return Err(SipAnswer::new(404, "Not Found")),
-    };
+    let target = target_with(rules, inc, now, explain.as_deref_mut())?;
     let mut f = phases::MessageFacts {
         sip_headers: inc.headers.clone(),
         ..Default::default()
@@ -333,6 +329,27 @@ fn plan_inner(
     let mut plan = build_mail(&d, &c, caps, target, conversation, &ctx.token)?;
     plan.envelope.by = by;
     Ok(plan)
+}
+
+/// The recipient: the Request-URI mapped by `cpm_address` (no relay: an unmapped one is
+/// refused with 404, or what the rules say).
+pub fn target(rules: &RuleSet, inc: &Incoming) -> Result<String, SipAnswer> {
+    target_with(rules, inc, Utc::now().timestamp(), None)
+}
+
+fn target_with(
+    rules: &RuleSet,
+    inc: &Incoming,
+    now: i64,
+    explain: Option<&mut Vec<Fired>>,
+) -> Result<String, SipAnswer> {
+    match phases::map_address(rules, &inc.request_uri, None, "target", now, explain)
+        .map_err(internal)?
+    {
+        phases::AddressDecision::Address(a) => Ok(a),
+        phases::AddressDecision::Refuse(r) => Err(r),
+        phases::AddressDecision::Unmapped => Err(SipAnswer::new(404, "Not Found")),
+    }
 }
 
 /// CPIM From/To/DateTime/Subject/imdn.* (RFC 3862 §3.3, RFC 5438 §6), with the namespace

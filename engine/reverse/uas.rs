@@ -59,6 +59,8 @@ pub struct Uas {
     pub config: UasConfig,
     in_flight: Semaphore,
     answers: Mutex<HashMap<String, (Instant, Option<SipAnswer>)>>,
+    /// Large Message Mode sessions in progress.
+    pub sessions: super::large::Sessions,
 }
 
 impl Uas {
@@ -75,6 +77,7 @@ impl Uas {
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
             config,
             answers: Mutex::new(HashMap::new()),
+            sessions: Default::default(),
         }
     }
 
@@ -82,6 +85,9 @@ impl Uas {
     pub async fn handle(&self, inc: Incoming) -> Option<SipAnswer> {
         let rules = self.rules.load_full();
         let method = inc.method.to_ascii_uppercase();
+        if method == "BYE" {
+            return Some(self.sessions.bye(inc.header("Call-ID").unwrap_or("")));
+        }
         if method != "MESSAGE" {
             return answer_other(&rules, &method);
         }
@@ -93,7 +99,7 @@ impl Uas {
         Some(self.message(&rules, &inc).await)
     }
 
-    async fn message(&self, rules: &RuleSet, inc: &Incoming) -> SipAnswer {
+    pub(crate) async fn message(&self, rules: &RuleSet, inc: &Incoming) -> SipAnswer {
         let ctx = Ctx {
             now: Utc::now(),
             token: self.ids.token(),
@@ -188,6 +194,8 @@ impl Uas {
 pub fn answer_other(rules: &RuleSet, method: &str) -> Option<SipAnswer> {
     match method.to_ascii_uppercase().as_str() {
         "ACK" => None,
+        // INVITEs are answered at once (large.rs): a CANCEL that reaches us matches nothing.
+        "CANCEL" | "BYE" => Some(SipAnswer::new(481, "Call/Transaction Does Not Exist")),
         "OPTIONS" => Some(
             SipAnswer::new(200, "OK")
                 .with_header("Allow", super::ALLOW)
@@ -221,6 +229,10 @@ pub async fn serve(mut incoming: rsipstack::transaction::TransactionReceiver, ua
                 .map(|t| t.to_string().to_ascii_uppercase())
                 .unwrap_or_else(|| "UDP".into());
             let inc = Incoming::from_request(&tx.original, &transport);
+            if inc.method.eq_ignore_ascii_case("INVITE") {
+                super::large::invite(uas, tx, inc).await;
+                return;
+            }
             let key = transaction_key(&inc);
             let answer = if inc.method.eq_ignore_ascii_case("MESSAGE") {
                 match uas.seen(&key) {
@@ -245,23 +257,27 @@ pub async fn serve(mut incoming: rsipstack::transaction::TransactionReceiver, ua
                     Err(e) => tracing::warn!("response header dropped: {e}"),
                 }
             }
-            // The To tag is added here as text: rsip would write the To URI again from its
-            // typed form, percent-encoding the `%` of `alice%40…` a second time.
-            let tag = rsipstack::transaction::random_text(10);
-            for h in tx.original.headers.iter_mut() {
-                if let sip::Header::To(to) = h {
-                    let raw = to.to_string();
-                    let raw = raw.strip_prefix("To:").unwrap_or(&raw).trim().to_string();
-                    if !raw.to_ascii_lowercase().contains(";tag=") {
-                        *h = sip::Header::To(format!("{raw};tag={tag}").into());
-                    }
-                }
-            }
+            tag_to(&mut tx);
             let status = sip::StatusCode::from(a.status);
             if let Err(e) = tx.reply_with(status, headers, None).await {
                 tracing::debug!("SIP response not sent: {e}");
             }
         });
+    }
+}
+
+/// Adds our To tag as text: rsip would write the To URI again from its typed form,
+/// percent-encoding the `%` of `alice%40…` a second time.
+pub(crate) fn tag_to(tx: &mut rsipstack::transaction::transaction::Transaction) {
+    let tag = rsipstack::transaction::random_text(10);
+    for h in tx.original.headers.iter_mut() {
+        if let sip::Header::To(to) = h {
+            let raw = to.to_string();
+            let raw = raw.strip_prefix("To:").unwrap_or(&raw).trim().to_string();
+            if !raw.to_ascii_lowercase().contains(";tag=") {
+                *h = sip::Header::To(format!("{raw};tag={tag}").into());
+            }
+        }
     }
 }
 
@@ -299,6 +315,19 @@ pub fn dry_run(
             };
         }
     };
+    if inc.method.eq_ignore_ascii_case("INVITE") {
+        return DryRun {
+            envelope: None,
+            mail: None,
+            response: match super::target(rules, &inc) {
+                Ok(t) => format!(
+                    "(INVITE: a Large Message Mode session for <{t}>; the dry run does not simulate MSRP)\r\n"
+                ),
+                Err(a) => super::complete(a, rules).summary(),
+            },
+            explain: vec![],
+        };
+    }
     if !inc.method.eq_ignore_ascii_case("MESSAGE") {
         return DryRun {
             envelope: None,

@@ -508,3 +508,152 @@ fn starttls_to_the_smarthost() {
     .expect("a mail at the smarthost");
     assert!(mails[0].contains("X-Session-TLS: yes"), "{}", mails[0]);
 }
+
+/// Large Message Mode, receiving side: iwf's own MSRP sender (`large::deliver`, INVITE +
+/// chunks + BYE) sends 5 KB, 100 KB and 5 MB to the UAS; each arrives at the smarthost as
+/// one mail, byte for byte, and the sender gets 200 to its last chunk only after the 250.
+#[test]
+fn large_message_mode_arrives_as_one_mail() {
+    use base64::Engine;
+    use iwf::outcome::Outcome;
+
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_server, client, cfg) = large_pair(sink.port).await;
+        for (i, size) in [5_000usize, 100_000, 5_000_000].into_iter().enumerate() {
+            let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let d = large_delivery(&payload);
+            let o = iwf::large::deliver(&client, &d, &cfg).await;
+            assert!(
+                matches!(o, Outcome::Final { status: 200, .. }),
+                "{size} bytes: {o:?}"
+            );
+            let mails = wait_until(Duration::from_secs(10), || {
+                let m = sink.mails();
+                (m.len() > i).then_some(m)
+            })
+            .unwrap_or_else(|| panic!("{size} bytes: no mail at the smarthost"));
+            let m = &mails[i];
+            let head = &m[..m.find("\r\n\r\n").unwrap_or(m.len())];
+            assert!(
+                m.contains("Content-Type: application/octet-stream"),
+                "{size}: {head}"
+            );
+            assert!(
+                m.contains("Content-Transfer-Encoding: base64"),
+                "{size}: {head}"
+            );
+            assert!(m.contains("(CPM large"), "{size}: {head}");
+            let body = m.split("\r\n\r\n").nth(1).unwrap().replace("\r\n", "");
+            let got = base64::engine::general_purpose::STANDARD
+                .decode(body.trim())
+                .unwrap();
+            assert!(
+                got == payload,
+                "{size} bytes: content differs ({} bytes arrived)",
+                got.len()
+            );
+        }
+        assert_eq!(sink.mails().len(), 3);
+    });
+}
+
+/// The smarthost refuses the mail (554 5.7.1): the sender's last chunk gets MSRP 403 (the
+/// failure report), nothing is kept.
+#[test]
+fn large_message_refused_by_the_smarthost_fails_the_last_chunk() {
+    use iwf::outcome::{Outcome, Protocol};
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("554");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_server, client, cfg) = large_pair(sink.port).await;
+        let d = large_delivery(&[b'x'; 50_000]);
+        let o = iwf::large::deliver(&client, &d, &cfg).await;
+        assert!(
+            matches!(
+                o,
+                Outcome::Final {
+                    protocol: Protocol::Msrp,
+                    status: 403,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+    });
+    assert!(sink.mails().is_empty());
+}
+
+/// A UAS on its own SIP endpoint delivering to the smarthost at `port`, and a SIP client
+/// whose outbound proxy is that UAS.
+async fn large_pair(
+    port: u16,
+) -> (
+    iwf::sip::RsipBackend,
+    iwf::sip::RsipBackend,
+    iwf::large::LargeConfig,
+) {
+    use std::sync::Arc;
+
+    use iwf::reverse::{MemoryThreads, Uas, UasConfig};
+    use iwf::sip::{RsipBackend, SipConfig};
+    let rules = iwf::ruleset::load(&harness::rules_dir(), 1).unwrap();
+    let uas = Arc::new(Uas::new(
+        Arc::new(arc_swap::ArcSwap::from_pointee(rules)),
+        Arc::new(iwf::ids::RandomIds),
+        Arc::new(MemoryThreads::default()),
+        UasConfig {
+            smarthost: Some(format!("127.0.0.1:{port}")),
+            ..UasConfig::default()
+        },
+    ));
+    let server = RsipBackend::start_with_uas(SipConfig::default(), Some(uas))
+        .await
+        .unwrap();
+    let addr = server.udp_addr().unwrap();
+    let client = RsipBackend::start(SipConfig {
+        outbound_proxy: Some(format!("sip:{addr};transport=udp")),
+        ..SipConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = iwf::large::LargeConfig {
+        host: "127.0.0.1".parse().unwrap(),
+        chunk_size: 10_000,
+        ..iwf::large::LargeConfig::default()
+    };
+    (server, client, cfg)
+}
+
+/// A large-mode delivery to alice@mail.example.org of `payload` as application/octet-stream
+/// in CPIM.
+fn large_delivery(payload: &[u8]) -> iwf::plan::Delivery {
+    use iwf::plan::{Content, Delivery, Mode};
+    let mut cpim = b"From: <sip:+15551234567@ims.example.net>\r\nTo: <sip:alice%40mail.example.org@iwf.example.net>\r\nSubject: big\r\n\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    cpim.extend_from_slice(payload);
+    Delivery {
+        recipient: "alice@mail.example.org".into(),
+        mode: Mode::Large,
+        request_uri: "sip:alice%40mail.example.org@iwf.example.net".into(),
+        headers: vec![
+            ("From".into(), "<sip:+15551234567@ims.example.net>".into()),
+            (
+                "To".into(),
+                "<sip:alice%40mail.example.org@iwf.example.net>".into(),
+            ),
+        ],
+        content: Content {
+            content_type: "message/cpim".into(),
+            body: cpim.into(),
+        },
+        imdn_message_id: None,
+        success_report: true,
+    }
+}
