@@ -657,3 +657,79 @@ fn large_delivery(payload: &[u8]) -> iwf::plan::Delivery {
         success_report: true,
     }
 }
+
+/// baresip as a real user agent: its `/message` command (contact module) sends a MESSAGE
+/// through its outbound proxy (iwf); baresip sees 202 (only given after the smarthost's 250)
+/// and the smarthost gets the mail; a mailbox the smarthost refuses (550 5.1.1) gives 404.
+#[test]
+fn baresip_message_reaches_the_smarthost() {
+    if !peers() || !require(&["baresip"]) {
+        return;
+    }
+    for (mode, status) in [("ok", 202), ("550", 404)] {
+        let sink = Smarthost::start(mode);
+        let (iwf, udp, _) = start_iwf(sink.port, 10);
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(true);
+        let files = [
+            (
+                "config",
+                format!(
+                    "sip_listen\t\t127.0.0.1:{port}\nmodule_path\t\t/usr/lib/baresip/modules\nmodule\t\t\taccount.so\nmodule\t\t\tcontact.so\nmodule_app\t\tmenu.so\n"
+                ),
+            ),
+            (
+                "accounts",
+                format!(
+                    "<sip:bob@ims.example.net>;regint=0;outbound=\"sip:127.0.0.1:{udp};transport=udp\"\n"
+                ),
+            ),
+            (
+                "contacts",
+                "\"Alice\" <sip:alice%40mail.example.org@iwf.example.net>\n".to_string(),
+            ),
+            (
+                "current_contact",
+                "sip:alice%40mail.example.org@iwf.example.net".to_string(),
+            ),
+        ];
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let (_, out) = harness::run(
+            "baresip",
+            Command::new("baresip").arg("-f").arg(dir.path()).args([
+                "-s",
+                "-e",
+                "/message hello from baresip, grüße",
+                "-t",
+                "5",
+            ]),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.contains(&format!("SIP/2.0 {status} ")),
+            "{mode}: baresip did not get {status}:\n{out}\n--- iwf:\n{}",
+            iwf.proc.output()
+        );
+        if mode == "ok" {
+            let mails = wait_until(Duration::from_secs(5), || {
+                let m = sink.mails();
+                (!m.is_empty()).then_some(m)
+            })
+            .expect("the mail at the smarthost");
+            assert!(
+                mails[0].contains("\r\nFrom: <bob@cpm.example.net>\r\n"),
+                "{}",
+                mails[0]
+            );
+            assert!(
+                mails[0].contains("hello from baresip, grüße"),
+                "{}",
+                mails[0]
+            );
+        } else {
+            assert!(sink.mails().is_empty());
+        }
+    }
+}
