@@ -733,3 +733,80 @@ fn baresip_message_reaches_the_smarthost() {
         }
     }
 }
+
+/// A Large Message Mode session abandoned mid-message: the sender sends one chunk of a
+/// bigger message (`+`), then BYE. The chunk gets 200, the BYE 200, and no mail is sent.
+#[test]
+fn large_message_abandoned_mid_message_sends_no_mail() {
+    use bytes::BytesMut;
+    use iwf::msrp::codec::{ByteRange, Flag, Method, Request};
+    use iwf::outcome::Outcome;
+    use iwf::render::sdp::{SdpOffer, msrp_path, parse_answer};
+    use iwf::sip::SipBackend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_server, client, _) = large_pair(sink.port).await;
+        let ours = msrp_path("127.0.0.1".parse().unwrap(), 9, "abandon1", false);
+        let offer = SdpOffer {
+            session_id: 1,
+            host: "127.0.0.1".parse().unwrap(),
+            port: 9,
+            session_path: ours.clone(),
+            accept_types: vec!["message/cpim".into()],
+            accept_wrapped_types: vec!["*".into()],
+            max_size: None,
+            sendonly: true,
+            setup_active: true,
+            tls: false,
+        };
+        let d = large_delivery(b"unused");
+        let inv = client
+            .send_invite(&d, offer.render().into_bytes(), "sip:iwf@127.0.0.1")
+            .await;
+        assert!(
+            matches!(inv.outcome, Outcome::Final { status: 200, .. }),
+            "{:?}",
+            inv.outcome
+        );
+        let answer = parse_answer(&String::from_utf8_lossy(&inv.answer.unwrap())).unwrap();
+        let path = answer.next_hop().unwrap().to_string();
+        let hostport = path
+            .strip_prefix("msrp://")
+            .and_then(|r| r.split('/').next())
+            .unwrap()
+            .to_string();
+        let mut stream = tokio::net::TcpStream::connect(hostport).await.unwrap();
+        let mut req = Request::new("t1", Method::Send, vec![path], vec![ours]);
+        req.message_id = Some("m1".into());
+        req.byte_range = Some(ByteRange {
+            start: 1,
+            end: Some(10),
+            total: Some(100),
+        });
+        req.content_type = Some("message/cpim".into());
+        req.body = Some(bytes::Bytes::from_static(b"From: <tel"));
+        req.flag = Flag::More;
+        let mut out = BytesMut::new();
+        req.render(&mut out);
+        stream.write_all(&out).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("MSRP t1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        let bye = inv.session.unwrap().bye().await;
+        assert!(matches!(bye, Outcome::Final { status: 200, .. }), "{bye:?}");
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sink.mails().is_empty());
+}
