@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
                 &accepted,
                 black_box(&raw),
                 &ids,
+                &iwf::peer_memory::Unknown,
                 fixed_now(),
                 false,
             );

@@ -29,6 +29,9 @@ pub struct ConfigFile {
     pub smarthost_timeout_secs: Option<u64>,
     /// Also listen for SIP over TCP on the `sip_listen` address (CPM -> e-mail requests).
     pub sip_tcp: Option<bool>,
+    /// How long a CPM peer's refusal (415 to CPIM, 488 to MSRP, 413) is remembered, in
+    /// seconds (default 3600; 0 = not at all).
+    pub peer_memory_secs: Option<u64>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -75,6 +78,9 @@ pub struct LimitsFile {
     pub connections_per_ip: Option<usize>,
     pub command_timeout_secs: Option<u64>,
     pub data_timeout_secs: Option<u64>,
+    pub min_data_rate: Option<usize>,
+    pub stress_timeout_secs: Option<u64>,
+    pub connect_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +117,8 @@ pub struct Config {
     pub smarthost: Option<String>,
     /// CPM -> e-mail: the wait for the smarthost.
     pub smarthost_timeout: Duration,
+    /// How long a peer's refusals are remembered (`peer_memory_secs`).
+    pub peer_memory: Duration,
     pub smtp: crate::smtp::SmtpConfig,
     pub sip: crate::sip::SipConfig,
     pub metrics_listen: Option<SocketAddr>,
@@ -215,6 +223,15 @@ impl Config {
         }
         if let Some(v) = l.data_timeout_secs {
             smtp.limits.data_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = l.min_data_rate {
+            smtp.limits.min_data_rate = v;
+        }
+        if let Some(v) = l.stress_timeout_secs {
+            smtp.limits.stress_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = l.connect_wait_ms {
+            smtp.limits.connect_wait = Duration::from_millis(v);
         }
         match (&file.tls_cert, &file.tls_key) {
             (Some(c), Some(k)) => {
@@ -358,6 +375,7 @@ impl Config {
             next_hop,
             smarthost: file.smarthost,
             smarthost_timeout: Duration::from_secs(file.smarthost_timeout_secs.unwrap_or(20)),
+            peer_memory: Duration::from_secs(file.peer_memory_secs.unwrap_or(3600)),
             smtp,
             sip,
             metrics_listen,

@@ -35,11 +35,20 @@ pub struct Rejection {
     pub reply: String,
 }
 
+/// A recipient relayed as mail to a mailbox through the smarthost (the `mailbox` action).
+#[derive(Debug, Clone, Serialize)]
+pub struct Relayed {
+    pub recipient: String,
+    pub mailbox: String,
+}
+
 /// The result of a dry run.
 #[derive(Debug, Clone, Serialize)]
 pub struct DryRun {
     pub deliveries: Vec<RenderedDelivery>,
     pub rejections: Vec<Rejection>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relayed: Vec<Relayed>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub explain: Vec<Fired>,
 }
@@ -123,6 +132,7 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
     };
     let mut explain: Vec<Fired> = Vec::new();
     let mut rejections = Vec::new();
+    let mut relayed = Vec::new();
     let mut accepted = Vec::new();
     for r in rcpts {
         match mapper::resolve_recipient(
@@ -136,6 +146,10 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
                 envelope.rcpts.push(r.clone());
                 accepted.push((r, uri));
             }
+            RcptDecision::Mailbox { address } => relayed.push(Relayed {
+                recipient: r.address.clone(),
+                mailbox: address,
+            }),
             RcptDecision::Reject(reply) => rejections.push(Rejection {
                 recipient: r.address.clone(),
                 reply: reply.to_string(),
@@ -148,6 +162,7 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
         &accepted,
         raw,
         opts.ids,
+        &crate::peer_memory::Unknown,
         opts.now,
         opts.explain,
     );
@@ -181,6 +196,7 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
     DryRun {
         deliveries,
         rejections,
+        relayed,
         explain,
     }
 }

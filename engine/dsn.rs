@@ -6,8 +6,6 @@
 //! or includes FAILURE (RFC 3461 §5.2.6); the returned content follows RET (RFC 3461 §4.3:
 //! headers only unless RET=FULL).
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
@@ -20,6 +18,12 @@ use crate::reply::Reply;
 pub struct Failed<'a> {
     pub rcpt: &'a Rcpt,
     pub reply: &'a Reply,
+}
+
+/// Whether a `relayed` DSN is owed for this recipient (RFC 3461 §5.2.2: NOTIFY has
+/// SUCCESS, and the mail was handed into a system that will not report its delivery).
+pub fn relayed_wanted(envelope: &Envelope, rcpt: &Rcpt) -> bool {
+    !envelope.mail_from.address.is_empty() && rcpt.notify.contains(&"SUCCESS")
 }
 
 /// Whether a DSN is owed for this recipient (RFC 3461 §5.2.6).
@@ -36,6 +40,19 @@ pub fn build(
     original: &[u8],
     now: DateTime<Utc>,
 ) -> Vec<u8> {
+    build_report(reporting_mta, envelope, failed, &[], original, now)
+}
+
+/// Builds one DSN for permanently `failed` recipients and for `relayed` ones (delivered to
+/// CPM with no delivery report to come, RFC 3461 §5.2.2: `Action: relayed`, status 2.0.0).
+pub fn build_report(
+    reporting_mta: &str,
+    envelope: &Envelope,
+    failed: &[Failed],
+    relayed: &[Failed],
+    original: &[u8],
+    now: DateTime<Utc>,
+) -> Vec<u8> {
     let mut status = String::new();
     status.push_str(&format!("Reporting-MTA: dns; {reporting_mta}\r\n"));
     status.push_str(&format!("DSN-Gateway: dns; {reporting_mta}\r\n"));
@@ -46,11 +63,23 @@ pub fn build(
         "Arrival-Date: {}\r\n",
         envelope.received_at.format("%a, %d %b %Y %H:%M:%S +0000")
     ));
-    let mut text = String::from(
-        "This is the CPM interworking gateway. The message could not be delivered to the\r\n\
-         following CPM recipient(s); it was delivered to the others.\r\n\r\n",
-    );
-    for f in failed {
+    let mut text = String::from("This is the CPM interworking gateway.\r\n\r\n");
+    if !failed.is_empty() {
+        text.push_str("The message could not be delivered to the following CPM recipient(s):\r\n");
+    }
+    let entries = failed
+        .iter()
+        .map(|f| (f, "failed"))
+        .chain(relayed.iter().map(|f| (f, "relayed")));
+    let mut relayed_said = false;
+    for (f, action) in entries {
+        if action == "relayed" && !relayed_said {
+            relayed_said = true;
+            text.push_str(
+                "\r\nThe message was handed to the CPM service for the following recipient(s);\r\n\
+                 the CPM service will not report its delivery:\r\n",
+            );
+        }
         status.push_str("\r\n");
         if let Some(orcpt) = &f.rcpt.orcpt {
             status.push_str(&format!(
@@ -62,7 +91,7 @@ pub fn build(
             "Final-Recipient: rfc822;{}\r\n",
             one_line(&f.rcpt.address)
         ));
-        status.push_str("Action: failed\r\n");
+        status.push_str(&format!("Action: {action}\r\n"));
         status.push_str(&format!(
             "Status: {}\r\n",
             f.reply
@@ -99,7 +128,11 @@ pub fn build(
     MessageBuilder::new()
         .from(("Mail Delivery System", daemon.as_str()))
         .to(envelope.mail_from.address.clone())
-        .subject("Delivery Status Notification (Failure)")
+        .subject(if failed.is_empty() {
+            "Delivery Status Notification (Relay)"
+        } else {
+            "Delivery Status Notification (Failure)"
+        })
         .header(
             "Auto-Submitted",
             mail_builder::headers::raw::Raw::new("auto-replied"),
@@ -116,25 +149,9 @@ fn one_line(s: &str) -> String {
 
 /// Hands a DSN to the smarthost (`host:port`): `MAIL FROM:<>` (RFC 3461 §6.2), one RCPT.
 pub async fn send(smarthost: &str, helo: &str, to: &str, dsn: Vec<u8>) -> Result<(), String> {
-    let (host, port) = smarthost
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_matches(['[', ']']).to_string(),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| format!("smarthost `{smarthost}` is not host:port"))?;
-    let builder = mail_send::SmtpClientBuilder::new(host, port)
-        .map_err(|e| e.to_string())?
-        .implicit_tls(false)
-        .helo_host(helo)
-        .timeout(Duration::from_secs(60));
-    let mut client = builder.connect_plain().await.map_err(|e| e.to_string())?;
-    let message = mail_send::smtp::message::Message::new("", [to], dsn);
-    client.send(message).await.map_err(|e| e.to_string())?;
-    let _ = client.quit().await;
-    Ok(())
+    crate::smarthost::send(smarthost, helo, "", &[to], dsn)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -81,6 +81,21 @@ pub struct EnvelopeError {
     pub reason: String,
 }
 
+/// Whether `s` can stand in an SMTP path as a mailbox: `local@domain`, both non-empty,
+/// without spaces, angle brackets or control characters.
+pub fn is_mailbox(s: &str) -> bool {
+    match s.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !s
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+        }
+        None => false,
+    }
+}
+
 impl MailFrom {
     /// Converts what smtp-proto parsed from a MAIL command.
     pub fn from_proto(m: &smtp_proto::MailFrom<std::borrow::Cow<'_, str>>) -> Self {
@@ -158,10 +173,23 @@ impl Rcpt {
     /// Parses what follows `RCPT TO:`, e.g. `<+15551230001@cpm.example.net> NOTIFY=SUCCESS,FAILURE`.
     pub fn parse(args: &str) -> Result<Self, EnvelopeError> {
         match parse_command("RCPT TO:", args, "RCPT TO arguments")? {
-            Request::Rcpt { to } => Ok(Rcpt::from_proto(&to)),
+            Request::Rcpt { to } => {
+                let mut rcpt = Rcpt::from_proto(&to);
+                if rcpt.address.is_empty() && names_postmaster(args.as_bytes()) {
+                    rcpt.address = "postmaster".to_string();
+                }
+                Ok(rcpt)
+            }
             _ => Err(err(args, "RCPT TO arguments", "not a RCPT command")),
         }
     }
+}
+
+/// smtp-proto turns `<Postmaster>` (no domain, RFC 5321 §4.1.1.3) into an empty address,
+/// the same as `<>`; this tells them apart by the command's text.
+pub fn names_postmaster(line: &[u8]) -> bool {
+    let lower = line.to_ascii_lowercase();
+    lower.windows(12).any(|w| w == b"<postmaster>")
 }
 
 fn parse_command<'a>(

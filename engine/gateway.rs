@@ -96,6 +96,9 @@ pub struct Gateway {
     pub sip: Arc<dyn SipBackend>,
     pub ids: Arc<dyn Ids>,
     pub store: Arc<dyn DeliveredStore>,
+    /// What CPM peers refused lately (the response rules' `learn:`), read by the message
+    /// rules as `peer.*`.
+    pub peers: Arc<crate::peer_memory::PeerMemory>,
     pub protocol: Protocol,
     pub large: crate::large::LargeConfig,
     /// Where DSNs go (`host:port`); without one, a transaction whose recipients partly
@@ -111,7 +114,7 @@ impl MailHandler for Gateway {
         let decision = mapper::resolve_recipient(&rules, envelope, rcpt, Utc::now(), None);
         Box::pin(async move {
             match decision {
-                RcptDecision::Accept { .. } => Ok(()),
+                RcptDecision::Accept { .. } | RcptDecision::Mailbox { .. } => Ok(()),
                 RcptDecision::Reject(r) => {
                     crate::metrics::rcpt_refused(self.protocol, &r);
                     Err(r)
@@ -149,6 +152,7 @@ impl Gateway {
         let mut replies: Vec<Option<Reply>> = vec![None; envelope.rcpts.len()];
         let mut accepted = Vec::new();
         let mut index_of = Vec::new();
+        let mut to_mailbox: Vec<(usize, String)> = Vec::new();
         for (i, r) in envelope.rcpts.iter().enumerate() {
             if self.store.was_delivered(&key, &r.address) {
                 replies[i] = Some(Reply::new(
@@ -165,10 +169,19 @@ impl Gateway {
                     accepted.push((r.clone(), uri));
                     index_of.push(i);
                 }
+                RcptDecision::Mailbox { address } => to_mailbox.push((i, address)),
                 RcptDecision::Reject(reply) => replies[i] = Some(reply),
             }
         }
-        let plan = mapper::plan_mail(&rules, &envelope, &accepted, &raw, &*self.ids, now, false);
+        if !to_mailbox.is_empty() {
+            for (i, reply) in self.relay(&envelope, &to_mailbox, &raw).await {
+                replies[i] = Some(reply);
+            }
+        }
+        let peers = self.peers.at(tokio::time::Instant::now());
+        let plan = mapper::plan_mail(
+            &rules, &envelope, &accepted, &raw, &*self.ids, &peers, now, false,
+        );
         let position = |addr: &str| envelope.rcpts.iter().position(|r| r.address == addr);
         for (addr, reply) in &plan.rejections {
             if let Some(i) = position(addr) {
@@ -178,12 +191,18 @@ impl Gateway {
         let sends = plan.deliveries.iter().map(|d| {
             let rules = rules.clone();
             let envelope = &envelope;
-            async move { self.deliver_one(&rules, envelope, d).await }
+            let raw = &raw;
+            async move { self.deliver_one(&rules, envelope, raw, d).await }
         });
         let results = futures_join_all(sends).await;
-        for (d, reply) in plan.deliveries.iter().zip(results) {
+        // Recipients owed a `relayed` DSN (report: relayed, and NOTIFY asks for SUCCESS).
+        let mut relayed = vec![false; envelope.rcpts.len()];
+        for (d, (reply, report_relayed)) in plan.deliveries.iter().zip(results) {
             if let Some(i) = position(&d.recipient) {
-                replies[i] = Some(reply.clone());
+                relayed[i] = report_relayed
+                    && reply.is_positive()
+                    && crate::dsn::relayed_wanted(&envelope, &envelope.rcpts[i]);
+                replies[i] = Some(reply);
             }
         }
         for (addr, idx) in &plan.covered {
@@ -203,9 +222,10 @@ impl Gateway {
             .collect();
         let (mut transaction, dsn) =
             mapper::aggregate(&rules, &envelope, &per_recipient, now, None);
-        if dsn && self.protocol == Protocol::Smtp {
+        // LMTP: the MTA in front reports per recipient itself.
+        if self.protocol == Protocol::Smtp {
             transaction = self
-                .hand_off_dsn(&envelope, &per_recipient, &raw, transaction)
+                .hand_off_dsn(&envelope, &per_recipient, &relayed, dsn, &raw, transaction)
                 .await;
         }
         // Only a 4xx makes the sender retry the whole transaction: then remember who has
@@ -232,12 +252,70 @@ impl Gateway {
         }
     }
 
+    /// Relays the mail as it is to the mailboxes the `mailbox` rules named (postmaster),
+    /// through the smarthost, in one transaction; one reply per relayed recipient.
+    async fn relay(
+        &self,
+        envelope: &Envelope,
+        relayed: &[(usize, String)],
+        raw: &[u8],
+    ) -> Vec<(usize, Reply)> {
+        let reply = |code: u16, status: &str, text: String| {
+            relayed
+                .iter()
+                .map(|(i, _)| {
+                    let r = &envelope.rcpts[*i].address;
+                    (*i, Reply::new(code, status, format!("<{r}>: {text}")))
+                })
+                .collect()
+        };
+        let Some(smarthost) = &self.smarthost else {
+            tracing::error!("a rule relays a recipient as mail, but no smarthost is configured");
+            return reply(
+                451,
+                "4.3.5",
+                "no smarthost configured to relay this recipient".into(),
+            );
+        };
+        let mut to: Vec<&str> = relayed.iter().map(|(_, m)| m.as_str()).collect();
+        to.sort_unstable();
+        to.dedup();
+        let from = envelope.mail_from.address.as_str();
+        match crate::smarthost::send(smarthost, &self.hostname, from, &to, raw.to_vec()).await {
+            Ok(()) => {
+                tracing::info!(smarthost = %smarthost, to = ?to, "relayed as mail");
+                reply(250, "2.0.0", "relayed as mail through the smarthost".into())
+            }
+            Err(e) if e.is_permanent() => {
+                tracing::warn!(smarthost = %smarthost, "relay refused: {e}");
+                reply(
+                    550,
+                    "5.0.0",
+                    format!("relay refused by the smarthost ({e})"),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(smarthost = %smarthost, "relay failed: {e}");
+                reply(
+                    451,
+                    "4.4.0",
+                    format!("relay through the smarthost failed ({e})"),
+                )
+            }
+        }
+    }
+
     /// Sends the DSN a positive transaction reply promises; the reply stands only if the
     /// smarthost took it (nothing is acknowledged that would then be lost).
+    ///
+    /// `failures_owed`: the transaction rules asked for a DSN of the permanent failures;
+    /// `relayed[i]`: recipient `i` is owed an `Action: relayed` report.
     async fn hand_off_dsn(
         &self,
         envelope: &Envelope,
         replies: &[Reply],
+        relayed: &[bool],
+        failures_owed: bool,
         raw: &[u8],
         reply: Reply,
     ) -> Reply {
@@ -245,21 +323,41 @@ impl Gateway {
             .rcpts
             .iter()
             .zip(replies)
-            .filter(|(r, rep)| rep.is_permanent() && crate::dsn::wanted(envelope, r))
+            .filter(|(r, rep)| {
+                failures_owed && rep.is_permanent() && crate::dsn::wanted(envelope, r)
+            })
             .map(|(rcpt, reply)| crate::dsn::Failed { rcpt, reply })
             .collect();
-        if failed.is_empty() || !reply.is_positive() {
+        let relays: Vec<crate::dsn::Failed> = envelope
+            .rcpts
+            .iter()
+            .zip(replies)
+            .zip(relayed)
+            .filter(|(_, owed)| **owed)
+            .map(|((rcpt, reply), _)| crate::dsn::Failed { rcpt, reply })
+            .collect();
+        if (failed.is_empty() && relays.is_empty()) || !reply.is_positive() {
             return reply;
         }
         let Some(smarthost) = &self.smarthost else {
-            let first = failed[0].reply.clone();
-            tracing::warn!(reply = %first, "no smarthost for the DSN: answering with the permanent failure instead");
-            return first;
+            if let Some(first) = failed.first() {
+                let first = first.reply.clone();
+                tracing::warn!(reply = %first, "no smarthost for the DSN: answering with the permanent failure instead");
+                return first;
+            }
+            tracing::warn!("no smarthost: the relayed DSN NOTIFY=SUCCESS asked for is not sent");
+            return reply;
         };
-        let dsn = crate::dsn::build(&self.hostname, envelope, &failed, raw, Utc::now());
+        let dsn =
+            crate::dsn::build_report(&self.hostname, envelope, &failed, &relays, raw, Utc::now());
         match crate::dsn::send(smarthost, &self.hostname, &envelope.mail_from.address, dsn).await {
             Ok(()) => {
-                tracing::info!(smarthost = %smarthost, failed = failed.len(), "DSN handed to the smarthost");
+                tracing::info!(smarthost = %smarthost, failed = failed.len(), relayed = relays.len(), "DSN handed to the smarthost");
+                reply
+            }
+            // A relayed-only report is a courtesy (RFC 3461 §5.2.2): the mail stays delivered.
+            Err(e) if failed.is_empty() => {
+                tracing::warn!(smarthost = %smarthost, "relayed DSN not handed off: {e}");
                 reply
             }
             Err(e) => {
@@ -274,7 +372,14 @@ impl Gateway {
     }
 
     /// Sends one delivery and maps its outcome; retries once per kind when a rule asks.
-    async fn deliver_one(&self, rules: &RuleSet, envelope: &Envelope, d: &Delivery) -> Reply {
+    /// Returns the recipient's reply and whether a `relayed` DSN is owed for it.
+    async fn deliver_one(
+        &self,
+        rules: &RuleSet,
+        envelope: &Envelope,
+        raw: &[u8],
+        d: &Delivery,
+    ) -> (Reply, bool) {
         let rcpt = envelope
             .rcpts
             .iter()
@@ -283,11 +388,8 @@ impl Gateway {
             .unwrap_or_default();
         let mut delivery = d.clone();
         let mut retried: Vec<String> = Vec::new();
+        let mut outcome = self.send(&delivery).await;
         loop {
-            let outcome = match delivery.mode {
-                Mode::Pager => self.sip.send_message(&delivery).await,
-                Mode::Large => crate::large::deliver(&*self.sip, &delivery, &self.large).await,
-            };
             let cpim = delivery.content.content_type == "message/cpim";
             let input = mapper::ResponseInput {
                 envelope,
@@ -296,33 +398,86 @@ impl Gateway {
                 outcome: &outcome,
                 cpim_body: cpim,
                 retried: &retried,
+                imdn_requested: delivery.imdn_message_id.is_some(),
                 now: Utc::now(),
             };
-            match mapper::respond(rules, &input, None) {
-                ResponseDecision::Reply(r) => return r,
-                ResponseDecision::Retry(kind) => {
-                    retried.push(kind.clone());
-                    match kind.as_str() {
-                        "large" => {
-                            delivery.mode = Mode::Large;
-                            if delivery.content.content_type != "message/cpim" {
-                                wrap_in_cpim(&mut delivery);
-                            }
-                        }
-                        _ => {
-                            // Plain text: unwrap the CPIM document's inner text entity.
-                            if let Some(text) = inner_text(&delivery.content.body) {
-                                delivery.content.content_type = "text/plain;charset=UTF-8".into();
-                                delivery.content.body = text.into();
-                                delivery.imdn_message_id = None;
-                            } else {
-                                delivery.mode = Mode::Large;
-                            }
-                        }
+            let (decision, notes) = mapper::respond_noting(rules, &input, None);
+            if let Some(what) = notes.learn.as_deref().and_then(|w| {
+                crate::peer_memory::Learned::from_word(w, delivery.content.body.len() as u64)
+            }) {
+                self.peers
+                    .learn(&delivery.request_uri, what, tokio::time::Instant::now());
+            }
+            let kind = match decision {
+                ResponseDecision::Reply(r) => return (r, notes.relayed),
+                ResponseDecision::Retry(kind) => kind,
+            };
+            retried.push(kind.clone());
+            let next = match kind.as_str() {
+                "large" => {
+                    let mut next = delivery.clone();
+                    next.mode = Mode::Large;
+                    if next.content.content_type != "message/cpim" {
+                        wrap_in_cpim(&mut next);
                     }
+                    Some(next)
                 }
+                // Planned again from the mail: the message rules now see what the peer
+                // memory just learnt (e.g. no MSRP) and may choose pager mode.
+                "pager" => self.replan(rules, envelope, &rcpt, &d.request_uri, raw),
+                _ => {
+                    // Plain text: unwrap the CPIM document's inner text entity.
+                    let mut next = delivery.clone();
+                    if let Some(text) = inner_text(&next.content.body) {
+                        next.content.content_type = "text/plain;charset=UTF-8".into();
+                        next.content.body = text.into();
+                        next.imdn_message_id = None;
+                    } else {
+                        next.mode = Mode::Large;
+                    }
+                    Some(next)
+                }
+            };
+            // Without a new form, the same outcome is mapped again (that retry is spent).
+            if let Some(next) = next {
+                delivery = next;
+                outcome = self.send(&delivery).await;
             }
         }
+    }
+
+    async fn send(&self, delivery: &Delivery) -> crate::outcome::Outcome {
+        match delivery.mode {
+            Mode::Pager => self.sip.send_message(delivery).await,
+            Mode::Large => crate::large::deliver(&*self.sip, delivery, &self.large).await,
+        }
+    }
+
+    /// The pager-mode delivery the rules plan for this recipient now, if they choose one.
+    fn replan(
+        &self,
+        rules: &RuleSet,
+        envelope: &Envelope,
+        rcpt: &Rcpt,
+        uri: &str,
+        raw: &[u8],
+    ) -> Option<Delivery> {
+        let peers = self.peers.at(tokio::time::Instant::now());
+        let accepted = [(rcpt.clone(), uri.to_string())];
+        let plan = mapper::plan_mail(
+            rules,
+            envelope,
+            &accepted,
+            raw,
+            &*self.ids,
+            &peers,
+            Utc::now(),
+            false,
+        );
+        plan.deliveries
+            .into_iter()
+            .next()
+            .filter(|d| d.mode == Mode::Pager)
     }
 }
 

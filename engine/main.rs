@@ -347,6 +347,12 @@ fn render_text(run: &dryrun::DryRun) -> String {
             r.recipient, r.reply
         ));
     }
+    for r in &run.relayed {
+        out.push_str(&format!(
+            "=== {} relayed as mail ===\nto <{}> through the smarthost, unchanged\n\n",
+            r.recipient, r.mailbox
+        ));
+    }
     if !run.explain.is_empty() {
         out.push_str("=== rules that fired ===\n");
         for f in &run.explain {

@@ -25,6 +25,9 @@
 //! | `iwf_rules_generation` | gauge | | generation of the rule set serving now |
 //! | `iwf_rules_reload_problems` | gauge | | diagnostics and self-test failures of the last reload (0 after a good one) |
 //! | `iwf_rules_last_reload_timestamp_seconds` | gauge | | Unix time of the last good (re)load |
+//! | `iwf_rule_errors_total` | counter | `rule`, `kind` (`content`, `local`) | rule evaluations that failed (554 5.6.0 / 451 4.3.0) |
+//! | `iwf_peer_learned_total` | counter | `what` (`no-cpim`, `no-msrp`, `too-big`) | refusals the peer memory learnt from |
+//! | `iwf_peers_remembered` | gauge | | CPM peers with remembered refusals |
 //!
 //! LMTP counts each message once, by its transaction reply; per-recipient LMTP replies are
 //! in the transaction log line.
@@ -86,6 +89,18 @@ fn describe() {
     describe_counter!(
         "iwf_smtp_connections_refused_total",
         "Connections answered 421 at connect (connection limits)"
+    );
+    describe_counter!(
+        "iwf_peer_learned_total",
+        "Refusals that taught the peer memory what a CPM peer does not take, by kind"
+    );
+    describe_gauge!(
+        "iwf_peers_remembered",
+        "CPM peers (Request-URIs) whose refusals are remembered"
+    );
+    describe_counter!(
+        "iwf_rule_errors_total",
+        "Rule evaluations that failed, by rule and kind (content: 554 5.6.0, local: 451 4.3.0)"
     );
     describe_counter!(
         "iwf_recipients_refused_total",
@@ -228,6 +243,19 @@ pub fn session_started(p: Protocol) -> ActiveGuard {
 pub fn connection_refused(p: Protocol, reason: &'static str) {
     counter!("iwf_smtp_connections_refused_total", "protocol" => protocol_label(p), "reason" => reason)
         .increment(1);
+}
+
+/// A rule whose evaluation failed: `kind` is `content` (the mail or the peer cannot be
+/// converted: a permanent refusal) or `local` (iwf's own fault: a temporary one).
+pub fn rule_failed(rule: &str, kind: &'static str) {
+    counter!("iwf_rule_errors_total", "rule" => rule.to_string(), "kind" => kind).increment(1);
+}
+
+/// A response rule taught the peer memory something (`what`: no-cpim, no-msrp, too-big);
+/// `remembered` peers are in it now.
+pub fn peer_learned(what: &'static str, remembered: usize) {
+    counter!("iwf_peer_learned_total", "what" => what).increment(1);
+    gauge!("iwf_peers_remembered").set(remembered as f64);
 }
 
 /// A recipient the rules refused at RCPT time.

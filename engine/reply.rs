@@ -79,7 +79,12 @@ impl Reply {
         self.code / 100 == 5
     }
 
-    /// The wire form, CRLF-terminated; long texts are split into continuation lines.
+    /// The wire form, CRLF-terminated; a text with `\n` becomes continuation lines.
+    ///
+    /// Whatever the text holds, what goes on the wire is well formed: control characters
+    /// (a CR, a NUL, ... that reached the text from a peer) become `?`, every line is at most
+    /// [`MAX_LINE`] octets with its CRLF (RFC 5321 §4.5.3.1.5) — a longer text is cut, at a
+    /// character boundary, with `...` — and there are at most [`MAX_LINES`] lines.
     pub fn to_wire(&self) -> String {
         let mut out = String::new();
         let prefix = match &self.status {
@@ -89,14 +94,41 @@ impl Reply {
         let lines: Vec<&str> = if self.text.is_empty() {
             vec![""]
         } else {
-            self.text.split('\n').collect()
+            self.text.split('\n').take(MAX_LINES).collect()
         };
+        // code, separator, prefix, text, CRLF
+        let room = MAX_LINE.saturating_sub(3 + 1 + prefix.len() + 2);
         for (i, line) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            out.push_str(&format!("{}{}{}{}\r\n", self.code, sep, prefix, line));
+            out.push_str(&format!("{}{}{}", self.code, sep, prefix));
+            push_bounded(&mut out, line, room);
+            out.push_str("\r\n");
         }
         out
     }
+}
+
+/// The longest reply line, CRLF included (RFC 5321 §4.5.3.1.5).
+pub const MAX_LINE: usize = 512;
+/// The most lines one reply is written with.
+pub const MAX_LINES: usize = 32;
+
+/// Appends `text` with control characters as `?`, cut to `room` octets (with `...`).
+fn push_bounded(out: &mut String, text: &str, room: usize) {
+    let clean = |c: char| if c.is_control() { '?' } else { c };
+    if text.len() <= room {
+        out.extend(text.chars().map(clean));
+        return;
+    }
+    let mut used = 0;
+    for c in text.chars() {
+        if used + c.len_utf8() > room.saturating_sub(3) {
+            break;
+        }
+        used += c.len_utf8();
+        out.push(clean(c));
+    }
+    out.push_str("...");
 }
 
 fn is_enhanced(s: &str) -> bool {
@@ -146,6 +178,25 @@ mod tests {
             Reply::parse("550 a\rb"),
             Err(ReplyError::ControlCharacter)
         ));
+    }
+
+    #[test]
+    fn wire_lines_are_bounded_and_clean() {
+        let long = Reply::new(
+            451,
+            "4.3.0",
+            format!("Retry-After: 60 ({})", "é".repeat(3000)),
+        );
+        let wire = long.to_wire();
+        assert!(wire.len() <= MAX_LINE, "{}", wire.len());
+        assert!(wire.ends_with("...\r\n"));
+        let ctl = Reply::new(451, "4.3.0", "a\rb\x00c\x1bd");
+        assert_eq!(ctl.to_wire(), "451 4.3.0 a?b?c?d\r\n");
+        let many = Reply::new(250, "", "x\n".repeat(100));
+        assert_eq!(many.to_wire().matches("\r\n").count(), MAX_LINES);
+        for line in many.to_wire().split_terminator("\r\n") {
+            assert!(line.len() + 2 <= MAX_LINE);
+        }
     }
 
     #[test]

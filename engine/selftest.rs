@@ -204,9 +204,23 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
             outcome: &outcome,
             cpim_body: cpim,
             retried: &case.retried,
+            imdn_requested: case.imdn_requested.unwrap_or(cpim),
             now,
         };
-        let got = crate::mapper::respond(rules, &input, None);
+        let (got, notes) = crate::mapper::respond_noting(rules, &input, None);
+        if case.learn.is_some() && notes.learn != case.learn {
+            errs.push(format!(
+                "response case {i} ({:?}/{:?}): expected learn {:?}, got {:?}",
+                case.status, case.failure, case.learn, notes.learn
+            ));
+        }
+        let relayed = case.report.as_deref() == Some("relayed");
+        if case.report.is_some() && notes.relayed != relayed {
+            errs.push(format!(
+                "response case {i} ({:?}/{:?}): expected report {:?}, got relayed={}",
+                case.status, case.failure, case.report, notes.relayed
+            ));
+        }
         match (&got, &case.reply, &case.retry) {
             (crate::mapper::ResponseDecision::Reply(r), Some(want), None)
                 if r.to_string().starts_with(want.as_str()) => {}

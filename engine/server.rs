@@ -85,6 +85,10 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     let rules = reloader.rules();
     let _watcher = crate::reload::spawn(reloader, &cfg.reload, shutdown.clone())?;
     let store = Arc::new(MemoryStore::default());
+    let peers = Arc::new(crate::peer_memory::PeerMemory::new(
+        cfg.peer_memory,
+        100_000,
+    ));
     let mut tasks = Vec::new();
     for (addr, protocol) in [
         (cfg.smtp_listen, Protocol::Smtp),
@@ -106,6 +110,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             sip: sip.clone(),
             ids: Arc::new(RandomIds),
             store: store.clone(),
+            peers: peers.clone(),
             protocol,
             large: large.clone(),
             smarthost: cfg.smarthost.clone(),

@@ -112,6 +112,7 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         addrs.push(listener.local_addr().unwrap());
         let gw = Arc::new(Gateway {
+            peers: Arc::new(Default::default()),
             rules: rules.clone(),
             sip: sip.clone(),
             ids: Arc::new(RandomIds),

@@ -730,20 +730,32 @@ async fn invite_486_gives_450_4_2_0() {
     assert_eq!(seen, ["INVITE"]);
 }
 
+/// A text mail whose INVITE is refused for its media (488: no MSRP) falls back to one
+/// MESSAGE (the `retry-pager-when-msrp-refused` and `pager-for-peers-without-msrp` rules).
 #[tokio::test]
-async fn invite_488_gives_554_5_6_1() {
-    let (reply, _) = tokio::time::timeout(TEST_LIMIT, large_mail_reply(Invite::Status(488), ""))
+async fn invite_488_for_text_falls_back_to_one_message() {
+    let (reply, seen) = tokio::time::timeout(TEST_LIMIT, large_mail_reply(Invite::Status(488), ""))
         .await
         .expect("time");
-    assert_reply(&reply, "554 5.6.1 ");
+    assert_reply(&reply, "250 2.0.0 ");
+    assert_eq!(seen, ["INVITE", "MESSAGE"]);
 }
 
+/// A peer that refuses the session (415) and every MESSAGE form (415 to CPIM, then to
+/// text): 554 5.6.1 after one try of each form, never a loop.
 #[tokio::test]
-async fn invite_415_gives_554_5_6_1() {
-    let (reply, _) = tokio::time::timeout(TEST_LIMIT, large_mail_reply(Invite::Status(415), ""))
-        .await
-        .expect("time");
+async fn invite_415_and_message_415_give_554_5_6_1() {
+    let run = async {
+        let (_answerer, next_hop, mut seen) = sip_peer(Invite::Status(415), 415).await;
+        let iwf = Iwf::start(&next_hop, "").await;
+        let (m, _) = mail(5 * 1024, 1);
+        let (reply, _) = smtp_send(iwf.smtp, &m).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (reply, methods(&mut seen))
+    };
+    let (reply, seen) = tokio::time::timeout(TEST_LIMIT, run).await.expect("time");
     assert_reply(&reply, "554 5.6.1 ");
+    assert_eq!(seen, ["INVITE", "MESSAGE", "MESSAGE"]);
 }
 
 /// No answer at all: Timer B (64·T1 = 1.28 s with T1 = 20 ms) ends the INVITE.

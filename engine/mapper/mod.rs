@@ -55,8 +55,18 @@ fn words(v: &Value) -> Vec<String> {
     }
 }
 
+/// A reply a rule rendered. The rule's own text was checked when it loaded, so a control
+/// character here came in through a value of the mail (or of a peer): that is the mail's
+/// fault, a permanent refusal (`554 5.6.0`), not a local error the sender should retry.
 fn reply_of(v: &Value) -> Result<Reply, String> {
-    Reply::parse(&v.to_string()).map_err(|e| format!("invalid SMTP reply `{v}`: {e}"))
+    let text = v.to_string();
+    Reply::parse(&text).map_err(|e| match e {
+        crate::reply::ReplyError::ControlCharacter => format!(
+            "{}a value of the message would put a control character into the reply",
+            run::CONTENT_ERROR
+        ),
+        e => format!("invalid SMTP reply `{}`: {e}", text.escape_debug()),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -132,13 +142,21 @@ pub fn address_uri(
 /// The RCPT-time decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum RcptDecision {
-    Accept { uri: String },
+    Accept {
+        uri: String,
+    },
+    /// Not a CPM recipient: the mail is relayed as it is to this mail address through the
+    /// smarthost (the `mailbox` action; postmaster, RFC 5321 §4.5.1).
+    Mailbox {
+        address: String,
+    },
     Reject(Reply),
 }
 
 struct RecipientState<'a, 'x> {
     facts: Facts<'a, 'x>,
     uri: Option<String>,
+    mailbox: Option<String>,
     reject: Option<Reply>,
 }
 
@@ -158,12 +176,22 @@ impl run::PhaseState for RecipientState<'_, '_> {
         match action {
             Action::Uri if !value.is_null() => self.uri = Some(value.to_string()),
             Action::Reject => self.reject = Some(reply_of(&value)?),
+            Action::Mailbox if !value.is_null() => {
+                let address = value.to_string();
+                if !crate::envelope::is_mailbox(&address) {
+                    return Err(format!(
+                        "`mailbox` must be a mail address, got `{}`",
+                        address.escape_debug()
+                    ));
+                }
+                self.mailbox = Some(address);
+            }
             _ => {}
         }
         Ok(())
     }
     fn done(&self) -> bool {
-        self.reject.is_some() || self.uri.is_some()
+        self.reject.is_some() || self.uri.is_some() || self.mailbox.is_some()
     }
 }
 
@@ -196,6 +224,7 @@ pub fn resolve_recipient(
             now,
         },
         uri: None,
+        mailbox: None,
         reject: None,
     };
     if let Err(e) = run::run(
@@ -207,10 +236,11 @@ pub fn resolve_recipient(
     ) {
         return RcptDecision::Reject(rule_failure(&e));
     }
-    match (st.reject, st.uri) {
-        (Some(r), _) => RcptDecision::Reject(r),
-        (None, Some(uri)) => RcptDecision::Accept { uri },
-        (None, None) => RcptDecision::Reject(Reply::new(
+    match (st.reject, st.uri, st.mailbox) {
+        (Some(r), _, _) => RcptDecision::Reject(r),
+        (None, Some(uri), _) => RcptDecision::Accept { uri },
+        (None, None, Some(address)) => RcptDecision::Mailbox { address },
+        (None, None, None) => RcptDecision::Reject(Reply::new(
             550,
             "5.1.1",
             format!("<{}>: no rule accepted this recipient", rcpt.address),
@@ -221,6 +251,7 @@ pub fn resolve_recipient(
 /// A rule failed at run time (step limit, overflow): a temporary local error, logged.
 fn rule_failure(e: &RunError) -> Reply {
     if e.permanent {
+        crate::metrics::rule_failed(&e.rule, "content");
         tracing::info!(rule = %e.rule, at = %e.at, "mail refused: {}", e.message);
         return Reply::new(
             554,
@@ -228,6 +259,7 @@ fn rule_failure(e: &RunError) -> Reply {
             format!("the message cannot be converted: {}", e.message),
         );
     }
+    crate::metrics::rule_failed(&e.rule, "local");
     tracing::error!(rule = %e.rule, at = %e.at, "rule evaluation failed: {}", e.message);
     Reply::new(451, "4.3.0", format!("local error in rule {}", e.rule))
 }
@@ -252,6 +284,8 @@ pub struct Draft {
 
 struct MessageState<'a, 'x> {
     facts: Facts<'a, 'x>,
+    /// What the peer memory knows of the peer behind this recipient's URI.
+    peer: crate::peer_memory::Caps,
     rules: &'a RuleSet,
     draft: Draft,
     /// RFC 5365 history entries (To/Cc mapped by the address phase), computed once per mail.
@@ -271,6 +305,12 @@ impl Input for MessageState<'_, '_> {
             F::PlanRequestUri => Value::str(d.request_uri.as_str()),
             F::PlanBody => Value::str(if d.cpim_body { "cpim" } else { "text" }),
             F::PlanRecipientList => Value::str(d.recipient_list),
+            F::PeerAcceptsCpim => Value::Bool(self.peer.accepts_cpim),
+            F::PeerAcceptsMsrp => Value::Bool(self.peer.accepts_msrp),
+            F::PeerMaxBytes => self
+                .peer
+                .max_bytes
+                .map_or(Value::Null, |n| Value::Int(n.min(i64::MAX as u64) as i64)),
             other => self.facts.field(other),
         }
     }
@@ -452,9 +492,36 @@ fn build_delivery_sized(
             d.cpim_body || imdn_id.is_some(),
         ),
     };
+    // Large mode carries message/cpim alone (the SDP accept-types), so a history list goes
+    // into the CPIM document's own recipient headers: one `To` per to-entry, one `cc` per
+    // cc-entry (RFC 3862 §3.3-3.4 allow them repeated; MSRP UAs SHOULD read cc) instead of
+    // an RFC 5365 body part. The list never vanishes with the mode.
+    let large_history = d.mode == Mode::Large
+        && d.recipient_list == "history"
+        && history.iter().any(|e| e.uri != d.request_uri);
+    let cpim_headers: std::borrow::Cow<'_, [(String, String)]> = if large_history {
+        let mut h: Vec<(String, String)> = d
+            .cpim
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("To") && !n.eq_ignore_ascii_case("cc"))
+            .cloned()
+            .collect();
+        let at = h
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case("From"))
+            .map_or(0, |i| i + 1);
+        let entries = history.iter().rev();
+        for e in entries {
+            let name = if e.copy_control == "cc" { "cc" } else { "To" };
+            h.insert(at, (name.to_string(), format!("<{}>", e.uri)));
+        }
+        std::borrow::Cow::Owned(h)
+    } else {
+        std::borrow::Cow::Borrowed(&d.cpim)
+    };
     let (content_type, body) = if cpim_needed {
         let doc = cpim::Cpim {
-            headers: &d.cpim,
+            headers: &cpim_headers,
             imdn: imdn_id.as_deref().map(|id| (id, d.imdn.as_slice())),
             inner: &[&inner_head, inner_body],
         }
@@ -605,12 +672,16 @@ pub struct MailPlan {
 
 /// Maps a mail for its accepted recipients: `accepted` pairs each RCPT with the URI the
 /// recipient phase chose.
+// The inputs are the plan's whole world (no ambient state): bundling them would only
+// rename the list.
+#[allow(clippy::too_many_arguments)]
 pub fn plan_mail(
     rules: &RuleSet,
     envelope: &Envelope,
     accepted: &[(Rcpt, String)],
     raw: &[u8],
     ids: &dyn Ids,
+    peers: &dyn crate::peer_memory::PeerCaps,
     now: DateTime<Utc>,
     explain: bool,
 ) -> MailPlan {
@@ -669,6 +740,7 @@ pub fn plan_mail(
                 mail: Some(&mail),
                 now,
             },
+            peer: peers.caps(uri),
             rules,
             draft: Draft {
                 request_uri: uri.clone(),
@@ -736,8 +808,17 @@ pub fn plan_mail(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ResponseDecision {
     Reply(Reply),
-    /// Retry once in another form: `large` or `text`.
+    /// Retry once in another form: `large`, `text` or `pager`.
     Retry(String),
+}
+
+/// What the response phase noted besides its decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseNotes {
+    /// `learn:` — what the refusal says of the peer (`no-cpim`, `no-msrp`, `too-big`).
+    pub learn: Option<String>,
+    /// `report: relayed` — a success DSN with Action: relayed is owed.
+    pub relayed: bool,
 }
 
 struct ResponseState<'a, 'x> {
@@ -745,8 +826,10 @@ struct ResponseState<'a, 'x> {
     outcome: &'a Outcome,
     cpim_body: bool,
     retried: &'a [String],
+    imdn_requested: bool,
     reply: Option<Reply>,
     retry: Option<String>,
+    notes: ResponseNotes,
 }
 
 impl Input for ResponseState<'_, '_> {
@@ -769,6 +852,7 @@ impl Input for ResponseState<'_, '_> {
             (F::Mode | F::PlanMode, o) => Value::str(o.mode().as_str()),
             (F::PlanBody, _) => Value::str(if self.cpim_body { "cpim" } else { "text" }),
             (F::Retried, _) => Value::list_of_str(self.retried.iter().map(String::as_str)),
+            (F::PlanImdnRequested, _) => Value::Bool(self.imdn_requested),
             (other, _) => self.facts.field(other),
         }
     }
@@ -796,6 +880,8 @@ impl run::PhaseState for ResponseState<'_, '_> {
                     self.retry = Some(r);
                 }
             }
+            Action::Learn => self.notes.learn = Some(value.to_string()),
+            Action::Report => self.notes.relayed = value.to_string() == "relayed",
             _ => {}
         }
         Ok(())
@@ -816,6 +902,8 @@ pub struct ResponseInput<'a> {
     pub cpim_body: bool,
     /// Retries already made (a retry is offered at most once per kind).
     pub retried: &'a [String],
+    /// Whether the request that got this outcome asked for an IMDN.
+    pub imdn_requested: bool,
     pub now: DateTime<Utc>,
 }
 
@@ -825,6 +913,15 @@ pub fn respond(
     input: &ResponseInput,
     explain: Option<&mut Vec<Fired>>,
 ) -> ResponseDecision {
+    respond_noting(rules, input, explain).0
+}
+
+/// [`respond`], with what the rules noted besides the decision (`learn:`, `report:`).
+pub fn respond_noting(
+    rules: &RuleSet,
+    input: &ResponseInput,
+    explain: Option<&mut Vec<Fired>>,
+) -> (ResponseDecision, ResponseNotes) {
     let ResponseInput {
         envelope,
         rcpt,
@@ -832,6 +929,7 @@ pub fn respond(
         outcome,
         cpim_body,
         retried,
+        imdn_requested,
         now,
     } = *input;
     let mut st = ResponseState {
@@ -845,8 +943,10 @@ pub fn respond(
         outcome,
         cpim_body,
         retried,
+        imdn_requested,
         reply: None,
         retry: None,
+        notes: ResponseNotes::default(),
     };
     if let Err(e) = run::run(
         "response",
@@ -855,9 +955,12 @@ pub fn respond(
         rules.step_limit,
         explain,
     ) {
-        return ResponseDecision::Reply(rule_failure(&e));
+        return (
+            ResponseDecision::Reply(rule_failure(&e)),
+            ResponseNotes::default(),
+        );
     }
-    match (st.retry, st.reply) {
+    let decision = match (st.retry, st.reply) {
         (Some(r), _) => ResponseDecision::Retry(r),
         (None, Some(reply)) => ResponseDecision::Reply(reply),
         (None, None) => ResponseDecision::Reply(Reply::new(
@@ -865,7 +968,8 @@ pub fn respond(
             "4.3.0",
             format!("<{}>: no response rule matched the outcome", rcpt.address),
         )),
-    }
+    };
+    (decision, st.notes)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -893,8 +997,18 @@ impl Input for TransactionState<'_, '_> {
                     .map(|r| r.to_string()),
             )
         };
+        let first_code = |c: u16| {
+            Value::opt_str(self.replies.iter().find(|r| r.code / 100 == c).map(
+                |r| match &r.status {
+                    Some(s) => format!("{} {s}", r.code),
+                    None => r.code.to_string(),
+                },
+            ))
+        };
         match f {
             F::ResultsTotal => Value::Int(self.replies.len() as i64),
+            F::ResultsFirstTemporaryCode => first_code(4),
+            F::ResultsFirstPermanentCode => first_code(5),
             F::ResultsDelivered => count(2),
             F::ResultsTemporary => count(4),
             F::ResultsPermanent => count(5),
@@ -963,6 +1077,110 @@ pub fn aggregate(
 mod tests {
     use super::*;
 
+    /// RFC 5321 §4.5.1: postmaster, unqualified or at a served domain, in any case, is
+    /// accepted and relayed to the configured mailbox; at another domain it is a relay try.
+    #[test]
+    fn postmaster_is_accepted_and_relayed_to_the_mailbox() {
+        let rules = crate::ruleset::load(std::path::Path::new("rules"), 1)
+            .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
+        let envelope = Envelope {
+            mail_from: crate::envelope::MailFrom::default(),
+            rcpts: vec![],
+            client: crate::envelope::Client::default(),
+            received_at: crate::ids::fixed_now(),
+        };
+        let decide = |args: &str| {
+            let rcpt = Rcpt::parse(args).unwrap();
+            resolve_recipient(&rules, &envelope, &rcpt, crate::ids::fixed_now(), None)
+        };
+        let mailbox = RcptDecision::Mailbox {
+            address: "postmaster@mail.example.org".into(),
+        };
+        assert_eq!(decide("<postmaster>"), mailbox);
+        assert_eq!(decide("<Postmaster>"), mailbox);
+        assert_eq!(decide("<POSTMASTER@CPM.example.net>"), mailbox);
+        assert!(
+            matches!(decide("<postmaster@elsewhere.example>"), RcptDecision::Reject(r) if r.code == 550)
+        );
+        assert!(matches!(decide("<>"), RcptDecision::Reject(_)));
+    }
+
+    /// With several recipients the one SMTP reply speaks for all of them: it must not name
+    /// one (an MTA's bounce for bob would cite alice's reason). One recipient: its own reply.
+    #[test]
+    fn the_transaction_reply_names_no_single_recipient() {
+        let rules = crate::ruleset::load(std::path::Path::new("rules"), 1)
+            .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
+        let envelope = Envelope {
+            mail_from: crate::envelope::MailFrom::default(),
+            rcpts: vec![],
+            client: crate::envelope::Client::default(),
+            received_at: crate::ids::fixed_now(),
+        };
+        let r = |s: &str| Reply::parse(s).unwrap();
+        let ok = r("250 2.0.0 <alice@cpm.example.net>: delivered");
+        let busy = r("450 4.2.1 <bob@cpm.example.net>: CPM user busy (SIP 486)");
+        let unknown = r("550 5.1.1 <carol@cpm.example.net>: CPM user unknown (SIP 404)");
+        let unknown2 = r("550 5.1.1 <dave@cpm.example.net>: CPM user unknown (SIP 404)");
+        let cases: Vec<(Vec<Reply>, &str)> = vec![
+            (
+                vec![busy.clone()],
+                "450 4.2.1 <bob@cpm.example.net>: CPM user busy (SIP 486)",
+            ),
+            (
+                vec![ok.clone(), busy.clone()],
+                "450 4.2.1 1 of 2 CPM recipients failed temporarily, 1 delivered; a retry reaches only the rest",
+            ),
+            (
+                vec![unknown.clone()],
+                "550 5.1.1 <carol@cpm.example.net>: CPM user unknown (SIP 404)",
+            ),
+            (
+                vec![unknown, unknown2],
+                "550 5.1.1 all 2 CPM recipients refused (first reason: CPM user unknown (SIP 404))",
+            ),
+        ];
+        for (replies, want) in cases {
+            let (got, _) = aggregate(&rules, &envelope, &replies, crate::ids::fixed_now(), None);
+            assert_eq!(got.to_string(), want);
+        }
+    }
+
+    /// A control character that the mail's content carries into a reply a rule echoes
+    /// (`Sensitivity`, RFC 2047-encoded) is the mail's fault: `554 5.6.0`, never the
+    /// `451 4.3.0` "local error" a sender would retry for days.
+    #[test]
+    fn a_control_character_from_the_mail_in_a_reply_is_permanent() {
+        let rules = crate::ruleset::load(std::path::Path::new("rules"), 1)
+            .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
+        let ids = crate::ids::SequentialIds::new();
+        for value in [
+            "=?utf-8?q?private=01x?=",
+            "=?utf-8?q?private=0D=0AX-Evil:_1?=",
+        ] {
+            let mail = format!(
+                "From: a@mail.example.org\r\nTo: +15551234567@cpm.example.net\r\nSensitivity: {value}\r\n\r\nhi\r\n"
+            );
+            let run = crate::dryrun::run(
+                &rules,
+                mail.as_bytes(),
+                &crate::dryrun::Options {
+                    mail_from: None,
+                    rcpts: vec![],
+                    client: Default::default(),
+                    now: crate::ids::fixed_now(),
+                    elapsed: 0,
+                    ids: &ids,
+                    explain: false,
+                    chunk_size: 2048,
+                },
+            );
+            assert!(run.deliveries.is_empty(), "{value}");
+            let reply = &run.rejections[0].reply;
+            assert!(reply.starts_with("554 5.6.0"), "{value}: {reply}");
+        }
+    }
+
     /// `request.size` measures the pager text by its length: it must equal the length of
     /// the request built with the text, for every body shape the text can go into.
     #[test]
@@ -989,6 +1207,7 @@ mod tests {
             (true, true, "history", &"x".repeat(99_999)[..]),
         ] {
             let st = MessageState {
+                peer: Default::default(),
                 facts: Facts {
                     envelope: &envelope,
                     rcpt: Some(&rcpt),

@@ -58,6 +58,12 @@ pub struct RawRule {
     #[serde(default)]
     pub dsn: Option<Spanned<String>>,
     #[serde(default)]
+    pub mailbox: Option<Spanned<String>>,
+    #[serde(default)]
+    pub learn: Option<Spanned<String>>,
+    #[serde(default)]
+    pub report: Option<Spanned<String>>,
+    #[serde(default)]
     pub stop: Option<Spanned<bool>>,
     #[serde(default)]
     pub address: Option<Spanned<String>>,
@@ -192,6 +198,15 @@ pub struct ResponseCase {
     pub body: Option<String>,
     #[serde(default)]
     pub retried: Vec<String>,
+    /// Whether the request asked for an IMDN (default: when `body` is `cpim`).
+    #[serde(default)]
+    pub imdn_requested: Option<bool>,
+    /// Expected `learn:` note, e.g. `no-cpim`.
+    #[serde(default)]
+    pub learn: Option<String>,
+    /// Expected `report:` note (`relayed`).
+    #[serde(default)]
+    pub report: Option<String>,
     /// Expected reply (prefix), e.g. `550 5.1.1`.
     #[serde(default)]
     pub reply: Option<String>,

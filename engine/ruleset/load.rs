@@ -504,7 +504,7 @@ fn compile_rule(
         }
     };
     type Single<'r> = (Action, &'r Option<Spanned<String>>, Option<Ty>);
-    let singles: [Single; 17] = [
+    let singles: [Single; 20] = [
         (Action::Uri, &raw.uri, Some(Ty::Str)),
         (Action::Reject, &raw.reject, Some(Ty::Str)),
         (Action::Mode, &raw.mode, Some(Ty::Str)),
@@ -517,6 +517,9 @@ fn compile_rule(
         (Action::Reply, &raw.reply, Some(Ty::Str)),
         (Action::Retry, &raw.retry, Some(Ty::Str)),
         (Action::Dsn, &raw.dsn, Some(Ty::Bool)),
+        (Action::Mailbox, &raw.mailbox, Some(Ty::Str)),
+        (Action::Learn, &raw.learn, Some(Ty::Str)),
+        (Action::Report, &raw.report, Some(Ty::Str)),
         (Action::Address, &raw.address, Some(Ty::Str)),
         (Action::SipReply, &raw.sip_reply, Some(Ty::Str)),
         (Action::Encoding, &raw.encoding, Some(Ty::Str)),

@@ -49,6 +49,9 @@ pub enum Action {
     Reply,
     Retry,
     Dsn,
+    Mailbox,
+    Learn,
+    Report,
     Stop,
     Address,
     SipReply,
@@ -58,7 +61,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 25] = [
         Action::Uri,
         Action::Reject,
         Action::SetHeader,
@@ -75,6 +78,9 @@ impl Action {
         Action::Reply,
         Action::Retry,
         Action::Dsn,
+        Action::Mailbox,
+        Action::Learn,
+        Action::Report,
         Action::Stop,
         Action::Address,
         Action::SipReply,
@@ -101,6 +107,9 @@ impl Action {
             Action::Reply => "reply",
             Action::Retry => "retry",
             Action::Dsn => "dsn",
+            Action::Mailbox => "mailbox",
+            Action::Learn => "learn",
+            Action::Report => "report",
             Action::Stop => "stop",
             Action::Address => "address",
             Action::SipReply => "sip_reply",
@@ -120,7 +129,9 @@ impl Action {
             Action::Mode => Some(&["pager", "large"]),
             Action::Body => Some(&["text", "cpim"]),
             Action::RecipientList => Some(&["none", "history", "exploder"]),
-            Action::Retry => Some(&["large", "text"]),
+            Action::Retry => Some(&["large", "text", "pager"]),
+            Action::Learn => Some(&["no-cpim", "no-msrp", "too-big"]),
+            Action::Report => Some(&["relayed"]),
             Action::Encoding => Some(&["7bit", "8bit", "quoted-printable", "base64"]),
             _ => None,
         }
@@ -152,8 +163,19 @@ impl Action {
                 "the URI of the RFC 5365 exploder used by `recipient_list: exploder`"
             }
             Action::Reply => "the SMTP reply",
-            Action::Retry => "retry the delivery once in another form: `large` or `text`",
+            Action::Retry => {
+                "retry the delivery once in another form: `large`, `text`, or `pager` (planned again with what the peer memory now knows)"
+            }
+            Action::Learn => {
+                "remember what this refusal says of the peer behind the Request-URI: `no-cpim`, `no-msrp` or `too-big` (read back as peer.* in the message phase)"
+            }
+            Action::Report => {
+                "`relayed`: a success DSN with Action: relayed is owed for this recipient (RFC 3461 §5.2.2), sent if its NOTIFY has SUCCESS"
+            }
             Action::Dsn => "true: send one RFC 3464 DSN for the permanently failed recipients",
+            Action::Mailbox => {
+                "accept the recipient and relay the mail unchanged to this mail address through the smarthost (postmaster, RFC 5321 §4.5.1)"
+            }
             Action::Stop => "true: no later rule of this phase runs",
             Action::Address => "the e-mail address that stands for this CPM address",
             Action::SipReply => {
@@ -180,7 +202,7 @@ pub static PHASES: &[PhaseDef] = &[
         name: "recipient",
         bit: RECIPIENT,
         doc: "RCPT TO → accept with a target URI or reject, decided at RCPT time",
-        actions: &[Action::Uri, Action::Reject, Action::Stop],
+        actions: &[Action::Uri, Action::Reject, Action::Mailbox, Action::Stop],
     },
     PhaseDef {
         name: "message",
@@ -206,7 +228,13 @@ pub static PHASES: &[PhaseDef] = &[
         name: "response",
         bit: RESPONSE,
         doc: "SIP/MSRP final outcome or transport failure → SMTP reply (or a retry in another form)",
-        actions: &[Action::Reply, Action::Retry, Action::Stop],
+        actions: &[
+            Action::Reply,
+            Action::Retry,
+            Action::Learn,
+            Action::Report,
+            Action::Stop,
+        ],
     },
     PhaseDef {
         name: "transaction",
@@ -294,6 +322,10 @@ pub enum F {
     PlanImdn,
     PlanRequestUri,
     PlanBody,
+    PlanImdnRequested,
+    PeerAcceptsCpim,
+    PeerAcceptsMsrp,
+    PeerMaxBytes,
     PlanRecipientList,
     SipStatus,
     SipReason,
@@ -308,6 +340,8 @@ pub enum F {
     ResultsPermanent,
     ResultsFirstTemporary,
     ResultsFirstPermanent,
+    ResultsFirstTemporaryCode,
+    ResultsFirstPermanentCode,
     AddrAddress,
     AddrLocal,
     AddrDomain,
@@ -681,6 +715,34 @@ pub static FIELDS: &[(&str, F, T, u8, &str)] = &[
         "text or cpim",
     ),
     (
+        "plan.imdn_requested",
+        F::PlanImdnRequested,
+        T::Bool,
+        RESPONSE,
+        "whether the request that got this outcome asked for an IMDN",
+    ),
+    (
+        "peer.accepts_cpim",
+        F::PeerAcceptsCpim,
+        T::Bool,
+        MESSAGE,
+        "false while the peer memory holds a recent `learn: no-cpim` for this Request-URI",
+    ),
+    (
+        "peer.accepts_msrp",
+        F::PeerAcceptsMsrp,
+        T::Bool,
+        MESSAGE,
+        "false while the peer memory holds a recent `learn: no-msrp` for this Request-URI",
+    ),
+    (
+        "peer.max_bytes",
+        F::PeerMaxBytes,
+        T::Int,
+        MESSAGE,
+        "the smallest request size the peer recently refused as too big (null: none)",
+    ),
+    (
         "plan.recipient_list",
         F::PlanRecipientList,
         T::Str,
@@ -777,6 +839,20 @@ pub static FIELDS: &[(&str, F, T, u8, &str)] = &[
         T::Str,
         TRANSACTION,
         "the first 5xx reply",
+    ),
+    (
+        "results.first_temporary_code",
+        F::ResultsFirstTemporaryCode,
+        T::Str,
+        TRANSACTION,
+        "code and enhanced status of the first 4xx reply, without its text (`451 4.2.1`)",
+    ),
+    (
+        "results.first_permanent_code",
+        F::ResultsFirstPermanentCode,
+        T::Str,
+        TRANSACTION,
+        "code and enhanced status of the first 5xx reply, without its text (`550 5.1.1`)",
     ),
     (
         "addr.address",

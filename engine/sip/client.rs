@@ -120,6 +120,22 @@ impl MessageInspector for LocalMarker {
                     .push(sip::headers::make_header(LOCAL_MARKER, "1".into()));
                 SipMessage::Response(r)
             }
+            // RFC 3261 §18.1.2: a response that is not well formed is discarded. rsipstack
+            // has no way to drop a message here, so it is turned into a bare 100: the
+            // transaction goes on exactly as if nothing had arrived but a provisional
+            // response (Timer F still runs, a later good final response still counts).
+            (SipMessage::Response(mut r), Some(from)) => {
+                if let Some(why) = super::response::malformed(&r) {
+                    tracing::warn!(%from, %why, "malformed SIP response discarded");
+                    r.status_code = sip::StatusCode::Trying;
+                    r.wire_reason = None;
+                    r.body.clear();
+                    r.headers.retain(|h| {
+                        !(h.name().eq_ignore_ascii_case("content-length") || h.name() == "l")
+                    });
+                }
+                SipMessage::Response(r)
+            }
             (msg, _) => msg,
         }
     }

@@ -23,16 +23,74 @@ const PLUMBING: [&str; 9] = [
 /// `client::LocalMarker`): Timer F's 408 and the 503 of a failed stream write.
 pub(crate) const LOCAL_MARKER: &str = "X-Iwf-Local-Response";
 
-/// Status code and reason phrase as received.
+/// The most characters of a peer's reason phrase or header value the rules get.
+pub const MAX_PEER_TEXT: usize = 256;
+
+/// A peer's text as the rules (and through them, SMTP replies) get it: control characters
+/// as `?`, at most [`MAX_PEER_TEXT`] characters (then `...`). A peer cannot make a rule fail
+/// or a reply line grow past its limit (RFC 5321 §4.5.3.1.5).
+pub fn clean_peer_text(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(MAX_PEER_TEXT)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().nth(MAX_PEER_TEXT).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Why a received response is not a response at all (RFC 3261 §18.1.2: such a message is
+/// discarded), or `None` when it is one: a status code outside 100-699, or a
+/// Content-Length that is not a number or promises more body than arrived (§18.3, §20.14).
+pub fn malformed(resp: &Response) -> Option<String> {
+    let code = resp.status_code.code();
+    if !(100..=699).contains(&code) {
+        return Some(format!("status code {code} outside 100-699"));
+    }
+    let lengths: Vec<&str> = resp
+        .headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("content-length") || h.name() == "l")
+        .map(|h| h.value().trim())
+        .collect();
+    if lengths.len() > 1 && lengths.iter().any(|l| *l != lengths[0]) {
+        return Some("conflicting Content-Length headers".into());
+    }
+    if let Some(l) = lengths.first() {
+        let declared = (!l.is_empty() && l.len() <= 19 && l.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| l.parse::<usize>().ok())
+            .flatten();
+        match declared {
+            None => {
+                return Some(format!(
+                    "Content-Length `{}` is not a length",
+                    clean_peer_text(l)
+                ));
+            }
+            Some(n) if n > resp.body.len() => {
+                return Some(format!(
+                    "Content-Length {n} but {} octets of body",
+                    resp.body.len()
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// Status code and reason phrase as received (the reason cleaned, [`clean_peer_text`]).
 pub fn status_of(resp: &Response) -> (u16, String) {
-    let reason = resp
-        .wire_reason
-        .clone()
-        .unwrap_or_else(|| resp.status_code.text().to_string());
+    let reason = match &resp.wire_reason {
+        Some(r) => clean_peer_text(r),
+        None => resp.status_code.text().to_string(),
+    };
     (resp.status_code.code(), reason)
 }
 
-/// All non-plumbing headers, in order, as (name, value).
+/// All non-plumbing headers, in order, as (name, value); values cleaned ([`clean_peer_text`]).
 pub fn reported_headers(resp: &Response) -> Vec<(String, String)> {
     resp.headers
         .iter()
@@ -41,7 +99,7 @@ pub fn reported_headers(resp: &Response) -> Vec<(String, String)> {
             !PLUMBING.iter().any(|p| n.eq_ignore_ascii_case(p))
                 && !n.eq_ignore_ascii_case(LOCAL_MARKER)
         })
-        .map(|h| (h.name().to_string(), h.value().trim().to_string()))
+        .map(|h| (h.name().to_string(), clean_peer_text(h.value().trim())))
         .collect()
 }
 
@@ -179,6 +237,56 @@ mod tests {
         match rsipstack::sip::SipMessage::try_from(raw).unwrap() {
             rsipstack::sip::SipMessage::Response(r) => r,
             _ => panic!("not a response"),
+        }
+    }
+
+    /// A 503 whose Retry-After carries a 3,000-character comment, or control characters,
+    /// reaches the shipped response rules as a clean, bounded value: the reply is the rules'
+    /// `451 4.3.2` with every line within 512 octets, not a local rule error.
+    #[test]
+    fn peer_text_reaches_the_rules_clean_and_bounded() {
+        let rules = crate::ruleset::load(std::path::Path::new("rules"), 1).unwrap();
+        let rcpt = crate::envelope::Rcpt {
+            address: "+15551234567@cpm.example.net".into(),
+            ..Default::default()
+        };
+        let env = crate::envelope::Envelope {
+            mail_from: Default::default(),
+            rcpts: vec![rcpt.clone()],
+            client: Default::default(),
+            received_at: crate::ids::fixed_now(),
+        };
+        for retry_after in [
+            format!("60 ({})", "x".repeat(3000)),
+            "60 (a\u{1}b\u{7f}c\u{1b}[2J)".to_string(),
+        ] {
+            let raw = format!(
+                "SIP/2.0 503 Service Unavailable\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: x\r\nCSeq: 1 MESSAGE\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let outcome = final_outcome(&response(&raw), Mode::Pager);
+            let input = crate::mapper::ResponseInput {
+                envelope: &env,
+                rcpt: &rcpt,
+                uri: None,
+                outcome: &outcome,
+                cpim_body: false,
+                retried: &[],
+                imdn_requested: false,
+                now: crate::ids::fixed_now(),
+            };
+            let crate::mapper::ResponseDecision::Reply(reply) =
+                crate::mapper::respond(&rules, &input, None)
+            else {
+                panic!("no reply")
+            };
+            let wire = reply.to_wire();
+            assert!(wire.starts_with("451 4.3.2 "), "{wire}");
+            assert!(wire.contains("retry after 60 ("), "{wire}");
+            assert!(wire.len() <= crate::reply::MAX_LINE, "{}", wire.len());
+            assert!(
+                !wire.trim_end_matches("\r\n").chars().any(char::is_control),
+                "{wire:?}"
+            );
         }
     }
 

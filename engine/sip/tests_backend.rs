@@ -775,3 +775,97 @@ async fn tls_next_hop_with_a_configured_ca() {
     })
     .await;
 }
+
+/// A raw UDP peer that answers every request with `answers` in turn (each a status line
+/// plus extra header lines and a body, after the request's Via/From/To/Call-ID/CSeq).
+async fn scripted_udp_peer(answers: Vec<String>) -> std::net::SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf)).await
+        else {
+            return;
+        };
+        let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let copied: String = req
+            .split("\r\n")
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                ["via:", "from:", "to:", "call-id:", "cseq:"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        for answer in answers {
+            let (start, rest) = answer.split_once("\r\n").unwrap_or((&answer, ""));
+            let wire = format!("{start}\r\n{copied}{rest}");
+            let _ = sock.send_to(wire.as_bytes(), from).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    addr
+}
+
+/// RFC 3261 §18.1.2: a response that does not parse is no response. A 200 whose
+/// Content-Length promises 10^20 octets, or a status code of 2000, is discarded: the
+/// transaction ends in Timer F (a 4xx for the sender), never in a 2xx or a 5xx; and a good
+/// final response after the garbage still counts.
+#[tokio::test]
+async fn malformed_responses_are_discarded() {
+    bounded(async {
+        let cases: Vec<(Vec<String>, Option<u16>)> = vec![
+            (
+                vec!["SIP/2.0 200 OK\r\nContent-Length: 100000000000000000000\r\n\r\n".into()],
+                None,
+            ),
+            (
+                vec!["SIP/2.0 200 OK\r\nContent-Length: 50\r\n\r\nshort".into()],
+                None,
+            ),
+            (
+                vec!["SIP/2.0 2000 OK\r\nContent-Length: 0\r\n\r\n".into()],
+                None,
+            ),
+            (
+                vec!["SIP/2.0 099 Odd\r\nContent-Length: 0\r\n\r\n".into()],
+                None,
+            ),
+            (
+                vec![
+                    "SIP/2.0 2000 OK\r\nContent-Length: 0\r\n\r\n".into(),
+                    "SIP/2.0 486 Busy Here\r\nContent-Length: 0\r\n\r\n".into(),
+                ],
+                Some(486),
+            ),
+        ];
+        for (answers, want) in cases {
+            let first = answers[0].lines().next().unwrap_or_default().to_string();
+            let addr = scripted_udp_peer(answers).await;
+            let be = backend(SipConfig {
+                timers: timers(10),
+                ..SipConfig::default()
+            })
+            .await;
+            let outcome = be
+                .send_message(&delivery(&format!("sip:bob@{addr};transport=udp")))
+                .await;
+            match want {
+                Some(code) => assert_eq!(status_of(&outcome), Some(code), "{first}: {outcome:?}"),
+                None => assert!(
+                    matches!(
+                        outcome,
+                        Outcome::Failure {
+                            kind: FailureKind::Timeout,
+                            ..
+                        }
+                    ),
+                    "{first}: {outcome:?}"
+                ),
+            }
+        }
+    })
+    .await;
+}

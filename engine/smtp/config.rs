@@ -57,12 +57,26 @@ pub struct Limits {
     /// Concurrent sessions per client IP. When full: `421 4.7.0` and close. Note that a
     /// relay in front of the gateway (e.g. a local Postfix) is one IP for all its mail.
     pub connections_per_ip: usize,
-    /// Inactivity while waiting for a command (RFC 5321 §4.5.3.2.7: 5 min). Then
-    /// `421 4.4.2` and close.
+    /// Waiting for a command (RFC 5321 §4.5.3.2.7: 5 min): both the longest silence and
+    /// the whole time one command line may take to arrive, so a client that trickles a
+    /// byte at a time cannot hold a session longer. Then `421 4.4.2` and close.
     pub command_timeout: Duration,
     /// Inactivity while message content arrives (RFC 5321 §4.5.3.2.5 asks 3 min per
-    /// block; we are more lenient). Then `421 4.4.2` and close.
+    /// block; we are more lenient). Then `421 4.4.2` and close. The whole content must
+    /// also arrive within `data_timeout` plus one second per [`Limits::min_data_rate`]
+    /// octets received (Postfix's `smtpd_min_data_rate`).
     pub data_timeout: Duration,
+    /// Octets per second the content of a message must average (see `data_timeout`);
+    /// default 500, as Postfix. 0 turns the rate budget off.
+    pub min_data_rate: usize,
+    /// Under stress — at least three quarters of [`Limits::connections`] in use — the
+    /// budgets for a command line and for the base of the DATA budget shrink to this
+    /// (Postfix's `${stress?10}{300}`): slow and idle clients make room. Default 10 s.
+    pub stress_timeout: Duration,
+    /// When every session slot is taken, how long a new connection waits for one (as in
+    /// a listen queue) before it gets `421 4.3.2`. Default 5 s. The connections waiting
+    /// count against their address's [`Limits::connections_per_ip`].
+    pub connect_wait: Duration,
     /// Protocol errors (5.5.x replies: unknown command, syntax, sequence, line too long,
     /// bare CR/LF) tolerated in one session; the next one is answered `421 4.7.0` and the
     /// session closed.
@@ -85,6 +99,9 @@ impl Default for Limits {
             connections_per_ip: 50,
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
+            min_data_rate: 500,
+            stress_timeout: Duration::from_secs(10),
+            connect_wait: Duration::from_secs(5),
             bad_commands: 20,
         }
     }

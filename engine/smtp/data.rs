@@ -1,13 +1,17 @@
 //! DATA: the command, the content phase (I/O-free [`DataPhase`]) and the end-of-data reply.
 //!
-//! Unstuffing and end-of-data detection are smtp-proto's `DataReceiver` (it recognises only
-//! `CRLF.CRLF`, so `LF.LF` smuggling does not end a message early). Around it, [`DataPhase`]
-//! enforces the message size without buffering past the limit, measures text lines, and
-//! notices bare CR / LF, so the handler only ever sees a message within limits with CRLF
-//! line ends.
+//! End-of-data detection and dot-unstuffing are our own (`EndScan`), not smtp-proto's
+//! `DataReceiver`: smtp-proto 0.2.5 sets its "after CR" flag again after `CRLF .` and so
+//! takes `CRLF . CR CR LF` for the end of data — the SMTP-smuggling hole (smtpsmuggling.com).
+//! Here **only** `CRLF . CRLF` ends a message (the first CRLF may be the DATA command's own);
+//! every other variant (`LF . LF`, `CR . CR`, `CRLF . CR CR LF`, `CRLF NUL . CRLF`, ...) is
+//! content. Around the scan, [`DataPhase`] enforces the message size without buffering past
+//! the limit, measures text lines, and notices bare CR / LF: a message with one is read to
+//! its real end and then refused whole (`554 5.6.0`), so the handler only ever sees a
+//! message within limits with CRLF line ends, and nothing after a smuggled "end" is ever read
+//! as a command.
 
 use bytes::Buf;
-use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 
 use super::received;
 use super::replies;
@@ -28,64 +32,35 @@ pub(crate) enum ContentError {
     BareLineEnd,
 }
 
+/// Where the end-of-data scan is, between two octets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Just after a CRLF (or the DATA command's CRLF): a `.` here is special.
+    LineStart,
+    /// Inside a line.
+    Mid,
+    /// After a CR that is not yet known to be part of a CRLF (not yet emitted).
+    Cr,
+    /// After `.` at the start of a line (not yet emitted).
+    Dot,
+    /// After `.` CR at the start of a line: an LF now ends the data.
+    DotCr,
+}
+
 /// Receives message content after 354, up to and including `CRLF.CRLF`.
 pub(crate) struct DataPhase {
-    receiver: Receiver,
+    scan: Scan,
+    /// The unstuffed content, while within the size limit.
     message: Vec<u8>,
+    /// Unstuffed octets seen (kept or not).
+    size: usize,
     max_size: usize,
-    /// `message[..scanned]` has been through the line checks.
-    scanned: usize,
-    lines: LineScan,
-}
-
-enum Receiver {
-    /// Keeping the (unstuffed) content.
-    Keeping(DataReceiver),
-    /// Past the size limit: reading to the end of data, keeping nothing.
-    Discarding(DummyDataReceiver),
-}
-
-/// Line-length and line-end checks over unstuffed content, one byte at a time.
-#[derive(Debug, Default)]
-struct LineScan {
     /// Longest acceptable line without its CRLF.
-    max: usize,
+    max_line: usize,
     /// Length of the current line so far.
-    len: usize,
-    prev_cr: bool,
+    line_len: usize,
     too_long: bool,
     bare: bool,
-}
-
-impl LineScan {
-    fn scan(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.prev_cr {
-                self.prev_cr = false;
-                if b == b'\n' {
-                    self.len = 0;
-                    continue;
-                }
-                self.bare = true;
-                self.count(1);
-            }
-            match b {
-                b'\r' => self.prev_cr = true,
-                b'\n' => {
-                    self.bare = true;
-                    self.len = 0;
-                }
-                _ => self.count(1),
-            }
-        }
-    }
-
-    fn count(&mut self, n: usize) {
-        self.len += n;
-        if self.len > self.max {
-            self.too_long = true;
-        }
-    }
 }
 
 impl DataPhase {
@@ -93,94 +68,126 @@ impl DataPhase {
     /// `size_hint`: the SIZE= the client declared, to allocate once; bounded by `max_size`
     /// and [`PREALLOCATE_MAX`], so a declaration alone cannot reserve much memory.
     pub(crate) fn new(max_size: usize, max_line: usize, size_hint: Option<u64>) -> Self {
-        let mut receiver = DataReceiver::new();
-        // The CRLF that ended the DATA command starts the content: without it, a message
-        // that is empty (".\r\n" at once) or starts with a stuffed dot would not be seen.
-        receiver.ingest(&mut b"\r\n".iter(), &mut Vec::new());
         DataPhase {
-            receiver: Receiver::Keeping(receiver),
+            scan: Scan::LineStart,
             message: Vec::with_capacity(size_hint.map_or(0, |n| {
                 let n = usize::try_from(n).unwrap_or(usize::MAX);
                 n.min(max_size).min(PREALLOCATE_MAX)
             })),
+            size: 0,
             max_size,
-            scanned: 0,
-            lines: LineScan {
-                max: max_line.saturating_sub(2),
-                ..LineScan::default()
-            },
+            max_line: max_line.saturating_sub(2),
+            line_len: 0,
+            too_long: false,
+            bare: false,
+        }
+    }
+
+    /// Appends content octets (no CR or LF among them) to the current line.
+    fn text(&mut self, bytes: &[u8]) {
+        self.line_len = self.line_len.saturating_add(bytes.len());
+        if self.line_len > self.max_line {
+            self.too_long = true;
+        }
+        self.keep(bytes);
+    }
+
+    /// A bare CR or LF, kept as content (the message will be refused anyway).
+    fn bare(&mut self, octet: u8) {
+        self.bare = true;
+        self.line_len = 0;
+        self.keep(&[octet]);
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        self.size = self.size.saturating_add(bytes.len());
+        if self.size <= self.max_size {
+            self.message.extend_from_slice(bytes);
+        } else if !self.message.is_empty() || self.message.capacity() > 0 {
+            // Past the limit: keep nothing more, and give back what was kept.
+            self.message = Vec::new();
         }
     }
 
     /// Feeds input; returns how many octets were consumed and whether the end of data was
     /// seen. Input after the end of data is left unconsumed (pipelined commands).
     pub(crate) fn ingest(&mut self, input: &[u8]) -> (usize, bool) {
-        let mut rest = input;
-        loop {
-            match &mut self.receiver {
-                Receiver::Keeping(receiver) => {
-                    // Unstuffing only shrinks, so feeding at most `room` octets can never
-                    // grow the buffer past max_size + 2. The +2: one octet over the limit
-                    // proves "too big" only once the CR of a final CRLF (which the receiver
-                    // may still take back at the end) cannot be the one octet.
-                    let cap = self.max_size.saturating_add(2);
-                    let room = cap.saturating_sub(self.message.len());
-                    let chunk = &rest[..rest.len().min(room)];
-                    let mut iter = chunk.iter();
-                    let done = receiver.ingest(&mut iter, &mut self.message);
-                    let used = chunk.len() - iter.as_slice().len();
-                    rest = &rest[used..];
-                    if done {
-                        self.scan(true);
-                        return (input.len() - rest.len(), true);
-                    }
-                    if self.message.len() >= cap {
-                        let dummy = DummyDataReceiver::new_data(receiver);
-                        self.receiver = Receiver::Discarding(dummy);
-                        self.message = Vec::new();
-                        self.scanned = 0;
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.scan {
+                Scan::Mid | Scan::LineStart if b != b'\r' && b != b'\n' => {
+                    if self.scan == Scan::LineStart && b == b'.' {
+                        self.scan = Scan::Dot;
+                        i += 1;
                         continue;
                     }
-                    self.scan(false);
-                    if rest.is_empty() {
-                        return (input.len(), false);
+                    // The run of plain text up to the next CR or LF, in one go.
+                    let run = input[i..]
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .unwrap_or(input.len() - i);
+                    self.text(&input[i..i + run]);
+                    self.scan = Scan::Mid;
+                    i += run;
+                }
+                Scan::Mid | Scan::LineStart => {
+                    if b == b'\r' {
+                        self.scan = Scan::Cr;
+                    } else {
+                        self.bare(b'\n');
+                        self.scan = Scan::Mid;
+                    }
+                    i += 1;
+                }
+                Scan::Cr => {
+                    match b {
+                        b'\n' => {
+                            self.line_len = 0;
+                            self.keep(b"\r\n");
+                            self.scan = Scan::LineStart;
+                        }
+                        // The first CR was bare; this one may still start a CRLF.
+                        b'\r' => self.bare(b'\r'),
+                        _ => {
+                            self.bare(b'\r');
+                            self.scan = Scan::Mid;
+                            continue;
+                        }
+                    }
+                    i += 1;
+                }
+                Scan::Dot => {
+                    if b == b'\r' {
+                        self.scan = Scan::DotCr;
+                        i += 1;
+                    } else {
+                        // A stuffed dot (RFC 5321 §4.5.2): dropped; the octet is content.
+                        self.scan = Scan::Mid;
                     }
                 }
-                Receiver::Discarding(receiver) => {
-                    let mut iter = rest.iter();
-                    let done = receiver.ingest(&mut iter);
-                    let left = iter.as_slice().len();
-                    return (input.len() - left, done);
+                Scan::DotCr => {
+                    if b == b'\n' {
+                        return (i + 1, true);
+                    }
+                    // `CRLF . CR` + not LF: the dot was stuffing, the CR is bare (the
+                    // `Cr` state emits it when it sees this octet).
+                    self.scan = Scan::Cr;
                 }
             }
         }
-    }
-
-    /// Runs the line checks over what arrived since the last call. A trailing CR is left
-    /// for later unless `done`: it may be the start of a CRLF split across reads.
-    fn scan(&mut self, done: bool) {
-        let mut end = self.message.len();
-        if !done && self.message.last() == Some(&b'\r') {
-            end -= 1;
-        }
-        if end > self.scanned {
-            self.lines.scan(&self.message[self.scanned..end]);
-            self.scanned = end;
-        }
+        (input.len(), false)
     }
 
     /// The complete message, or why it is refused. Call after `ingest` returned `done`.
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, ContentError> {
-        if matches!(self.receiver, Receiver::Discarding(_)) || self.message.len() > self.max_size {
+        if self.size > self.max_size {
             return Err(ContentError::TooBig);
         }
-        if self.lines.prev_cr {
-            self.lines.bare = true;
-        }
-        if self.lines.bare {
+        if self.bare {
             return Err(ContentError::BareLineEnd);
         }
-        if self.lines.too_long {
+        if self.too_long {
             return Err(ContentError::LineTooLong);
         }
         Ok(std::mem::take(&mut self.message))
@@ -204,6 +211,8 @@ impl Session {
                 let hint = tx.envelope.mail_from.size;
                 let phase = DataPhase::new(limits.message_size, limits.text_line, hint);
                 self.state = State::Data(tx, Box::new(phase));
+                // Every message gets its own DATA budget (see `Session::read_deadline`).
+                self.waiting = None;
                 self.reply(replies::start_data())
             }
             State::Data(..) => unreachable!("no commands are read during DATA"),
@@ -345,17 +354,58 @@ mod tests {
         assert_eq!(rest, b"QUIT\r\n");
     }
 
+    /// Every end-of-data look-alike of the SMTP-smuggling research, and a few more: none
+    /// of them ends the message; the real `CRLF.CRLF` behind the smuggled transaction does,
+    /// and the whole thing is one message (refused when it holds a bare CR or LF).
     #[test]
-    fn smuggled_ends_do_not_end_the_message_and_are_refused() {
-        for chunks in [
-            &[&b"a\n.\nMAIL FROM:<x@y>\r\n.\r\n"[..]][..],
-            &[&b"a\r.\rMAIL\r\n.\r\n"[..]][..],
-            &[&b"a\n.\r\nMAIL\r\n.\r\n"[..]][..],
-        ] {
-            let (got, rest) = run(chunks, 1000, 1000);
-            assert_eq!(got, Err(ContentError::BareLineEnd), "{chunks:?}");
-            assert!(rest.is_empty());
+    fn only_crlf_dot_crlf_ends_the_data() {
+        let smuggled = b"MAIL FROM:<smuggled@evil.example>\r\nRCPT TO:<alice@cpm.example.net>\r\nDATA\r\nSpoofed\r\n";
+        let variants: &[(&[u8], Result<(), ContentError>)] = &[
+            (b"\n.\n", Err(ContentError::BareLineEnd)),
+            (b"\n.\r", Err(ContentError::BareLineEnd)),
+            (b"\r.\n", Err(ContentError::BareLineEnd)),
+            (b"\r.\r", Err(ContentError::BareLineEnd)),
+            (b"\n.\r\n", Err(ContentError::BareLineEnd)),
+            (b"\r.\r\n", Err(ContentError::BareLineEnd)),
+            (b"\r\n.\r\r\n", Err(ContentError::BareLineEnd)),
+            (b"\r\r\n.\r\r\n", Err(ContentError::BareLineEnd)),
+            (b"\r\n.\n", Err(ContentError::BareLineEnd)),
+            (b"\r\n.\r", Err(ContentError::BareLineEnd)),
+            (b"\r\n\x00.\r\n", Ok(())),
+            (b"\r\n .\r\n", Ok(())),
+        ];
+        for (end, want) in variants {
+            let mut input = b"hello".to_vec();
+            input.extend_from_slice(end);
+            input.extend_from_slice(smuggled);
+            input.extend_from_slice(b".\r\nQUIT\r\n");
+            // whole, and one octet at a time
+            for chunks in [vec![&input[..]], input.chunks(1).collect::<Vec<_>>()] {
+                let (got, rest) = run(&chunks, 10_000, 1000);
+                assert_eq!(
+                    got.as_ref().map(|_| ()),
+                    want.as_ref().map(|_| ()),
+                    "{:?}",
+                    String::from_utf8_lossy(end)
+                );
+                assert_eq!(rest, b"QUIT\r\n", "{:?}", String::from_utf8_lossy(end));
+                if let Ok(m) = got {
+                    assert!(
+                        m.ends_with(b"Spoofed\r\n"),
+                        "the smuggled lines are content"
+                    );
+                }
+            }
         }
+    }
+
+    #[test]
+    fn a_dot_line_after_a_bare_line_end_is_content() {
+        let (got, rest) = run(&[b"a\n.\r\nb\r\n.\r\n"], 1000, 1000);
+        assert_eq!(got, Err(ContentError::BareLineEnd));
+        assert!(rest.is_empty());
+        let (got, _) = run(&[b"a\r\n.\rb\r\n.\r\n"], 1000, 1000);
+        assert_eq!(got, Err(ContentError::BareLineEnd));
     }
 
     #[test]

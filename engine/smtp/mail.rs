@@ -96,7 +96,7 @@ pub(crate) fn check(
 }
 
 impl Session {
-    pub(super) fn mail(&mut self, from: ProtoMailFrom<'_>) -> Flow {
+    pub(super) fn mail(&mut self, from: ProtoMailFrom<'_>, line: &[u8]) -> Flow {
         match &self.state {
             State::Fresh => return self.reply(replies::need_hello(self.shared.protocol)),
             State::Mail(_) | State::Data(..) => return self.reply(replies::nested_mail()),
@@ -106,7 +106,10 @@ impl Session {
             return self.reply(replies::must_start_tls());
         }
         let esmtp = self.hello.as_ref().is_some_and(|h| h.esmtp);
-        if let Err(reply) = check(&from, esmtp, self.config()) {
+        // The raw values first: smtp-proto's numbers saturate (see `params`).
+        if let Err(reply) = super::params::check_mail(line, self.config().limits.message_size)
+            .and_then(|()| check(&from, esmtp, self.config()))
+        {
             return self.reply(reply);
         }
         let tx = Transaction {

@@ -15,6 +15,7 @@
 //! | `server.rs` | listener loop, connection limits (total and per client IP), shutdown and drain |
 //! | `session.rs` | one connection: the `State` enum, read/flush loop, timeouts, dispatch |
 //! | `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs` | one file per verb or phase; `data.rs` also holds the I/O-free DATA receiver |
+//! | `params.rs` | I/O-free bounded checks of MAIL/RCPT parameter values on the raw line |
 //! | `line.rs` | I/O-free command-line framing: CRLF only, bare CR/LF and over-long lines refused |
 //! | `received.rs` | the `Received:` trace header we prepend (RFC 5321 §4.4) |
 //! | `replies.rs` | every `NNN x.y.z text` this layer produces — the only place replies are written |
@@ -22,15 +23,20 @@
 //! | `tls.rs` | loading a rustls server configuration from PEM; the plain-or-TLS stream |
 //!
 //! Parsing of commands and their parameters is smtp-proto's (`Request::parse` on one complete
-//! line); unstuffing of DATA is smtp-proto's `DataReceiver`. Everything around them — framing,
-//! limits, what to reply — is here, and the pieces that need no socket (`line`, `data`,
+//! line), after the raw parameter values were checked against the RFC grammars here
+//! (`params`: smtp-proto's number parsers saturate). End-of-data detection and unstuffing are
+//! our own (`data`: only `CRLF.CRLF` ends DATA). Everything around them — framing, limits,
+//! what to reply — is here, and the pieces that need no socket (`line`, `data`, `params`,
 //! `received`, parameter checks in `mail`) have table tests of their own.
 //!
 //! # Extensions (EHLO / LHLO keywords)
 //! PIPELINING, SIZE n, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, DSN, DELIVERBY \[min\], and
 //! STARTTLS when [`SmtpConfig::tls`] is set and the session is not yet protected (see
 //! `spec/mapping-reference.md` §6 for why each). No AUTH, CHUNKING, BINARYMIME, VRFY, EXPN or
-//! ETRN. MAIL/RCPT parameters of extensions we do not advertise get `555 5.5.4`.
+//! ETRN. MAIL/RCPT parameters of extensions we do not advertise get `555 5.5.4`. A `BDAT`
+//! anyway has its chunk read and thrown away before `502 5.5.1`, so its octets are never
+//! taken for commands; a chunk size we cannot read past (not a number, or over the message
+//! size limit) gets `421 4.7.0` and the connection is closed.
 //!
 //! # Decisions worth knowing
 //! * **Bare CR or LF** in a command line → `500 5.5.2` (RFC 5321 §2.3.8: never guess a line
@@ -48,7 +54,12 @@
 //!   DSN's ORCPT alone may be 500 octets, RFC 3461 §4.2).
 //! * **Timeouts** are inactivity timeouts for each read, as RFC 5321 §4.5.3.2 defines them:
 //!   `command_timeout` while waiting for a command, `data_timeout` while message content
-//!   arrives. Expiry → `421 4.4.2` and close.
+//!   arrives — and budgets, since a client trickling a byte at a time never trips those: a
+//!   whole command line must arrive within `command_timeout`, a whole message within
+//!   `data_timeout` plus one second per `min_data_rate` octets. When three quarters of the
+//!   slots are in use (stress, Postfix's term) both budgets shrink to `stress_timeout`, and
+//!   a new connection finding every slot taken waits up to `connect_wait` for one before its
+//!   `421 4.3.2`. Expiry → `421 4.4.2` and close.
 //! * **Enhanced status codes** are on every reply except the greeting, EHLO/LHLO/HELO and 354
 //!   (RFC 2034 §3).
 //! * **Shutdown**: see [`serve`]. A session between commands gets `421 4.3.2` and is closed
@@ -94,6 +105,7 @@ mod data;
 mod ehlo;
 mod line;
 mod mail;
+mod params;
 mod rcpt;
 mod received;
 mod replies;

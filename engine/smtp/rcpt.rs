@@ -41,13 +41,6 @@ pub(crate) fn check(to: &ProtoRcptTo<'_>, esmtp: bool, smtputf8: bool) -> Result
     Ok(())
 }
 
-/// smtp-proto turns `<Postmaster>` (no domain, RFC 5321 §4.1.1.3) into an empty address,
-/// the same as `<>`; tell them apart by the line.
-fn postmaster(line: &[u8]) -> bool {
-    let lower = line.to_ascii_lowercase();
-    lower.windows(12).any(|w| w == b"<postmaster>")
-}
-
 impl Session {
     pub(super) async fn rcpt(&mut self, to: ProtoRcptTo<'_>, line: &[u8]) -> Flow {
         let limit = self.config().limits.recipients;
@@ -58,12 +51,14 @@ impl Session {
             State::Data(..) => unreachable!("no commands are read during DATA"),
             State::Mail(tx) => (tx.envelope.mail_from.smtputf8, tx.envelope.rcpts.len()),
         };
-        if let Err(reply) = check(&to, esmtp, smtputf8) {
+        if let Err(reply) =
+            super::params::check_rcpt(line).and_then(|()| check(&to, esmtp, smtputf8))
+        {
             return self.reply(reply);
         }
         let mut rcpt = Rcpt::from_proto(&to);
         if rcpt.address.is_empty() {
-            if !postmaster(line) {
+            if !crate::envelope::names_postmaster(line) {
                 return self.reply(replies::bad_recipient_syntax());
             }
             rcpt.address = "postmaster".to_string();
@@ -151,7 +146,9 @@ mod tests {
 
     #[test]
     fn postmaster_is_told_apart_from_null() {
-        assert!(postmaster(b"RCPT TO:<Postmaster>\r\n"));
-        assert!(!postmaster(b"RCPT TO:<>\r\n"));
+        assert!(crate::envelope::names_postmaster(
+            b"RCPT TO:<Postmaster>\r\n"
+        ));
+        assert!(!crate::envelope::names_postmaster(b"RCPT TO:<>\r\n"));
     }
 }

@@ -249,7 +249,35 @@ pub(crate) fn by_time_not_positive() -> Reply {
 }
 
 pub(crate) fn by_time_out_of_range() -> Reply {
-    r(501, "5.5.4", "BY time must have 1 to 9 digits (RFC 2852 4)")
+    r(
+        501,
+        "5.5.4",
+        "BY time must have 1 to 9 digits, then ;N or ;R (RFC 2852 4)",
+    )
+}
+
+pub(crate) fn duplicate_parameter() -> Reply {
+    r(501, "5.5.4", "A parameter may be given only once")
+}
+
+/// BDAT without CHUNKING on offer (RFC 3030): the chunk was read and thrown away, so the
+/// session stays in step.
+pub(crate) fn bdat_not_offered() -> Reply {
+    r(
+        502,
+        "5.5.1",
+        "BDAT not implemented (CHUNKING is not offered); chunk discarded",
+    )
+}
+
+/// BDAT whose chunk size we cannot or will not read past: its octets could otherwise be
+/// taken for commands.
+pub(crate) fn bdat_unframeable(host: &str) -> Reply {
+    r(
+        421,
+        "4.7.0",
+        format!("{host} BDAT not implemented and its chunk size is unusable; closing"),
+    )
 }
 
 pub(crate) fn by_time_below_minimum(min: u32) -> Reply {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,8 @@ pub struct ServeReport {
 /// Serves SMTP or LMTP on `listener` until `shutdown` completes, then drains.
 ///
 /// * Each connection gets a session (a tokio task). Over [`Limits::connections`] sessions
-///   a new connection gets `421 4.3.2` and is closed; over
+///   a new connection waits up to [`Limits::connect_wait`] for a slot, then gets
+///   `421 4.3.2` and is closed; over
 ///   [`Limits::connections_per_ip`] from one address, `421 4.7.0`.
 /// * When `shutdown` completes the listener is closed (new connections are refused by the
 ///   OS), and every session is told: one waiting for a command answers `421 4.3.2` and
@@ -44,6 +45,7 @@ pub struct ServeReport {
 ///
 /// [`Limits::connections`]: super::Limits::connections
 /// [`Limits::connections_per_ip`]: super::Limits::connections_per_ip
+/// [`Limits::connect_wait`]: super::Limits::connect_wait
 pub async fn serve(
     listener: TcpListener,
     protocol: Protocol,
@@ -52,14 +54,17 @@ pub async fn serve(
     shutdown: impl Future,
 ) -> ServeReport {
     let grace = config.shutdown_grace;
+    let slots = Arc::new(Semaphore::new(config.limits.connections));
     let shared = Arc::new(Shared {
+        slots: slots.clone(),
         protocol,
         handler,
         ids: AtomicU64::new(0),
         epoch: chrono::Utc::now().timestamp().max(0) as u64,
         config,
     });
-    let slots = Arc::new(Semaphore::new(shared.config.limits.connections));
+    // Connections waiting for a slot (at most as many as there are slots).
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let per_ip = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sessions = JoinSet::new();
@@ -83,22 +88,52 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    tracing::info!(%peer, "connection limit reached");
-                    crate::metrics::connection_refused(protocol, "limit");
-                    refuse(&socket, &replies::too_many_connections(&shared.config.hostname));
-                    continue;
-                };
                 let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), shared.config.limits.connections_per_ip) else {
                     tracing::info!(%peer, "per-IP connection limit reached");
                     crate::metrics::connection_refused(protocol, "per_ip");
                     refuse(&socket, &replies::too_many_connections_from_ip(&shared.config.hostname));
                     continue;
                 };
+                let limits = &shared.config.limits;
+                let permit = match slots.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    // All slots taken: wait a while, as in a listen queue (slow sessions
+                    // are cut sooner under stress, so one frees up), unless too many wait.
+                    Err(_) if !limits.connect_wait.is_zero()
+                        && waiting.load(Ordering::Relaxed) < limits.connections => None,
+                    Err(_) => {
+                        tracing::info!(%peer, "connection limit reached");
+                        crate::metrics::connection_refused(protocol, "limit");
+                        refuse(&socket, &replies::too_many_connections(&shared.config.hostname));
+                        continue;
+                    }
+                };
                 report.sessions += 1;
-                let session = Session::new(shared.clone(), socket, peer, stop_rx.clone());
-                let active = crate::metrics::session_started(protocol);
+                let shared = shared.clone();
+                let stop_rx = stop_rx.clone();
+                let slots = slots.clone();
+                let waiting = waiting.clone();
                 sessions.spawn(async move {
+                    let permit = match permit {
+                        Some(permit) => permit,
+                        None => {
+                            waiting.fetch_add(1, Ordering::Relaxed);
+                            let wait = shared.config.limits.connect_wait;
+                            let got = tokio::time::timeout(wait, slots.acquire_owned()).await;
+                            waiting.fetch_sub(1, Ordering::Relaxed);
+                            match got {
+                                Ok(Ok(permit)) => permit,
+                                _ => {
+                                    tracing::info!(%peer, "connection limit reached");
+                                    crate::metrics::connection_refused(protocol, "limit");
+                                    refuse(&socket, &replies::too_many_connections(&shared.config.hostname));
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    let session = Session::new(shared, socket, peer, stop_rx);
+                    let active = crate::metrics::session_started(protocol);
                     session.run().await;
                     drop(active);
                     drop(ip_slot);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use smtp_proto::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -39,6 +39,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// What all sessions of one listener share.
 pub(crate) struct Shared {
     pub config: SmtpConfig,
+    /// The listener's session slots: how many are free tells whether it is under stress.
+    pub slots: Arc<tokio::sync::Semaphore>,
     pub protocol: Protocol,
     pub handler: Arc<dyn MailHandler>,
     /// Source of transaction ids (for Received: and logs).
@@ -48,6 +50,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// At least three quarters of the session slots are in use: budgets shrink to
+    /// [`Limits::stress_timeout`](super::Limits::stress_timeout).
+    pub(crate) fn stressed(&self) -> bool {
+        let total = self.config.limits.connections;
+        let used = total.saturating_sub(self.slots.available_permits());
+        used.saturating_mul(4) >= total.saturating_mul(3)
+    }
+
     fn next_id(&self) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
         format!("{:08X}{:06X}", self.epoch & 0xFFFF_FFFF, n)
@@ -101,6 +111,11 @@ pub(crate) struct Session {
     pub hello: Option<Hello>,
     pub tls: bool,
     errors: usize,
+    /// Octets of a BDAT chunk still to be thrown away (CHUNKING is not offered).
+    skip: u64,
+    /// The current wait for input: content (DATA, a BDAT chunk) or not, since when, and
+    /// how many octets arrived during it (for the whole-command and DATA budgets).
+    pub(super) waiting: Option<(bool, tokio::time::Instant, usize)>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -122,6 +137,8 @@ impl Session {
             hello: None,
             tls: false,
             errors: 0,
+            skip: 0,
+            waiting: None,
             shutdown,
         }
     }
@@ -151,20 +168,15 @@ impl Session {
             }
             // Everything buffered is answered: wait for more.
             self.flush().await?;
-            let in_data = matches!(self.state, State::Data(..));
+            let in_data = matches!(self.state, State::Data(..)) || self.skip > 0;
             if !in_data && self.shutting_down() {
                 self.queue(&replies::shutting_down(&self.shared.config.hostname));
                 return self.close().await;
             }
-            let limits = &self.shared.config.limits;
-            let timeout = if in_data {
-                limits.data_timeout
-            } else {
-                limits.command_timeout
-            };
+            let deadline = self.read_deadline(in_data);
             self.rbuf.reserve(READ_CHUNK);
             let read = tokio::select! {
-                read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.rbuf)) => Some(read),
+                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)) => Some(read),
                 () = wait_for_shutdown(&mut self.shutdown), if !in_data => None,
             };
             let Some(read) = read else {
@@ -178,15 +190,74 @@ impl Session {
                     return self.close().await;
                 }
                 Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => {
+                    if let Some((_, _, got)) = &mut self.waiting {
+                        *got = got.saturating_add(n);
+                    }
+                }
                 Ok(Err(e)) => return Err(e),
             }
         }
     }
 
+    /// When the next read gives up: the longest silence allowed, or the end of the budget
+    /// of the whole command line / message content, whichever comes first.
+    ///
+    /// A command line's budget is [`Limits::command_timeout`](super::Limits) from when the
+    /// session began waiting for it; content's is `data_timeout` plus one second per
+    /// `min_data_rate` octets received. Under stress both bases shrink to `stress_timeout`.
+    fn read_deadline(&mut self, in_data: bool) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let limits = &self.shared.config.limits;
+        // A new wait starts when the kind of input changes, or (for commands) when no
+        // part of a command line is pending.
+        let continuing = matches!(self.waiting, Some((kind, ..)) if kind == in_data)
+            && (in_data || !self.rbuf.is_empty());
+        if !continuing {
+            self.waiting = Some((in_data, now, 0));
+        }
+        let (_, since, got) = self.waiting.unwrap_or((in_data, now, 0));
+        let stressed = self.shared.stressed();
+        let (silence, base) = if in_data {
+            let base = if stressed {
+                limits.stress_timeout
+            } else {
+                limits.data_timeout
+            };
+            (limits.data_timeout, base)
+        } else {
+            let base = if stressed {
+                limits.stress_timeout
+            } else {
+                limits.command_timeout
+            };
+            (limits.command_timeout, base)
+        };
+        let earned = if in_data && limits.min_data_rate > 0 {
+            Duration::from_secs((got / limits.min_data_rate) as u64)
+        } else {
+            Duration::ZERO
+        };
+        (now + silence).min(since + base + earned)
+    }
+
     /// Processes everything buffered; returns `Continue` when more input is needed.
     async fn process_input(&mut self) -> Flow {
         loop {
+            if self.skip > 0 {
+                let n = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(self.rbuf.len());
+                self.rbuf.advance(n);
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    return Flow::Continue;
+                }
+                let flow = self.reply(replies::bdat_not_offered());
+                if flow != Flow::Continue {
+                    return flow;
+                }
+            }
             if matches!(self.state, State::Data(..)) {
                 match self.data_input().await {
                     None => return Flow::Continue,
@@ -224,25 +295,42 @@ impl Session {
             self.queue(&replies::shutting_down(&self.shared.config.hostname));
             return Flow::Close;
         }
+        let verb = line.get(..4).unwrap_or_default();
+        // Before any other check: whatever the rest of the line looks like, a BDAT chunk
+        // follows it, and must not be read as commands.
+        if verb.eq_ignore_ascii_case(b"BDAT")
+            && line.get(4).is_none_or(|&b| b == b' ' || b == b'\r')
+        {
+            return self.bdat(&line);
+        }
         if std::str::from_utf8(&line).is_err() {
             return self.reply(replies::command_not_utf8());
         }
         // Only MAIL and RCPT get the parameter allowance (see `command_line_max`).
-        let verb = line.get(..4).unwrap_or_default();
         let with_params = verb.eq_ignore_ascii_case(b"MAIL") || verb.eq_ignore_ascii_case(b"RCPT");
         if line.len() > self.shared.config.limits.command_line && !with_params {
             return self.reply(replies::command_line_too_long());
         }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
-            Err(e) => return self.reply(parse_error(e)),
+            Err(e) => {
+                // smtp-proto refuses some values our bounded checks answer more precisely
+                // (a 20-digit SIZE is well formed and too big: 552, RFC 1870).
+                if verb.eq_ignore_ascii_case(b"MAIL")
+                    && let Err(reply) =
+                        super::params::check_mail(&line, self.config().limits.message_size)
+                {
+                    return self.reply(reply);
+                }
+                return self.reply(parse_error(e));
+            }
         };
         tracing::trace!(peer = %self.peer, verb = request.name(), "command");
         match request {
             Request::Ehlo { host } => self.hello(super::ehlo::Verb::Ehlo, host),
             Request::Helo { host } => self.hello(super::ehlo::Verb::Helo, host),
             Request::Lhlo { host } => self.hello(super::ehlo::Verb::Lhlo, host),
-            Request::Mail { from } => self.mail(from),
+            Request::Mail { from } => self.mail(from, &line),
             Request::Rcpt { to } => self.rcpt(to, &line).await,
             Request::Data => self.data_command(),
             Request::Rset => {
@@ -268,6 +356,32 @@ impl Session {
             | Request::Burl { .. }
             | Request::Bdat { .. }
             | Request::Auth { .. }) => self.reply(replies::not_implemented(other.name())),
+        }
+    }
+
+    /// BDAT (RFC 3030) although CHUNKING is not offered: its chunk follows the line at once,
+    /// so it is read and thrown away before the `502`; were it not, its octets would be
+    /// parsed as commands. A size we cannot read past ends the session.
+    fn bdat(&mut self, line: &[u8]) -> Flow {
+        let size = line
+            .get(4..)
+            .unwrap_or_default()
+            .trim_ascii()
+            .split(|&b| b == b' ')
+            .next()
+            .filter(|s| (1..=20).contains(&s.len()) && s.iter().all(u8::is_ascii_digit))
+            .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok())
+            .filter(|&n| n <= self.shared.config.limits.message_size as u64);
+        match size {
+            Some(0) => self.reply(replies::bdat_not_offered()),
+            Some(n) => {
+                self.skip = n;
+                Flow::Continue
+            }
+            None => {
+                self.queue(&replies::bdat_unframeable(&self.shared.config.hostname));
+                Flow::Close
+            }
         }
     }
 

@@ -506,7 +506,10 @@ async fn recipients_past_the_limit_get_452() {
 async fn connections_over_the_limits_get_421() {
     let server = Server::start(
         Protocol::Smtp,
-        config(|c| c.limits.connections = 2),
+        config(|c| {
+            c.limits.connections = 2;
+            c.limits.connect_wait = Duration::ZERO;
+        }),
         Recorder::default(),
     )
     .await;
@@ -736,7 +739,9 @@ async fn sequencing_and_syntax_errors() {
     c.expect("VRFY postmaster", "502 5.5.1").await;
     c.expect("EXPN list", "502 5.5.1").await;
     c.expect("ETRN example.org", "502 5.5.1").await;
-    c.expect("BDAT 10 LAST", "502 5.5.1").await;
+    // the chunk behind BDAT is read and thrown away, never taken for commands
+    c.send_bytes(b"BDAT 12 LAST\r\nQUIT\r\nRSET\r\n").await;
+    c.expect_reply("502 5.5.1").await;
     c.expect("STARTTLS", "502 5.5.1").await;
     c.expect("FOO", "500 5.5.1").await;
     c.send_bytes(b"NOOP \xff\xfe\r\n").await;
@@ -1069,4 +1074,250 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .split(':')
         .map(|dir| std::path::Path::new(dir).join(name))
         .find(|p| p.is_file())
+}
+
+/// SMTP smuggling (smtpsmuggling.com): every end-of-data look-alike, each followed by a
+/// smuggled transaction, all pipelined over one connection. Only `CRLF.CRLF` ends DATA, so
+/// each DATA section is one message (refused when it holds a bare CR or LF) and the
+/// smuggled MAIL/RCPT/DATA lines are never answered as commands.
+#[tokio::test]
+async fn smuggled_end_of_data_variants_never_yield_a_second_transaction() {
+    let variants: &[&[u8]] = &[
+        b"\n.\n",
+        b"\n.\r",
+        b"\r.\n",
+        b"\r.\r",
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n.\r\r\n",
+        b"\r\r\n.\r\r\n",
+        b"\r\n\x00.\r\n",
+    ];
+    let server = Server::smtp().await;
+    let mut c = server.hello().await;
+    let mut wire = Vec::new();
+    for end in variants {
+        wire.extend_from_slice(
+            b"MAIL FROM:<real@mail.example.org>\r\nRCPT TO:<alice@cpm.example.net>\r\nDATA\r\n",
+        );
+        wire.extend_from_slice(b"Subject: real\r\n\r\nhello");
+        wire.extend_from_slice(end);
+        wire.extend_from_slice(
+            b"MAIL FROM:<smuggled@evil.example>\r\nRCPT TO:<bob@cpm.example.net>\r\nDATA\r\nSubject: spoofed\r\n\r\nspoofed\r\n.\r\n",
+        );
+    }
+    wire.extend_from_slice(b"QUIT\r\n");
+    c.send_bytes(&wire).await;
+    let mut replies = Vec::new();
+    for _ in 0..variants.len() * 4 + 1 {
+        replies.push(c.reply().await);
+    }
+    for (i, end) in variants.iter().enumerate() {
+        let r = &replies[i * 4..i * 4 + 4];
+        assert!(r[0].starts_with("250") && r[1].starts_with("250"), "{r:?}");
+        assert!(r[2].starts_with("354"), "{r:?}");
+        let want = if end.contains(&b'\x00') {
+            "250"
+        } else {
+            "554 5.6.0"
+        };
+        assert!(
+            r[3].starts_with(want),
+            "{:?}: {r:?}",
+            String::from_utf8_lossy(end)
+        );
+    }
+    assert!(replies.last().unwrap().starts_with("221"), "{replies:?}");
+    let messages = server.handler.messages();
+    assert_eq!(
+        messages.len(),
+        1,
+        "only the NUL variant is a (single) valid message"
+    );
+    assert_eq!(messages[0].0.mail_from.address, "real@mail.example.org");
+    assert_eq!(messages[0].0.rcpts.len(), 1);
+    assert!(
+        messages[0].1.windows(8).any(|w| w == b"spoofed\r"),
+        "the smuggled lines are content of the real message"
+    );
+    let rcpts = server.handler.rcpts.lock().unwrap();
+    assert!(
+        rcpts.iter().all(|r| r.address == "alice@cpm.example.net"),
+        "{rcpts:?}"
+    );
+}
+
+/// BDAT without CHUNKING: the chunk (here full of commands) is discarded before the 502; a
+/// size that cannot be read past closes the connection instead.
+#[tokio::test]
+async fn bdat_chunks_are_never_read_as_commands() {
+    let server = Server::smtp().await;
+    let mut c = server.hello().await;
+    let chunk = b"MAIL FROM:<x@evil.example>\r\nRCPT TO:<bob@cpm.example.net>\r\n";
+    let mut wire = format!(
+        "MAIL FROM:<a@mail.example.org>\r\nBDAT {} LAST\r\n",
+        chunk.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(chunk);
+    wire.extend_from_slice(b"RSET\r\n");
+    c.send_bytes(&wire).await;
+    c.expect_reply("250").await;
+    c.expect_reply("502 5.5.1").await;
+    c.expect_reply("250").await;
+    assert!(server.handler.rcpts.lock().unwrap().is_empty());
+    for bad in [
+        "BDAT 99999999999999999999999 LAST",
+        "BDAT x",
+        "BDAT 20000000",
+    ] {
+        let mut c = server.hello().await;
+        c.expect(bad, "421 4.7.0").await;
+        assert!(c.closed().await, "{bad}");
+    }
+}
+
+/// Parameter values past their grammar's bounds (smtp-proto's parsers saturate).
+#[tokio::test]
+async fn out_of_range_parameters_are_refused() {
+    let server = Server::smtp().await;
+    let mut c = server.hello().await;
+    c.expect(
+        "MAIL FROM:<a@mail.example.org> SIZE=999999999999999999999",
+        "501 5.5.4",
+    )
+    .await;
+    c.expect(
+        "MAIL FROM:<a@mail.example.org> SIZE=99999999999999999999",
+        "552 5.3.4",
+    )
+    .await;
+    c.expect(
+        "MAIL FROM:<a@mail.example.org> BY=99999999999999999999;R",
+        "501 5.5.4",
+    )
+    .await;
+    c.expect(
+        "MAIL FROM:<a@mail.example.org> BY=-99999999999999999999;N",
+        "501 5.5.4",
+    )
+    .await;
+    c.expect("MAIL FROM:<a@mail.example.org> SIZE=100", "250")
+        .await;
+    c.expect(
+        "RCPT TO:<b@cpm.example.net> NOTIFY=SUCCESS NOTIFY=FAILURE",
+        "501 5.5.4",
+    )
+    .await;
+    c.expect("QUIT", "221").await;
+}
+
+/// A connection that finds every slot taken waits for one (as in a listen queue) instead of
+/// being refused at once; past `connect_wait` it gets `421 4.3.2`.
+#[tokio::test]
+async fn a_full_listener_makes_new_connections_wait_for_a_slot() {
+    let server = Server::start(
+        Protocol::Smtp,
+        config(|c| {
+            c.limits.connections = 1;
+            c.limits.connect_wait = Duration::from_secs(3);
+        }),
+        Recorder::default(),
+    )
+    .await;
+    let mut first = server.connect().await;
+    let waiter = tokio::spawn({
+        let addr = server.addr;
+        async move {
+            let mut c = Client::new(TcpStream::connect(addr).await.unwrap());
+            let greeting = c.reply().await;
+            (greeting, c)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.expect("QUIT", "221").await;
+    let (greeting, mut c) = waiter.await.unwrap();
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    // and one that waits longer than connect_wait is refused
+    let start = std::time::Instant::now();
+    let mut late = Client::new(TcpStream::connect(server.addr).await.unwrap());
+    late.expect_reply("421 4.3.2").await;
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    c.expect("QUIT", "221").await;
+}
+
+async fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((ip, 0))).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// Slowloris (RFC 5321 §4.5.3.2 timeouts are per read, so a byte now and then would hold a
+/// slot for ever): many clients from several addresses trickle a byte every 200 ms and
+/// fill the listener. The whole-command budget, shrunk under stress, cuts them, and a
+/// legitimate client from another address gets its mail through with a 250 meanwhile.
+#[tokio::test]
+async fn trickling_clients_do_not_starve_legitimate_mail() {
+    let server = Server::start(
+        Protocol::Smtp,
+        config(|c| {
+            c.limits.connections = 20;
+            c.limits.connections_per_ip = 10;
+            c.limits.stress_timeout = Duration::from_secs(1);
+            c.limits.connect_wait = Duration::from_secs(5);
+        }),
+        Recorder::default(),
+    )
+    .await;
+    let addr = server.addr;
+    let mut tricklers = Vec::new();
+    for ip in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+        for _ in 0..10 {
+            tricklers.push(tokio::spawn(async move {
+                let mut s = connect_from(ip, addr).await;
+                // one byte of "EHLO x" every 200 ms, never a whole line; then the reply
+                let mut cut = Vec::new();
+                for b in b"EHLO trickle.example".iter().cycle().take(200) {
+                    if s.write_all(&[*b]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let mut buf = [0u8; 512];
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+                    {
+                        cut.extend_from_slice(&buf[..n]);
+                        if n == 0 || cut.windows(3).any(|w| w == b"421") {
+                            break;
+                        }
+                    }
+                }
+                String::from_utf8_lossy(&cut).into_owned()
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = std::time::Instant::now();
+    let legit = connect_from([127, 0, 0, 4], addr).await;
+    let mut c = Client::new(legit);
+    let greeting = c.reply().await;
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    c.expect("EHLO legit.example", "250").await;
+    c.expect("MAIL FROM:<a@mail.example.org>", "250").await;
+    c.expect("RCPT TO:<b@cpm.example.net>", "250").await;
+    c.expect("DATA", "354").await;
+    c.expect("Subject: hi\r\n\r\nhello\r\n.", "250").await;
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "legitimate mail took {took:?}"
+    );
+    for t in tricklers {
+        let got = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("trickler ends")
+            .unwrap();
+        assert!(got.contains("421 4.4.2") || got.is_empty(), "{got}");
+    }
+    assert_eq!(server.handler.messages().len(), 1);
 }

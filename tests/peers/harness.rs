@@ -203,6 +203,8 @@ pub struct IwfOptions<'a> {
     /// The YAML configuration file's text (written to a temporary file).
     pub config: &'a str,
     pub lmtp: bool,
+    /// Another rule-set directory than the shipped `rules/`.
+    pub rules: Option<&'a Path>,
 }
 
 impl Default for IwfOptions<'_> {
@@ -212,6 +214,7 @@ impl Default for IwfOptions<'_> {
             next_hop: None,
             config: "",
             lmtp: false,
+            rules: None,
         }
     }
 }
@@ -222,7 +225,7 @@ impl Iwf {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_iwf"));
         cmd.arg(o.command)
             .arg("--rules")
-            .arg(rules_dir())
+            .arg(o.rules.map_or_else(rules_dir, Path::to_path_buf))
             .args([
                 "--smtp-listen",
                 "127.0.0.1:0",
@@ -585,4 +588,51 @@ impl Proc {
 /// output.
 pub fn run(name: &str, cmd: &mut Command, limit: Duration) -> (ExitStatus, String) {
     Proc::spawn(name, cmd).finish(limit)
+}
+
+/// An aiosmtpd sink that keeps every mail it receives (`tests/peers/sink.py`): bounces,
+/// DSNs, smarthost deliveries.
+pub struct Sink {
+    pub port: u16,
+    _proc: Proc,
+    dir: tempfile::TempDir,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(false);
+        let mut proc = Proc::spawn(
+            "sink",
+            Command::new(PYTHON)
+                .arg(asset("sink.py"))
+                .arg(port.to_string())
+                .arg(dir.path()),
+        );
+        if wait_until(Duration::from_secs(10), || {
+            listening(false, port).then_some(())
+        })
+        .is_none()
+        {
+            proc.kill();
+            panic!("the aiosmtpd sink did not listen: {}", proc.output());
+        }
+        Sink {
+            _proc: proc,
+            port,
+            dir,
+        }
+    }
+
+    pub fn mails(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort();
+        files
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+            .collect()
+    }
 }

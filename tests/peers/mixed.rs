@@ -16,14 +16,14 @@ use serde_json::json;
 
 use super::harness::{Iwf, IwfOptions, PYTHON, R, require, smtplib};
 
-struct Cpm {
+pub(super) struct Cpm {
     rt: tokio::runtime::Runtime,
     answerer: Answerer,
     received: tokio::sync::mpsc::UnboundedReceiver<ReceivedRequest>,
 }
 
 impl Cpm {
-    fn start(policy: impl Fn(&ReceivedRequest) -> Reply + Send + Sync + 'static) -> Cpm {
+    pub(super) fn start(policy: impl Fn(&ReceivedRequest) -> Reply + Send + Sync + 'static) -> Cpm {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let (answerer, received) = rt
             .block_on(Answerer::start(AnswererConfig {
@@ -38,12 +38,12 @@ impl Cpm {
         }
     }
 
-    fn next_hop(&self) -> String {
+    pub(super) fn next_hop(&self) -> String {
         format!("sip:{};transport=udp", self.answerer.udp_addr().unwrap())
     }
 
     /// MESSAGEs received so far per Request-URI (waits 300 ms for stragglers).
-    fn counts(&mut self) -> BTreeMap<String, usize> {
+    pub(super) fn counts(&mut self) -> BTreeMap<String, usize> {
         let mut seen = BTreeMap::new();
         let received = &mut self.received;
         self.rt.block_on(async {
@@ -152,7 +152,13 @@ fn smtp_retry_after_a_temporary_failure_delivers_each_recipient_once() {
         "first attempt: {replies:?}\n{}",
         iwf.proc.output()
     );
-    assert!(replies[0].1.contains("<+15551230002@cpm.example.net>"));
+    // the one reply speaks for both recipients: it names neither (issue: Exim's bounce for
+    // one recipient cited the other's reason)
+    assert!(!replies[0].1.contains("@cpm.example.net"), "{replies:?}");
+    assert!(
+        replies[0].1.contains("1 of 2 CPM recipients"),
+        "{replies:?}"
+    );
     assert!(replies[1].is(250, "2.0.0"), "retry: {replies:?}");
     let counts = cpm.counts();
     assert_eq!(

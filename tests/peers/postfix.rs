@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::harness::{
-    self, Iwf, IwfOptions, PYTHON, Proc, SipRequest, Sipp, Transport, asset, free_port, require,
+    self, Iwf, IwfOptions, PYTHON, Sink, SipRequest, Sipp, Transport, asset, free_port, require,
     smtplib, wait_until,
 };
 
@@ -93,52 +93,6 @@ impl Postfix {
 impl Drop for Postfix {
     fn drop(&mut self) {
         let _ = self.script("stop");
-    }
-}
-
-/// The aiosmtpd sink that receives the bounces (`tests/peers/sink.py`).
-struct Sink {
-    _proc: Proc,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Sink {
-    fn start() -> Sink {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port(false);
-        let mut proc = Proc::spawn(
-            "sink",
-            Command::new(PYTHON)
-                .arg(asset("sink.py"))
-                .arg(port.to_string())
-                .arg(dir.path()),
-        );
-        if wait_until(Duration::from_secs(10), || {
-            harness::listening(false, port).then_some(())
-        })
-        .is_none()
-        {
-            proc.kill();
-            panic!("the aiosmtpd sink did not listen: {}", proc.output());
-        }
-        Sink {
-            _proc: proc,
-            port,
-            dir,
-        }
-    }
-
-    fn mails(&self) -> Vec<String> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
-        files.sort();
-        files
-            .iter()
-            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
-            .collect()
     }
 }
 
@@ -304,4 +258,91 @@ fn postfix_bounces_a_permanent_sip_failure() {
     let got = sipp.wait_requests(1, Duration::from_secs(5));
     assert_eq!(transactions(&got), 1, "{got:#?}");
     assert!(pf.queue().contains("Mail queue is empty"));
+}
+
+/// RFC 5321 §4.5.1: `postmaster` (unqualified, and at a served domain, in any case) is
+/// accepted and reaches the configured mailbox (`postmaster_mailbox`, a rule setting)
+/// through the smarthost, here a private Postfix delivering into a Maildir; postmaster at a
+/// domain we do not serve is still a relay attempt.
+#[test]
+fn postmaster_reaches_the_configured_mailbox_through_postfix() {
+    if !available() {
+        return;
+    }
+    let sip = free_port(true);
+    let pf_port = free_port(false);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("postfix");
+    let env = vec![
+        ("PF_DIR", dir.display().to_string()),
+        ("PF_PORT", pf_port.to_string()),
+        ("GW_PORT", free_port(false).to_string()),
+        ("BOUNCE_PORT", free_port(false).to_string()),
+        ("MAILBOX_DOMAINS", "mail.example.org".to_string()),
+    ];
+    let pf = Postfix {
+        dir: dir.clone(),
+        port: pf_port,
+        env,
+        _tmp: tmp,
+    };
+    let (status, out) = pf.script("start");
+    assert!(
+        status.success(),
+        "postfix did not start:\n{out}\n{}",
+        pf.log()
+    );
+    let iwf = Iwf::start(IwfOptions {
+        next_hop: Some(format!("sip:127.0.0.1:{sip};transport=udp")),
+        config: &format!("smarthost: 127.0.0.1:{pf_port}\n"),
+        ..IwfOptions::default()
+    });
+    let r = smtplib(
+        iwf.smtp,
+        json!({"ehlo": "client.iwf.test", "transactions": [{
+            "mail_from": "alice@bounce.test",
+            "rcpts": [["postmaster", []], ["PostMaster@cpm.example.net", []], ["postmaster@elsewhere.example", []]],
+            "data": "From: Alice <alice@bounce.test>\nTo: postmaster\nSubject: for the postmaster\n\
+                     Message-ID: <pm-1@bounce.test>\n\nabuse report\n"
+        }]}),
+        Duration::from_secs(30),
+    );
+    let t = &r.transactions[0];
+    assert!(t.rcpts[0].is(250, "2.1.5"), "{r:?}");
+    assert!(t.rcpts[1].is(250, "2.1.5"), "{r:?}");
+    assert!(t.rcpts[2].is(550, "5.7.1"), "{r:?}");
+    assert!(
+        t.data.as_ref().is_some_and(|d| d.0 == 250),
+        "{r:?}\n{}",
+        iwf.proc.output()
+    );
+    let sent = pf.wait_log(
+        &["to=<postmaster@mail.example.org>", "status=sent"],
+        Duration::from_secs(20),
+    );
+    assert!(sent.is_some(), "not delivered\n{}", context(&pf, &iwf));
+    let maildir = dir.join("mail/all/new");
+    let mails: Vec<String> = std::fs::read_dir(&maildir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        mails.len(),
+        1,
+        "one copy for both postmaster recipients: {mails:?}"
+    );
+    assert!(
+        mails[0].contains("Subject: for the postmaster"),
+        "{}",
+        mails[0]
+    );
+    assert!(mails[0].contains("abuse report"), "{}", mails[0]);
+    assert!(
+        mails[0].contains("Return-Path: <alice@bounce.test>"),
+        "{}",
+        mails[0]
+    );
 }
