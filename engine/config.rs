@@ -25,6 +25,10 @@ pub struct ConfigFile {
     pub sip_tls: SipTlsFile,
     /// `host:port` of the MTA that takes our DSNs.
     pub smarthost: Option<String>,
+    /// CPM -> e-mail: longest wait for the smarthost, connect to its reply to DATA (default 20).
+    pub smarthost_timeout_secs: Option<u64>,
+    /// Also listen for SIP over TCP on the `sip_listen` address (CPM -> e-mail requests).
+    pub sip_tcp: Option<bool>,
     /// How long a CPM peer's refusal (415 to CPIM, 488 to MSRP, 413) is remembered, in
     /// seconds (default 3600; 0 = not at all).
     pub peer_memory_secs: Option<u64>,
@@ -120,6 +124,8 @@ pub struct Config {
     pub sip_listen: SocketAddr,
     pub next_hop: Option<String>,
     pub smarthost: Option<String>,
+    /// CPM -> e-mail: the wait for the smarthost.
+    pub smarthost_timeout: Duration,
     /// How long a peer's refusals are remembered (`peer_memory_secs`).
     pub peer_memory: Duration,
     pub smtp: crate::smtp::SmtpConfig,
@@ -319,7 +325,9 @@ impl Config {
             tls: sip_tls,
             ..crate::sip::SipConfig::default()
         };
-        if next_hop
+        if file.sip_tcp == Some(true) {
+            sip.tcp_listen = Some(sip_addr);
+        } else if next_hop
             .as_deref()
             .is_some_and(|h| h.contains("transport=tcp"))
         {
@@ -398,6 +406,7 @@ impl Config {
             sip_listen: sip_addr,
             next_hop,
             smarthost: file.smarthost,
+            smarthost_timeout: Duration::from_secs(file.smarthost_timeout_secs.unwrap_or(20)),
             peer_memory: Duration::from_secs(file.peer_memory_secs.unwrap_or(3600)),
             smtp,
             sip,

@@ -15,6 +15,11 @@
 //!                                         ─► mapper::aggregate (phase: transaction) ─► reply
 //! ```
 //!
+//! The other direction ([`reverse`], CPM → e-mail): the SIP sockets also answer MESSAGE to
+//! mail users; phases `cpm_address`, `cpm_message`, `cpm_response` turn it into a mail that
+//! [`smtp_client`] hands to the smarthost, and the smarthost's reply into the SIP answer
+//! (202 only after its 250).
+//!
 //! Every mapping decision is a rule in `rules/` ([`ruleset`], compiled from the [`dsl`]);
 //! Rust provides the mechanisms: parsing ([`envelope`], [`mail`]), rendering ([`render`]:
 //! SIP on rsipstack's types, CPIM, resource-lists, with one header [`render::encoder`]
@@ -50,6 +55,7 @@ pub mod plan;
 pub mod reload;
 pub mod render;
 pub mod reply;
+pub mod reverse;
 pub mod ruleset;
 pub mod selftest;
 pub mod server;
@@ -57,4 +63,5 @@ pub mod shutdown;
 pub mod sip;
 pub mod smarthost;
 pub mod smtp;
+pub mod smtp_client;
 pub mod store;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use iwf::dryrun::{self, Options};
 use iwf::envelope::{Client, MailFrom, Rcpt};
-use iwf::ids::{RandomIds, SequentialIds};
+use iwf::ids::{Ids, RandomIds, SequentialIds};
 use iwf::ruleset::{self, diag};
 
 #[derive(Parser)]
@@ -244,9 +244,16 @@ struct MapArgs {
     /// MSRP chunk size for large mode.
     #[arg(long, default_value_t = 2048)]
     chunk_size: usize,
+    /// CPM -> e-mail: a SIP request in wire format (FILE, or - for standard input) instead
+    /// of a mail; prints the envelope and the mail for the smarthost, or the SIP response.
+    #[arg(long, value_name = "FILE", conflicts_with = "file")]
+    sip: Option<PathBuf>,
+    /// With --sip: the smarthost offers SMTPUTF8 (UTF-8 headers are then not RFC 2047-encoded).
+    #[arg(long, requires = "sip")]
+    smtputf8: bool,
     /// The mail (RFC 5322), or - for standard input.
-    #[arg(value_name = "FILE")]
-    file: PathBuf,
+    #[arg(value_name = "FILE", required_unless_present = "sip")]
+    file: Option<PathBuf>,
 }
 
 fn map(a: MapArgs) -> ExitCode {
@@ -257,15 +264,21 @@ fn map(a: MapArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let Some(file) = a.sip.as_ref().or(a.file.as_ref()) else {
+        return ExitCode::FAILURE;
+    };
     let mut raw = Vec::new();
-    let read = if a.file.as_os_str() == "-" {
+    let read = if file.as_os_str() == "-" {
         std::io::stdin().read_to_end(&mut raw).map(|_| ())
     } else {
-        std::fs::read(&a.file).map(|d| raw = d)
+        std::fs::read(file).map(|d| raw = d)
     };
     if let Err(e) = read {
-        eprintln!("error: cannot read {}: {e}", a.file.display());
+        eprintln!("error: cannot read {}: {e}", file.display());
         return ExitCode::FAILURE;
+    }
+    if a.sip.is_some() {
+        return map_sip(&rules, &raw, &a);
     }
     let raw = iwf::mail::crlf_line_ends(raw);
     let mail_from = match a.mail_from.as_deref().map(MailFrom::parse).transpose() {
@@ -321,6 +334,63 @@ fn map(a: MapArgs) -> ExitCode {
         Format::Sip => print!("{}", render_text(&run)),
     }
     ExitCode::SUCCESS
+}
+
+/// `iwf map --sip`: the CPM -> e-mail dry run, for a smarthost offering 8BITMIME, DSN and
+/// DELIVERBY (and SMTPUTF8 with --smtputf8) that answers DATA with 250.
+fn map_sip(rules: &ruleset::RuleSet, raw: &[u8], a: &MapArgs) -> ExitCode {
+    let caps = iwf::smtp_client::Caps {
+        eightbitmime: true,
+        dsn: true,
+        deliverby: true,
+        smtputf8: a.smtputf8,
+        ..Default::default()
+    };
+    let (token, now) = if a.deterministic {
+        (SequentialIds::new().token(), iwf::ids::fixed_now())
+    } else {
+        (RandomIds.token(), chrono::Utc::now())
+    };
+    let run = iwf::reverse::uas::dry_run(rules, raw, &caps, token, now, a.explain);
+    match a.format {
+        Format::Json => match serde_json::to_string_pretty(&run) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Format::Sip => print!("{}", render_sip_run(&run)),
+    }
+    ExitCode::SUCCESS
+}
+
+fn render_sip_run(run: &iwf::reverse::uas::DryRun) -> String {
+    let mut out = String::new();
+    if let (Some(env), Some(mail)) = (&run.envelope, &run.mail) {
+        out.push_str("=== envelope ===\n");
+        for l in env {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push_str("=== mail ===\n");
+        out.push_str(mail);
+        out.push_str("=== SIP response after the smarthost's 250 ===\n");
+    } else {
+        out.push_str("=== SIP response ===\n");
+    }
+    out.push_str(&run.response);
+    out.push('\n');
+    if !run.explain.is_empty() {
+        out.push_str("=== rules that fired ===\n");
+        for f in &run.explain {
+            out.push_str(&format!("{:<12} {:<30} {}\n", f.phase, f.rule, f.at));
+            for (k, v) in &f.values {
+                out.push_str(&format!("{:<12}   {k} = {v}\n", ""));
+            }
+        }
+    }
+    out
 }
 
 fn render_text(run: &dryrun::DryRun) -> String {

@@ -155,6 +155,7 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
     } else if !t.expect.is_empty() {
         errs.push("`expect` needs a `mail`".into());
     }
+    errs.extend(crate::reverse::selftest::run(rules, t, now));
     for (i, case) in t.response.iter().enumerate() {
         let mode = if case.mode.as_deref() == Some("large") {
             Mode::Large

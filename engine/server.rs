@@ -44,11 +44,43 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         );
         cfg.sip.outbound_proxy = Some(endpoint.uri.clone());
         _demo = Some(endpoint);
+        if cfg.smarthost.is_none() {
+            let sink = crate::reverse::sink::start().await?;
+            println!(
+                "demo: in-process smarthost at {sink} prints every mail it receives (CPM -> e-mail)"
+            );
+            cfg.smarthost = Some(sink);
+        }
     }
-    let backend = RsipBackend::start(cfg.sip.clone())
+    // CPM -> e-mail: the UAS on the same SIP sockets (engine/reverse), sharing the thread
+    // store with the mail -> CPM direction (which remembers what the CPM side accepted).
+    let threads: Arc<dyn crate::reverse::ThreadStore> =
+        Arc::new(crate::reverse::MemoryThreads::default());
+    let uas = Arc::new(crate::reverse::Uas::new(
+        reloader.rules(),
+        Arc::new(RandomIds),
+        threads.clone(),
+        crate::reverse::UasConfig {
+            smarthost: cfg.smarthost.clone(),
+            helo: cfg.hostname.clone(),
+            smtp_timeout: cfg.smarthost_timeout,
+            answer_cache: cfg.sip.timers.timer_f(),
+            ..Default::default()
+        },
+    ));
+    let backend = RsipBackend::start_with_uas(cfg.sip.clone(), Some(uas))
         .await
         .map_err(|e| anyhow::anyhow!("SIP back end: {e}"))?;
-    let sip: Arc<dyn SipBackend> = Arc::new(crate::metrics::MeteredSip(Arc::new(backend)));
+    if let Some(a) = backend.udp_addr() {
+        println!("iwf: SIP (CPM -> e-mail MESSAGE) listening on udp {a}");
+    }
+    if let Some(p) = backend.tcp_port() {
+        println!("iwf: SIP (CPM -> e-mail MESSAGE) listening on tcp port {p}");
+    }
+    let sip: Arc<dyn SipBackend> = Arc::new(crate::reverse::threads::Remembering {
+        inner: Arc::new(crate::metrics::MeteredSip(Arc::new(backend))),
+        threads,
+    });
     let large = cfg.large.clone();
     let rules = reloader.rules();
     let _watcher = crate::reload::spawn(reloader, &cfg.reload, shutdown.clone())?;

@@ -187,6 +187,7 @@ fn snapshots() {
     fixture_mails();
     corpus_mails();
     rule_diagnostics();
+    crate::cpm_to_mail::sip_fixtures();
 }
 
 #[test]

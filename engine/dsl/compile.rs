@@ -348,8 +348,8 @@ impl Compiler<'_> {
     }
 
     fn call(&mut self, name: &str, name_span: Span, args: &[Expr], span: Span) -> (Code, Ty) {
-        if name == "lookup" {
-            return self.lookup(args, name_span, span);
+        if name == "lookup" || name == "reverse_lookup" {
+            return self.lookup(args, name_span, span, name == "reverse_lookup");
         }
         if let Some((slot, ty, header_name)) = self.scope.field_fn(name) {
             let [arg] = args else {
@@ -378,6 +378,7 @@ impl Compiler<'_> {
                 .map(|b| b.name.to_string())
                 .collect();
             names.push("lookup".into());
+            names.push("reverse_lookup".into());
             let hint = did_you_mean(name, &names);
             return self.err(name_span, format!("unknown function `{name}`{hint}"));
         };
@@ -410,12 +411,15 @@ impl Compiler<'_> {
         (Code::Builtin(b, codes), b.ret.ty())
     }
 
-    fn lookup(&mut self, args: &[Expr], name_span: Span, span: Span) -> (Code, Ty) {
+    /// `lookup(table, key)`, or with `reverse` `reverse_lookup(table, value)`: the key of
+    /// the first entry (in key order) whose value is that string.
+    fn lookup(&mut self, args: &[Expr], name_span: Span, span: Span, reverse: bool) -> (Code, Ty) {
+        let fname = if reverse { "reverse_lookup" } else { "lookup" };
         let [table, key] = args else {
             return self.err(
                 span,
                 format!(
-                    "lookup() takes 2 arguments (table, key), found {}",
+                    "{fname}() takes 2 arguments (table, key), found {}",
                     args.len()
                 ),
             );
@@ -435,6 +439,17 @@ impl Compiler<'_> {
         };
         let (k, kt) = self.expr(key);
         self.expect(key.span, &kt, &Ty::Str, "the key of lookup()");
+        if reverse {
+            let mut inverted = BTreeMap::new();
+            for (key, v) in t.iter() {
+                if let Some(v) = v.as_str() {
+                    inverted
+                        .entry(v.to_string())
+                        .or_insert_with(|| Value::str(key.as_str()));
+                }
+            }
+            return (Code::Lookup(Arc::new(inverted), Box::new(k)), Ty::Str);
+        }
         let ty = common_ty(t.values().map(Value::ty));
         (Code::Lookup(t, Box::new(k)), ty)
     }

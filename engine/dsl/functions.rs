@@ -331,6 +331,20 @@ pub static BUILTINS: &[Builtin] = &[
         |a| Ok(Value::str(pct(s(&a[0]))))
     ),
     builtin!(
+        "unpct",
+        [Str],
+        1,
+        Str,
+        false,
+        "percent-decode (RFC 3986 §2.1); absent when the result is not UTF-8",
+        |a| Ok(
+            match percent_encoding::percent_decode_str(s(&a[0])).decode_utf8() {
+                Ok(d) => Value::str(d.into_owned()),
+                Err(_) => Value::Null,
+            }
+        )
+    ),
+    builtin!(
         "quote",
         [Str],
         1,
@@ -385,6 +399,20 @@ pub static BUILTINS: &[Builtin] = &[
         |a| {
             let t = DateTime::<Utc>::from_timestamp(i(&a[0]), 0).ok_or("date out of range")?;
             Ok(Value::str(t.format("%Y-%m-%dT%H:%M:%SZ").to_string()))
+        }
+    ),
+    builtin!(
+        "mail_date",
+        [Int],
+        1,
+        Str,
+        false,
+        "RFC 5322 §3.3 date in UTC (`Fri, 21 Nov 2025 14:03:07 +0000`) from Unix seconds",
+        |a| {
+            let t = DateTime::<Utc>::from_timestamp(i(&a[0]), 0).ok_or("date out of range")?;
+            Ok(Value::str(
+                t.format("%a, %d %b %Y %H:%M:%S +0000").to_string(),
+            ))
         }
     ),
 ];

@@ -99,8 +99,15 @@ fn render(
     body: Vec<u8>,
     contact: Option<&str>,
 ) -> Result<Request, RenderError> {
-    let uri = Uri::try_from(delivery.request_uri.as_str())
+    let mut uri = Uri::try_from(delivery.request_uri.as_str())
         .map_err(|_| RenderError::BadUri(delivery.request_uri.clone()))?;
+    // rsip keeps the user part as written but percent-encodes it when writing: decode it
+    // here, or `sip:alice%40mail.example.org@…` would go out as `alice%2540…`.
+    if let Some(auth) = uri.auth.as_mut()
+        && let Ok(user) = percent_encoding::percent_decode_str(&auth.user).decode_utf8()
+    {
+        auth.user = user.into_owned();
+    }
     let lines = header_lines(&method, delivery, stamp, content_type, body.len(), contact)?;
     let headers: Headers = lines
         .into_iter()

@@ -65,6 +65,16 @@ pub struct RawRule {
     pub report: Option<Spanned<String>>,
     #[serde(default)]
     pub stop: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sip_reply: Option<Spanned<String>>,
+    #[serde(default)]
+    pub encoding: Option<Spanned<String>>,
+    #[serde(default)]
+    pub envelope_from: Option<Spanned<String>>,
+    #[serde(default)]
+    pub notify: Option<Spanned<String>>,
 }
 
 /// One self-test case (a file under `tests/` holds a list of them).
@@ -95,6 +105,58 @@ pub struct SelfTest {
     /// Response-phase cases: outcome → expected reply.
     #[serde(default)]
     pub response: Vec<ResponseCase>,
+    /// CPM → e-mail: a SIP request in wire format (LF line ends are fine) …
+    #[serde(default)]
+    pub sip: Option<String>,
+    /// … and what it must become (for a smarthost offering 8BITMIME and DSN).
+    #[serde(default)]
+    pub sip_expect: Option<SipExpect>,
+    /// CPM → e-mail: smarthost outcome → expected SIP response.
+    #[serde(default)]
+    pub cpm_response: Vec<CpmResponseCase>,
+}
+
+/// What a CPM → e-mail self-test expects.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipExpect {
+    /// The SIP response: a refusal, or 202 after the smarthost's 250.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// RCPT TO address.
+    #[serde(default)]
+    pub rcpt: Option<String>,
+    /// Mail headers that must be present with exactly these values (unfolded).
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// Mail headers that must be absent.
+    #[serde(default)]
+    pub absent: Vec<String>,
+    /// Text the mail must contain.
+    #[serde(default)]
+    pub mail_contains: Vec<String>,
+}
+
+/// A cpm_response self-test: an SMTP reply (or failure) → the SIP status.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpmResponseCase {
+    #[serde(default)]
+    pub code: Option<u16>,
+    /// Enhanced status, e.g. `5.1.1`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// `connect`, `ehlo`, `mail`, `rcpt`, `data` (default `data`).
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// `timeout`, `connect`, `protocol` instead of a reply.
+    #[serde(default)]
+    pub failure: Option<String>,
+    /// Expected SIP status.
+    pub sip: u16,
+    /// Expected Retry-After value, when one must be there.
+    #[serde(default)]
+    pub retry_after: Option<String>,
 }
 
 /// What a self-test expects for one recipient.

@@ -471,6 +471,15 @@ fn compile_rule(
                             ),
                         ));
                     }
+                    if let (Action::SipReply, Code::Const(Value::Str(v))) = (action, &code)
+                        && let Err(e) = crate::reverse::SipAnswer::parse(v)
+                    {
+                        diags.push(src.at_value(
+                            &s.referenced,
+                            &s.value,
+                            format!("invalid SIP response: {e}"),
+                        ));
+                    }
                     if let (Action::Reject | Action::Reply, Code::Const(Value::Str(v))) =
                         (action, &code)
                         && let Err(e) = crate::reply::Reply::parse(v)
@@ -495,7 +504,7 @@ fn compile_rule(
         }
     };
     type Single<'r> = (Action, &'r Option<Spanned<String>>, Option<Ty>);
-    let singles: [Single; 15] = [
+    let singles: [Single; 20] = [
         (Action::Uri, &raw.uri, Some(Ty::Str)),
         (Action::Reject, &raw.reject, Some(Ty::Str)),
         (Action::Mode, &raw.mode, Some(Ty::Str)),
@@ -511,6 +520,11 @@ fn compile_rule(
         (Action::Mailbox, &raw.mailbox, Some(Ty::Str)),
         (Action::Learn, &raw.learn, Some(Ty::Str)),
         (Action::Report, &raw.report, Some(Ty::Str)),
+        (Action::Address, &raw.address, Some(Ty::Str)),
+        (Action::SipReply, &raw.sip_reply, Some(Ty::Str)),
+        (Action::Encoding, &raw.encoding, Some(Ty::Str)),
+        (Action::EnvelopeFrom, &raw.envelope_from, Some(Ty::Str)),
+        (Action::Notify, &raw.notify, Some(Ty::Str)),
     ];
     // Header maps come first so that a rule's headers are set before its mode/body decisions.
     let maps = [

@@ -12,6 +12,11 @@ pub const RECIPIENT: u8 = 2;
 pub const MESSAGE: u8 = 4;
 pub const RESPONSE: u8 = 8;
 pub const TRANSACTION: u8 = 16;
+/// The CPM → e-mail direction (`engine/reverse`).
+pub const CPM_ADDRESS: u8 = 32;
+pub const CPM_MESSAGE: u8 = 64;
+pub const CPM_RESPONSE: u8 = 128;
+const CPM: u8 = CPM_ADDRESS | CPM_MESSAGE | CPM_RESPONSE;
 
 const ENV: u8 = RECIPIENT | MESSAGE | RESPONSE | TRANSACTION;
 const RCPT: u8 = RECIPIENT | MESSAGE | RESPONSE;
@@ -48,10 +53,15 @@ pub enum Action {
     Learn,
     Report,
     Stop,
+    Address,
+    SipReply,
+    Encoding,
+    EnvelopeFrom,
+    Notify,
 }
 
 impl Action {
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 25] = [
         Action::Uri,
         Action::Reject,
         Action::SetHeader,
@@ -72,6 +82,11 @@ impl Action {
         Action::Learn,
         Action::Report,
         Action::Stop,
+        Action::Address,
+        Action::SipReply,
+        Action::Encoding,
+        Action::EnvelopeFrom,
+        Action::Notify,
     ];
 
     pub fn key(self) -> &'static str {
@@ -96,6 +111,11 @@ impl Action {
             Action::Learn => "learn",
             Action::Report => "report",
             Action::Stop => "stop",
+            Action::Address => "address",
+            Action::SipReply => "sip_reply",
+            Action::Encoding => "encoding",
+            Action::EnvelopeFrom => "envelope_from",
+            Action::Notify => "notify",
         }
     }
 
@@ -112,6 +132,7 @@ impl Action {
             Action::Retry => Some(&["large", "text", "pager"]),
             Action::Learn => Some(&["no-cpim", "no-msrp", "too-big"]),
             Action::Report => Some(&["relayed"]),
+            Action::Encoding => Some(&["7bit", "8bit", "quoted-printable", "base64"]),
             _ => None,
         }
     }
@@ -156,6 +177,15 @@ impl Action {
                 "accept the recipient and relay the mail unchanged to this mail address through the smarthost (postmaster, RFC 5321 §4.5.1)"
             }
             Action::Stop => "true: no later rule of this phase runs",
+            Action::Address => "the e-mail address that stands for this CPM address",
+            Action::SipReply => {
+                "answer the SIP request with this final response, e.g. `404 Not Found`"
+            }
+            Action::Encoding => {
+                "Content-Transfer-Encoding of the mail body: `7bit`, `8bit`, `quoted-printable` or `base64`"
+            }
+            Action::EnvelopeFrom => "the reverse-path of MAIL FROM (\"\" for <>)",
+            Action::Notify => "NOTIFY= of RCPT TO when the next hop offers DSN, e.g. `FAILURE`",
         }
     }
 }
@@ -211,6 +241,33 @@ pub static PHASES: &[PhaseDef] = &[
         bit: TRANSACTION,
         doc: "the per-recipient replies of one SMTP transaction → its one DATA reply (and a DSN)",
         actions: &[Action::Reply, Action::Dsn, Action::Stop],
+    },
+    PhaseDef {
+        name: "cpm_address",
+        bit: CPM_ADDRESS,
+        doc: "a CPM address (SIP/tel URI of a SIP request, CPIM or history list) → the e-mail address that stands for it",
+        actions: &[Action::Address, Action::SipReply, Action::Stop],
+    },
+    PhaseDef {
+        name: "cpm_message",
+        bit: CPM_MESSAGE,
+        doc: "SIP MESSAGE (text/plain, CPIM, RFC 5365 history) → the RFC 5322 mail and its envelope, or a SIP refusal",
+        actions: &[
+            Action::SetHeader,
+            Action::AppendHeader,
+            Action::RemoveHeader,
+            Action::Encoding,
+            Action::EnvelopeFrom,
+            Action::Notify,
+            Action::SipReply,
+            Action::Stop,
+        ],
+    },
+    PhaseDef {
+        name: "cpm_response",
+        bit: CPM_RESPONSE,
+        doc: "the smarthost's SMTP outcome → the SIP final response to the MESSAGE",
+        actions: &[Action::SipReply, Action::SetHeader, Action::Stop],
     },
 ];
 
@@ -290,6 +347,58 @@ pub enum F {
     AddrDomain,
     AddrName,
     AddrRole,
+    CpmNow,
+    CpmUri,
+    CpmScheme,
+    CpmUser,
+    CpmHost,
+    CpmName,
+    CpmRole,
+    SipMethod,
+    SipRequestUri,
+    SipFromUri,
+    SipFromName,
+    SipToUri,
+    SipCallId,
+    SipDate,
+    SipPriority,
+    SipExpires,
+    SipContentType,
+    SipBodySize,
+    SipSubject,
+    SipTransport,
+    SipSource,
+    CpimPresent,
+    CpimFromUri,
+    CpimFromName,
+    CpimTo,
+    CpimDatetime,
+    CpimSubject,
+    CpimMessageId,
+    CpimDispositions,
+    ContentType,
+    ContentCharset,
+    ContentText,
+    ContentSize,
+    HistoryTo,
+    HistoryCc,
+    HistoryBcc,
+    HistoryCount,
+    TargetAddress,
+    FromAddress,
+    FromName,
+    Token,
+    NextHopSmtputf8,
+    NextHop8bitmime,
+    NextHopDsn,
+    ThreadInReplyTo,
+    ThreadReferences,
+    SmtpCode,
+    SmtpStatus,
+    SmtpText,
+    SmtpStage,
+    SmtpFailure,
+    ContentError,
 }
 
 /// Field functions (one string literal argument, usually a header name).
@@ -302,6 +411,8 @@ pub enum Fn {
     MailHeaderCount,
     PlanHeader,
     SipHeader,
+    SipRequestHeader,
+    CpimHeader,
 }
 
 /// Static types of fields, in a form usable in a const table.
@@ -778,6 +889,358 @@ pub static FIELDS: &[(&str, F, T, u8, &str)] = &[
         ADDRESS,
         "where it came from: rcpt, from, to, cc",
     ),
+    (
+        "now",
+        F::CpmNow,
+        T::Int,
+        CPM,
+        "the current time, Unix seconds",
+    ),
+    (
+        "cpm.uri",
+        F::CpmUri,
+        T::Str,
+        CPM_ADDRESS,
+        "the CPM address being mapped (the URI inside any <>)",
+    ),
+    (
+        "cpm.scheme",
+        F::CpmScheme,
+        T::Str,
+        CPM_ADDRESS,
+        "its scheme, lower case: sip, sips, tel, im",
+    ),
+    (
+        "cpm.user",
+        F::CpmUser,
+        T::Str,
+        CPM_ADDRESS,
+        "its user part (sip) or number (tel), percent-decoded, parameters removed",
+    ),
+    (
+        "cpm.host",
+        F::CpmHost,
+        T::Str,
+        CPM_ADDRESS,
+        "its host, lower case (absent for tel)",
+    ),
+    (
+        "cpm.name",
+        F::CpmName,
+        T::Str,
+        CPM_ADDRESS,
+        "its display name, when it came with one",
+    ),
+    (
+        "cpm.role",
+        F::CpmRole,
+        T::Str,
+        CPM_ADDRESS,
+        "where it came from: target (Request-URI), from, to, cc, bcc",
+    ),
+    (
+        "sip.method",
+        F::SipMethod,
+        T::Str,
+        CPM_MESSAGE,
+        "method of the SIP request",
+    ),
+    (
+        "sip.request_uri",
+        F::SipRequestUri,
+        T::Str,
+        CPM_MESSAGE,
+        "its Request-URI",
+    ),
+    (
+        "sip.from_uri",
+        F::SipFromUri,
+        T::Str,
+        CPM_MESSAGE,
+        "URI of the SIP From header",
+    ),
+    (
+        "sip.from_name",
+        F::SipFromName,
+        T::Str,
+        CPM_MESSAGE,
+        "display name of the SIP From header",
+    ),
+    (
+        "sip.to_uri",
+        F::SipToUri,
+        T::Str,
+        CPM_MESSAGE,
+        "URI of the SIP To header",
+    ),
+    ("sip.call_id", F::SipCallId, T::Str, CPM_MESSAGE, "Call-ID"),
+    (
+        "sip.date",
+        F::SipDate,
+        T::Int,
+        CPM_MESSAGE,
+        "SIP Date as Unix seconds; absent when missing or unparsable",
+    ),
+    (
+        "sip.priority",
+        F::SipPriority,
+        T::Str,
+        CPM_MESSAGE,
+        "SIP Priority, lower case (RFC 3261 §20.26)",
+    ),
+    (
+        "sip.expires",
+        F::SipExpires,
+        T::Int,
+        CPM_MESSAGE,
+        "SIP Expires, seconds",
+    ),
+    (
+        "sip.content_type",
+        F::SipContentType,
+        T::Str,
+        CPM_MESSAGE,
+        "type/subtype of the SIP body, lower case",
+    ),
+    (
+        "sip.body_size",
+        F::SipBodySize,
+        T::Int,
+        CPM_MESSAGE,
+        "bytes of the SIP body",
+    ),
+    (
+        "sip.subject",
+        F::SipSubject,
+        T::Str,
+        CPM_MESSAGE,
+        "SIP Subject",
+    ),
+    (
+        "sip.transport",
+        F::SipTransport,
+        T::Str,
+        CPM_MESSAGE,
+        "transport the request came over: UDP, TCP, TLS",
+    ),
+    (
+        "sip.source",
+        F::SipSource,
+        T::Str,
+        CPM_MESSAGE,
+        "sent-by of the top Via (host or host:port)",
+    ),
+    (
+        "cpim.present",
+        F::CpimPresent,
+        T::Bool,
+        CPM_MESSAGE,
+        "the body is message/cpim (RFC 3862)",
+    ),
+    (
+        "cpim.from_uri",
+        F::CpimFromUri,
+        T::Str,
+        CPM_MESSAGE,
+        "URI of CPIM From",
+    ),
+    (
+        "cpim.from_name",
+        F::CpimFromName,
+        T::Str,
+        CPM_MESSAGE,
+        "display name of CPIM From",
+    ),
+    (
+        "cpim.to",
+        F::CpimTo,
+        T::StrList,
+        CPM_MESSAGE,
+        "URIs of CPIM To",
+    ),
+    (
+        "cpim.datetime",
+        F::CpimDatetime,
+        T::Int,
+        CPM_MESSAGE,
+        "CPIM DateTime as Unix seconds",
+    ),
+    (
+        "cpim.subject",
+        F::CpimSubject,
+        T::Str,
+        CPM_MESSAGE,
+        "CPIM Subject",
+    ),
+    (
+        "cpim.message_id",
+        F::CpimMessageId,
+        T::Str,
+        CPM_MESSAGE,
+        "imdn.Message-ID (RFC 5438)",
+    ),
+    (
+        "cpim.dispositions",
+        F::CpimDispositions,
+        T::StrList,
+        CPM_MESSAGE,
+        "imdn.Disposition-Notification values, lower case",
+    ),
+    (
+        "content.type",
+        F::ContentType,
+        T::Str,
+        CPM_MESSAGE,
+        "type/subtype of the content (the CPIM inner entity, else the SIP body), lower case",
+    ),
+    (
+        "content.charset",
+        F::ContentCharset,
+        T::Str,
+        CPM_MESSAGE,
+        "its charset parameter, lower case",
+    ),
+    (
+        "content.text",
+        F::ContentText,
+        T::Str,
+        CPM_MESSAGE,
+        "the content as text when it is text/* in UTF-8 or US-ASCII",
+    ),
+    (
+        "content.size",
+        F::ContentSize,
+        T::Int,
+        CPM_MESSAGE,
+        "bytes of the content",
+    ),
+    (
+        "history.to",
+        F::HistoryTo,
+        T::StrList,
+        CPM_MESSAGE,
+        "mail addresses of the RFC 5365 recipient-list-history entries with copyControl to",
+    ),
+    (
+        "history.cc",
+        F::HistoryCc,
+        T::StrList,
+        CPM_MESSAGE,
+        "... with copyControl cc",
+    ),
+    (
+        "history.bcc",
+        F::HistoryBcc,
+        T::StrList,
+        CPM_MESSAGE,
+        "... with copyControl bcc (never written into the mail)",
+    ),
+    (
+        "history.count",
+        F::HistoryCount,
+        T::Int,
+        CPM_MESSAGE,
+        "entries in the history list, mapped or not",
+    ),
+    (
+        "target.address",
+        F::TargetAddress,
+        T::Str,
+        CPM_MESSAGE | CPM_RESPONSE,
+        "the mail address the Request-URI maps to (the RCPT TO)",
+    ),
+    (
+        "from.address",
+        F::FromAddress,
+        T::Str,
+        CPM_MESSAGE,
+        "the mail address the sender maps to (CPIM From, else SIP From)",
+    ),
+    (
+        "from.name",
+        F::FromName,
+        T::Str,
+        CPM_MESSAGE,
+        "the sender's display name (CPIM From, else SIP From)",
+    ),
+    (
+        "token",
+        F::Token,
+        T::Str,
+        CPM_MESSAGE,
+        "a fresh random token for this request (Message-ID, ENVID, bounce address)",
+    ),
+    (
+        "next_hop.smtputf8",
+        F::NextHopSmtputf8,
+        T::Bool,
+        CPM_MESSAGE,
+        "the smarthost offers SMTPUTF8 (RFC 6531)",
+    ),
+    (
+        "next_hop.eightbitmime",
+        F::NextHop8bitmime,
+        T::Bool,
+        CPM_MESSAGE,
+        "the smarthost offers 8BITMIME (RFC 6152)",
+    ),
+    (
+        "next_hop.dsn",
+        F::NextHopDsn,
+        T::Bool,
+        CPM_MESSAGE,
+        "the smarthost offers DSN (RFC 3461)",
+    ),
+    (
+        "thread.in_reply_to",
+        F::ThreadInReplyTo,
+        T::Str,
+        CPM_MESSAGE,
+        "Message-ID (no <>) of the mail this conversation started from, when known",
+    ),
+    (
+        "thread.references",
+        F::ThreadReferences,
+        T::Str,
+        CPM_MESSAGE,
+        "References of that mail plus its Message-ID, each in <>, when known",
+    ),
+    (
+        "smtp.code",
+        F::SmtpCode,
+        T::Int,
+        CPM_RESPONSE,
+        "the smarthost's reply code (to DATA, or to the command that failed); absent on a failure",
+    ),
+    (
+        "smtp.status",
+        F::SmtpStatus,
+        T::Str,
+        CPM_RESPONSE,
+        "its enhanced status code (RFC 3463), e.g. 5.1.1",
+    ),
+    ("smtp.text", F::SmtpText, T::Str, CPM_RESPONSE, "its text"),
+    (
+        "smtp.stage",
+        F::SmtpStage,
+        T::Str,
+        CPM_RESPONSE,
+        "which step answered: connect, ehlo, starttls, mail, rcpt, data",
+    ),
+    (
+        "smtp.failure",
+        F::SmtpFailure,
+        T::Str,
+        CPM_RESPONSE,
+        "timeout, connect or protocol; absent when a reply came",
+    ),
+    (
+        "content.error",
+        F::ContentError,
+        T::Str,
+        CPM_MESSAGE,
+        "why the body cannot be taken: empty, unsupported or malformed; absent when it can",
+    ),
 ];
 
 /// name, id, result type, phases, whether the argument is a header name, doc
@@ -823,6 +1286,20 @@ pub static FIELD_FNS: &[(&str, Fn, T, u8, &str)] = &[
         T::Str,
         RESPONSE,
         "a header of the final SIP response",
+    ),
+    (
+        "sip.header",
+        Fn::SipRequestHeader,
+        T::Str,
+        CPM_MESSAGE,
+        "first value of a header of the incoming SIP request",
+    ),
+    (
+        "cpim.header",
+        Fn::CpimHeader,
+        T::Str,
+        CPM_MESSAGE,
+        "first value of a CPIM header (name as written, e.g. `imdn.Message-ID`)",
     ),
 ];
 

@@ -167,7 +167,17 @@ enum TxEnd {
 
 impl RsipBackend {
     /// Binds the sockets and starts the endpoint. Must run inside a tokio runtime.
+    /// Incoming requests are answered 501 (OPTIONS 200); see [`Self::start_with_uas`].
     pub async fn start(config: SipConfig) -> Result<Self, SipError> {
+        Self::start_with_uas(config, None).await
+    }
+
+    /// As [`Self::start`], with incoming requests served by `uas` (the CPM → e-mail
+    /// direction, [`crate::reverse`]).
+    pub async fn start_with_uas(
+        config: SipConfig,
+        uas: Option<Arc<crate::reverse::Uas>>,
+    ) -> Result<Self, SipError> {
         let cancel = rsipstack::platform::CancellationToken::new();
         let transport_layer = TransportLayer::new(cancel.clone());
         let mut first_ip = None;
@@ -277,7 +287,10 @@ impl RsipBackend {
                 warn!(error = %e, "SIP endpoint stopped");
             }
         });
-        tokio::spawn(refuse_incoming(incoming));
+        match uas {
+            Some(uas) => tokio::spawn(crate::reverse::uas::serve(incoming, uas)),
+            None => tokio::spawn(refuse_incoming(incoming)),
+        };
 
         let default_from = config
             .default_from

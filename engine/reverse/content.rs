@@ -1,0 +1,319 @@
+//! The body of an incoming MESSAGE: `text/plain` (or any single entity), `message/cpim`
+//! (RFC 3862) and `multipart/mixed` with an RFC 5365 `recipient-list-history` part.
+//! Every size is bounded; anything that does not parse is [`ContentError::Malformed`].
+
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+use quick_xml::events::Event;
+
+use super::request::{find, media_type, name_addr, param};
+
+/// At most this many CPIM header lines (RFC 3862 sets no limit; a MESSAGE is small).
+pub const MAX_CPIM_HEADERS: usize = 64;
+/// History entries kept; the count goes on (for the rules' refusal) but nothing more is kept.
+pub const MAX_HISTORY_KEPT: usize = 1000;
+
+/// What the body holds.
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    /// The CPIM message headers as written (`imdn.Message-ID` keeps its prefix), when the
+    /// message is message/cpim.
+    pub cpim: Option<Vec<(String, String)>>,
+    /// RFC 5365 history entries: URI, display name, copyControl (to, cc, bcc).
+    pub history: Vec<(String, Option<String>, String)>,
+    /// Entries in the history list, including those not kept.
+    pub history_count: usize,
+    /// The content: its full Content-Type value, `type/subtype` (lower case), charset and
+    /// decoded bytes (transfer encoding of the inner entity removed).
+    pub content_type: String,
+    pub media_type: String,
+    pub charset: Option<String>,
+    pub bytes: Vec<u8>,
+    /// The content as UTF-8 text (text/* in UTF-8, US-ASCII or a charset mail-parser knows).
+    pub text: Option<String>,
+}
+
+/// Why a body cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentError {
+    /// No body at all.
+    Empty,
+    /// A type this direction does not take.
+    Unsupported(String),
+    /// The body claims a type it does not follow.
+    Malformed(String),
+}
+
+impl std::fmt::Display for ContentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContentError::Empty => f.write_str("no body"),
+            ContentError::Unsupported(t) => write!(f, "content type `{t}` not taken"),
+            ContentError::Malformed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Parses the SIP body with its Content-Type. `accept` lists the SIP body types taken.
+pub fn parse(
+    content_type: Option<&str>,
+    body: &[u8],
+    accept: &[String],
+) -> Result<Content, ContentError> {
+    if body.is_empty() {
+        return Err(ContentError::Empty);
+    }
+    let ct = content_type.unwrap_or("text/plain");
+    let mt = media_type(ct);
+    if !accept.iter().any(|a| a.eq_ignore_ascii_case(&mt)) {
+        return Err(ContentError::Unsupported(mt));
+    }
+    match mt.as_str() {
+        "message/cpim" => cpim(body),
+        "multipart/mixed" => multipart(ct, body, accept),
+        _ => Ok(entity(ct, body.to_vec(), None)),
+    }
+}
+
+/// A leaf entity with its Content-Type and already decoded bytes.
+fn entity(ct: &str, bytes: Vec<u8>, text: Option<String>) -> Content {
+    let mt = media_type(ct);
+    let charset = param(ct, "charset").map(|c| c.to_ascii_lowercase());
+    let text = text.or_else(|| {
+        if !mt.starts_with("text/") {
+            return None;
+        }
+        match charset.as_deref() {
+            None | Some("utf-8") | Some("us-ascii") => String::from_utf8(bytes.clone()).ok(),
+            Some(cs) => mail_parser::decoders::charsets::map::charset_decoder(cs.as_bytes())
+                .map(|dec| dec(&bytes)),
+        }
+    });
+    Content {
+        content_type: ct.trim().to_string(),
+        media_type: mt,
+        charset,
+        bytes,
+        text,
+        ..Content::default()
+    }
+}
+
+/// RFC 3862 §3: CPIM message headers, a blank line, the encapsulated MIME entity.
+fn cpim(body: &[u8]) -> Result<Content, ContentError> {
+    let bad = |m: &str| ContentError::Malformed(format!("malformed CPIM: {m}"));
+    let (head, rest) = split_blank(body).ok_or_else(|| bad("no blank line after the headers"))?;
+    let head = std::str::from_utf8(head).map_err(|_| bad("headers are not UTF-8"))?;
+    let mut headers = Vec::new();
+    for line in head.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let (n, v) = line
+            .split_once(':')
+            .ok_or_else(|| bad(&format!("header line without a colon: `{}`", short(line))))?;
+        let n = n.trim();
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        {
+            return Err(bad(&format!("bad header name `{}`", short(n))));
+        }
+        // A bare CR (or any other control character) inside a value would end a mail
+        // header line: refused here, and refused again by the mail encoder.
+        if v.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(bad(&format!("control character in header `{n}`")));
+        }
+        headers.push((n.to_string(), v.trim().to_string()));
+        if headers.len() > MAX_CPIM_HEADERS {
+            return Err(bad("too many headers"));
+        }
+    }
+    if headers.is_empty() {
+        return Err(bad("no message headers"));
+    }
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("From"))
+        || !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("To"))
+    {
+        return Err(bad("From and To are required (RFC 3862 §3.2)"));
+    }
+    for (n, v) in &headers {
+        if (n.eq_ignore_ascii_case("From") || n.eq_ignore_ascii_case("To"))
+            && !name_addr(v).is_some_and(|(_, uri)| uri.contains(':'))
+        {
+            return Err(bad(&format!("`{n}` is not a name-addr")));
+        }
+    }
+    let mut c = inner_entity(rest).map_err(|m| bad(&m))?;
+    c.cpim = Some(headers);
+    Ok(c)
+}
+
+/// The encapsulated MIME entity of a CPIM message (headers with Content-Type, blank line,
+/// content), decoded by mail-parser.
+fn inner_entity(raw: &[u8]) -> Result<Content, String> {
+    let (head, _) = split_blank(raw).ok_or("the encapsulated entity has no blank line")?;
+    let head = std::str::from_utf8(head).map_err(|_| "encapsulated headers are not UTF-8")?;
+    let ct = head
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case("Content-Type")
+                .then(|| v.trim().to_string())
+        })
+        .ok_or("the encapsulated entity has no Content-Type")?;
+    let msg = MessageParser::new()
+        .parse(raw)
+        .ok_or("the encapsulated entity does not parse")?;
+    let part = msg.parts.first().ok_or("empty encapsulated entity")?;
+    let (bytes, text) = match &part.body {
+        PartType::Text(t) | PartType::Html(t) => (t.as_bytes().to_vec(), Some(t.to_string())),
+        PartType::Binary(b) | PartType::InlineBinary(b) => (b.to_vec(), None),
+        _ => return Err("the encapsulated entity is not a single part".into()),
+    };
+    if text.is_some() && !media_type(&ct).starts_with("text/") {
+        return Ok(entity(&ct, bytes, None));
+    }
+    // mail-parser hands text back in UTF-8 whatever the charset was.
+    let ct = if text.is_some() {
+        format!("{}; charset=utf-8", media_type(&ct))
+    } else {
+        ct
+    };
+    Ok(entity(&ct, bytes, text))
+}
+
+/// RFC 5365 §4.2: a multipart/mixed with the message and a `recipient-list-history` part.
+fn multipart(ct: &str, body: &[u8], accept: &[String]) -> Result<Content, ContentError> {
+    let bad = |m: &str| ContentError::Malformed(format!("malformed multipart: {m}"));
+    let boundary = param(ct, "boundary").ok_or_else(|| bad("no boundary"))?;
+    let mut raw =
+        format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n").into_bytes();
+    raw.extend_from_slice(body);
+    let msg = MessageParser::new()
+        .parse(&raw[..])
+        .ok_or_else(|| bad("does not parse"))?;
+    let mut message: Option<Content> = None;
+    let mut history: Option<(Vec<_>, usize)> = None;
+    for part in msg.parts.iter().skip(1) {
+        let pct = part
+            .content_type()
+            .map(|c| match &c.c_subtype {
+                Some(s) => format!("{}/{}", c.c_type, s),
+                None => c.c_type.to_string(),
+            })
+            .unwrap_or_else(|| "text/plain".into())
+            .to_ascii_lowercase();
+        let disposition = part
+            .content_disposition()
+            .map(|d| d.c_type.to_ascii_lowercase());
+        let raw_part = &raw[part.offset_body as usize..part.offset_end as usize];
+        if pct == "application/resource-lists+xml"
+            && disposition.as_deref() == Some("recipient-list-history")
+        {
+            history = Some(resource_list(raw_part).map_err(|m| bad(&m))?);
+        } else if message.is_none() {
+            let full = part
+                .headers
+                .iter()
+                .find(|h| h.name.as_str().eq_ignore_ascii_case("Content-Type"))
+                .map(|h| {
+                    String::from_utf8_lossy(&raw[h.offset_start as usize..h.offset_end as usize])
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_else(|| pct.clone());
+            if pct == "multipart/mixed" {
+                return Err(bad("nested multipart/mixed"));
+            }
+            // Text comes back from mail-parser in UTF-8; a CPIM part is taken as written.
+            let (full, body) = if pct == "message/cpim" {
+                (full, raw_part.to_vec())
+            } else if pct.starts_with("text/") {
+                (format!("{pct}; charset=utf-8"), part.contents().to_vec())
+            } else {
+                (full, part.contents().to_vec())
+            };
+            message = Some(parse(Some(&full), &body, accept)?);
+        }
+    }
+    let mut c = message.ok_or(ContentError::Empty)?;
+    if let Some((list, count)) = history {
+        c.history = list;
+        c.history_count = count;
+    }
+    Ok(c)
+}
+
+type History = (Vec<(String, Option<String>, String)>, usize);
+
+/// RFC 4826 resource-lists with RFC 5364 copyControl: every `<entry uri= cp:copyControl=>`.
+fn resource_list(xml: &[u8]) -> Result<History, String> {
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    reader.config_mut().trim_text(true);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut count = 0usize;
+    let mut in_name = false;
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) if e.local_name().as_ref() == "entry" => {
+                count += 1;
+                let mut uri = None;
+                let mut copy = "to".to_string();
+                for a in e.attributes().flatten() {
+                    let v = a
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map_err(|e| format!("bad attribute: {e}"))?
+                        .into_owned();
+                    match a.key.local_name().as_ref() {
+                        "uri" => uri = Some(v),
+                        "copyControl" => copy = v.to_ascii_lowercase(),
+                        _ => {}
+                    }
+                }
+                let uri = uri.ok_or("entry without uri")?;
+                if out.len() < MAX_HISTORY_KEPT {
+                    out.push((uri, None, copy));
+                }
+            }
+            Ok(Event::Start(e)) if e.local_name().as_ref() == "display-name" => in_name = true,
+            Ok(Event::End(e)) if e.local_name().as_ref() == "display-name" => in_name = false,
+            Ok(Event::Text(t)) if in_name => {
+                let kept = out.len() == count;
+                if let (Some(last), true) = (out.last_mut(), kept) {
+                    last.1 = Some(t.xml10_content().into_owned());
+                }
+            }
+            Ok(Event::Eof) => break,
+            Err(e) => return Err(format!("resource-lists XML: {e}")),
+            _ => {}
+        }
+        buf.clear();
+    }
+    Ok((out, count))
+}
+
+fn split_blank(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    // The header block may start with the blank line only when it is empty.
+    let crlf = find(b, b"\r\n\r\n").map(|p| (p, 4));
+    let lf = find(b, b"\n\n").map(|p| (p, 2));
+    let (p, n) = match (crlf, lf) {
+        (Some(a), Some(b)) => {
+            if a.0 <= b.0 {
+                a
+            } else {
+                b
+            }
+        }
+        (a, b) => a.or(b)?,
+    };
+    Some((&b[..p], &b[p + n..]))
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(40).collect()
+}

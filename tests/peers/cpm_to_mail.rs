@@ -1,0 +1,812 @@
+//! CPM → e-mail with real peers on loopback: SIPp as the UAC sending MESSAGE (text/plain and
+//! CPIM, over UDP and TCP) into `iwf serve`, which delivers to a smarthost — an aiosmtpd
+//! server scripted to answer 250 / 4xx / 5xx / nothing (`tests/peers/smarthost.py`), or
+//! nothing listening at all — and SIPp checks the mapped final response. SIPp's scenario
+//! names the one status it expects (SIPp exits non-zero on anything else).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::harness::{
+    self, Iwf, IwfOptions, PYTHON, Proc, Transport, asset, free_port, require, wait_until,
+};
+
+pub const TEXT: &str = "Content-Type: text/plain;charset=UTF-8\n\nhello from SIPp, grüße";
+
+pub const CPIM: &str = "Content-Type: message/cpim\n\nFrom: \"Bob Ünal\" <sip:+15551234567@ims.example.net>\nTo: <sip:alice%40mail.example.org@iwf.example.net>\nDateTime: 2025-11-21T14:03:05Z\nSubject: Grüße aus Köln\nNS: imdn <urn:ietf:params:imdn>\nimdn.Message-ID: Zq81mK0pR2\n\nContent-Type: text/plain; charset=utf-8\n\nHallo Alice, schöne Grüße!";
+
+/// A SIPp UAC scenario sending one MESSAGE with `content` (Content-Type line, blank line,
+/// body) and expecting `status`.
+pub fn uac_scenario(dir: &Path, status: u16, content: &str) -> PathBuf {
+    let (ct, body) = content.split_once("\n\n").unwrap();
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="CPM MESSAGE UAC expecting {status}">
+  <send retrans="500">
+    <![CDATA[
+
+      MESSAGE sip:alice%40mail.example.org@iwf.example.net SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "SIPp" <sip:+15551234567@ims.example.net>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:alice%40mail.example.org@iwf.example.net>
+      Call-ID: [call_id]
+      CSeq: 1 MESSAGE
+      Max-Forwards: 70
+      Expires: 3600
+      Conversation-ID: conv-[call_id]
+      {ct}
+      Content-Length: [len]
+
+{body}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="{status}"/>
+</scenario>
+"#
+    );
+    let path = dir.join(format!("uac_{status}.xml"));
+    std::fs::write(&path, xml).unwrap();
+    path
+}
+
+/// Runs SIPp as UAC against `port` and returns whether it saw `status` (within 60 s).
+pub fn sipp_uac(port: u16, transport: Transport, status: u16, content: &str) -> (bool, String) {
+    sipp_uac_in(port, transport, status, content, None)
+}
+
+fn sipp_uac_in(
+    port: u16,
+    transport: Transport,
+    status: u16,
+    content: &str,
+    conversation: Option<&str>,
+) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let scen = uac_scenario(dir.path(), status, content);
+    if let Some(c) = conversation {
+        let xml = std::fs::read_to_string(&scen)
+            .unwrap()
+            .replace("conv-[call_id]", c);
+        std::fs::write(&scen, xml).unwrap();
+    }
+    let local = free_port(transport.udp());
+    let mut cmd = Command::new("sipp");
+    cmd.arg(format!("127.0.0.1:{port}"))
+        .arg("-sf")
+        .arg(&scen)
+        .args(["-i", "127.0.0.1", "-p", &local.to_string()])
+        .args(["-t", if transport.udp() { "u1" } else { "t1" }])
+        .args([
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "50s",
+            "-recv_timeout",
+            "45000",
+        ])
+        .args(["-trace_err", "-trace_msg"])
+        .current_dir(dir.path());
+    let (st, out) = harness::run("sipp-uac", &mut cmd, Duration::from_secs(60));
+    let msgs = std::fs::read_dir(dir.path())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    (st.success(), format!("{out}\n{msgs}"))
+}
+
+/// The scripted aiosmtpd smarthost.
+pub struct Smarthost {
+    _proc: Proc,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Smarthost {
+    pub fn start(mode: &str) -> Smarthost {
+        Smarthost::start_with(mode, None)
+    }
+
+    /// With `tls` (certificate and key files): STARTTLS offered and required.
+    pub fn start_with(mode: &str, tls: Option<(&Path, &Path)>) -> Smarthost {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(false);
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg(asset("smarthost.py"))
+            .arg(port.to_string())
+            .arg(dir.path())
+            .arg(mode);
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let mut proc = Proc::spawn("smarthost", &mut cmd);
+        if wait_until(Duration::from_secs(10), || {
+            harness::listening(false, port).then_some(())
+        })
+        .is_none()
+        {
+            proc.kill();
+            panic!("the scripted smarthost did not listen: {}", proc.output());
+        }
+        Smarthost {
+            _proc: proc,
+            port,
+            dir,
+        }
+    }
+
+    pub fn mails(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort();
+        files
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+            .collect()
+    }
+}
+
+/// `iwf serve` with the smarthost at `smarthost_port` (UDP and TCP SIP); returns it with
+/// its SIP UDP and TCP ports.
+pub fn start_iwf(smarthost_port: u16, timeout_secs: u64) -> (Iwf, u16, u16) {
+    start_iwf_with(smarthost_port, timeout_secs, None)
+}
+
+fn start_iwf_with(
+    smarthost_port: u16,
+    timeout_secs: u64,
+    next_hop: Option<String>,
+) -> (Iwf, u16, u16) {
+    let config = format!(
+        "smarthost: 127.0.0.1:{smarthost_port}\nsmarthost_timeout_secs: {timeout_secs}\nsip_tcp: true\n"
+    );
+    let iwf = Iwf::start(IwfOptions {
+        config: &config,
+        next_hop,
+        ..IwfOptions::default()
+    });
+    let ports = wait_until(Duration::from_secs(10), || {
+        let out = iwf.proc.output();
+        let udp = out.lines().find_map(|l| {
+            l.strip_prefix("iwf: SIP (CPM -> e-mail MESSAGE) listening on udp ")
+                .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.port())
+        })?;
+        let tcp = out.lines().find_map(|l| {
+            l.strip_prefix("iwf: SIP (CPM -> e-mail MESSAGE) listening on tcp port ")
+                .and_then(|p| p.trim().parse::<u16>().ok())
+        })?;
+        Some((udp, tcp))
+    })
+    .unwrap_or_else(|| panic!("iwf printed no SIP ports:\n{}", iwf.proc.output()));
+    (iwf, ports.0, ports.1)
+}
+
+fn peers() -> bool {
+    require(&["sipp", PYTHON]) && {
+        let ok = Command::new(PYTHON)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: python3-aiosmtpd not installed");
+        }
+        ok
+    }
+}
+
+/// 202 only after the smarthost's 250; the mail it got is the mapped one, over UDP and TCP,
+/// for text/plain and CPIM.
+#[test]
+fn sipp_message_reaches_the_smarthost() {
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let (iwf, udp, tcp) = start_iwf(sink.port, 10);
+    let cases = [
+        (udp, Transport::Udp, TEXT),
+        (tcp, Transport::Tcp, TEXT),
+        (udp, Transport::Udp, CPIM),
+        (tcp, Transport::Tcp, CPIM),
+    ];
+    for (i, (port, t, content)) in cases.iter().enumerate() {
+        let (ok, out) = sipp_uac(*port, *t, 202, content);
+        assert!(
+            ok,
+            "case {i}: SIPp did not get 202:\n{out}\n--- iwf:\n{}",
+            iwf.proc.output()
+        );
+        let mails = wait_until(Duration::from_secs(5), || {
+            let m = sink.mails();
+            (m.len() > i).then_some(m)
+        })
+        .unwrap_or_else(|| panic!("case {i}: no mail at the smarthost"));
+        let m = &mails[i];
+        assert!(m.contains("X-Envelope-To: alice@mail.example.org"), "{m}");
+        assert!(m.contains("\r\nTo: <alice@mail.example.org>\r\n"), "{m}");
+        assert!(m.contains("\r\nMessage-ID: <"), "{m}");
+        if content == &CPIM {
+            assert!(m.contains("+15551234567@cpm.example.net>\r\n"), "{m}");
+            // aiosmtpd offers SMTPUTF8: the headers go as UTF-8, not RFC 2047
+            assert!(m.contains("\r\nSubject: Grüße aus Köln\r\n"), "{m}");
+            assert!(m.contains("From: \"Bob Ünal\" <"), "{m}");
+            assert!(m.contains("Date: Fri, 21 Nov 2025 14:03:05 +0000"), "{m}");
+            assert!(m.contains("Hallo Alice, schöne Grüße!"), "{m}");
+            assert!(m.contains("Content-Transfer-Encoding: 8bit"), "{m}");
+            assert!(m.contains("BODY=8BITMIME SMTPUTF8"), "{m}");
+        } else {
+            assert!(
+                m.contains("From: \"SIPp\" <+15551234567@cpm.example.net>"),
+                "{m}"
+            );
+            assert!(m.contains("hello from SIPp, grüße"), "{m}");
+        }
+    }
+    assert_eq!(sink.mails().len(), 4);
+}
+
+/// UDP retransmissions while the smarthost takes its time: one mail, one 202.
+#[test]
+fn retransmissions_do_not_mail_twice() {
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("slow");
+    let (iwf, udp, _) = start_iwf(sink.port, 10);
+    let (ok, out) = sipp_uac(udp, Transport::Udp, 202, TEXT);
+    assert!(ok, "{out}\n--- iwf:\n{}", iwf.proc.output());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(sink.mails().len(), 1, "{}", iwf.proc.output());
+}
+
+/// The smarthost's refusals and silence, each mapped by the cpm_response rules.
+#[test]
+fn smarthost_failures_map_to_sip_responses() {
+    if !peers() {
+        return;
+    }
+    for (mode, status, transport) in [
+        ("451", 503, Transport::Udp),
+        ("452", 480, Transport::Tcp),
+        ("550", 404, Transport::Udp),
+        ("552", 413, Transport::Tcp),
+        ("554", 403, Transport::Udp),
+        ("silent", 503, Transport::Tcp),
+    ] {
+        let sink = Smarthost::start(mode);
+        let (iwf, udp, tcp) = start_iwf(sink.port, 3);
+        let port = if transport.udp() { udp } else { tcp };
+        let (ok, out) = sipp_uac(port, transport, status, CPIM);
+        assert!(
+            ok,
+            "smarthost {mode}: SIPp did not get {status}:\n{out}\n--- iwf:\n{}",
+            iwf.proc.output()
+        );
+        assert!(sink.mails().is_empty(), "{mode}: a mail was kept");
+    }
+    // nothing listening: 503 (with Retry-After, checked by the self-tests)
+    let dead = free_port(false);
+    let (iwf, udp, _) = start_iwf(dead, 3);
+    let (ok, out) = sipp_uac(udp, Transport::Udp, 503, TEXT);
+    assert!(ok, "smarthost down: {out}\n--- iwf:\n{}", iwf.proc.output());
+}
+
+/// The private Postfix instance of `tests/peers/postfix-mailbox.sh` (local Maildir for
+/// alice@mail.example.org); stopped when dropped.
+struct MailboxPostfix {
+    dir: PathBuf,
+    port: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl MailboxPostfix {
+    fn start() -> MailboxPostfix {
+        let tmp = tempfile::tempdir().unwrap();
+        let pf = MailboxPostfix {
+            dir: tmp.path().join("postfix"),
+            port: free_port(false),
+            _tmp: tmp,
+        };
+        let (st, out) = pf.script("start");
+        assert!(st.success(), "postfix did not start:\n{out}\n{}", pf.log());
+        pf
+    }
+
+    fn script(&self, verb: &str) -> (std::process::ExitStatus, String) {
+        let mut cmd = Command::new("bash");
+        cmd.arg(asset("postfix-mailbox.sh"))
+            .arg(verb)
+            .env("PF_DIR", &self.dir)
+            .env("PF_PORT", self.port.to_string());
+        harness::run("postfix-mailbox.sh", &mut cmd, Duration::from_secs(90))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+
+    fn mailbox(&self) -> Vec<String> {
+        let new = self.dir.join("mail/alice/new");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(new)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+            .collect()
+    }
+}
+
+impl Drop for MailboxPostfix {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+/// A MESSAGE from SIPp reaches a Postfix mailbox as a proper mail (From, To, Date, Subject,
+/// UTF-8 body); SIPp gets 202 after Postfix's 250 and Postfix logs `status=sent`. A MESSAGE
+/// to a mail user Postfix does not know gets Postfix's 550 5.1.1 as 404.
+#[test]
+fn sipp_message_to_a_postfix_mailbox() {
+    if !peers() || !require(&["/usr/sbin/postfix"]) {
+        return;
+    }
+    if !harness::is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let pf = MailboxPostfix::start();
+    let (iwf, udp, tcp) = start_iwf(pf.port, 15);
+    let (ok, out) = sipp_uac(tcp, Transport::Tcp, 202, CPIM);
+    assert!(
+        ok,
+        "{out}\n--- iwf:\n{}\n--- postfix:\n{}",
+        iwf.proc.output(),
+        pf.log()
+    );
+    let mails = wait_until(Duration::from_secs(20), || {
+        let m = pf.mailbox();
+        (!m.is_empty()).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("nothing in the mailbox; postfix log:\n{}", pf.log()));
+    let m = &mails[0];
+    assert!(m.contains("+15551234567@cpm.example.net>"), "{m}");
+    assert!(m.contains("\nFrom: "), "{m}");
+    assert!(m.contains("\nTo: <alice@mail.example.org>"), "{m}");
+    assert!(m.contains("\nDate: Fri, 21 Nov 2025 14:03:05 +0000"), "{m}");
+    assert!(m.contains("\nSubject: "), "{m}");
+    assert!(m.contains("Hallo Alice, schöne Grüße!"), "{m}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pf.log()
+                .lines()
+                .any(|l| l.contains("to=<alice@mail.example.org>") && l.contains("status=sent"))
+                .then_some(())
+        })
+        .is_some(),
+        "{}",
+        pf.log()
+    );
+    // Postfix refuses an unknown mailbox at RCPT (550 5.1.1): 404 at SIPp.
+    let dir = tempfile::tempdir().unwrap();
+    let scen = uac_scenario(dir.path(), 404, TEXT);
+    let xml = std::fs::read_to_string(&scen)
+        .unwrap()
+        .replace("alice%40mail.example.org", "nobody%40mail.example.org");
+    std::fs::write(&scen, xml).unwrap();
+    let local = free_port(true);
+    let mut cmd = Command::new("sipp");
+    cmd.arg(format!("127.0.0.1:{udp}"))
+        .arg("-sf")
+        .arg(&scen)
+        .args(["-i", "127.0.0.1", "-p", &local.to_string(), "-t", "u1"])
+        .args(["-m", "1", "-nostdin", "-timeout", "50s"])
+        .current_dir(dir.path());
+    let (st, out) = harness::run("sipp-uac", &mut cmd, Duration::from_secs(60));
+    assert!(
+        st.success(),
+        "{out}\n--- iwf:\n{}\n--- postfix:\n{}",
+        iwf.proc.output(),
+        pf.log()
+    );
+}
+
+/// The thread survives the protocol change: a mail goes out as a MESSAGE (to SIPp as UAS)
+/// with a Conversation-ID; SIPp as UAC answers with a MESSAGE in that conversation; the mail
+/// that reaches the smarthost is In-Reply-To the first mail.
+#[test]
+fn a_cpm_reply_lands_in_the_mail_thread() {
+    use super::harness::{Sipp, smtplib};
+    use serde_json::json;
+    if !peers() {
+        return;
+    }
+    let uas = Sipp::start("message_uas_200.xml", Transport::Udp, None, 1, &[]);
+    let sink = Smarthost::start("ok");
+    let (iwf, udp, _) = start_iwf_with(sink.port, 10, Some(uas.next_hop()));
+    let mail = "From: Alice <alice@mail.example.org>\r\nTo: +15551234567@cpm.example.net\r\nSubject: lunch?\r\nMessage-ID: <first-1@mail.example.org>\r\n\r\nat noon?\r\n";
+    let r = smtplib(
+        iwf.smtp,
+        json!({"transactions": [{"mail_from": "alice@mail.example.org",
+                                 "rcpts": [["+15551234567@cpm.example.net", []]],
+                                 "data": mail}]}),
+        Duration::from_secs(40),
+    );
+    assert!(
+        r.transactions[0].data.as_ref().unwrap().is(250, "2.0.0"),
+        "{r:?}\n{}",
+        iwf.proc.output()
+    );
+    let got = uas.wait_requests(1, Duration::from_secs(5));
+    let conv = got[0]
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Conversation-ID"))
+        .map(|(_, v)| v.clone())
+        .expect("the MESSAGE carries a Conversation-ID");
+    assert_eq!(conv, "first-1%40mail.example.org");
+    let (ok, out) = sipp_uac_in(udp, Transport::Udp, 202, TEXT, Some(&conv));
+    assert!(ok, "{out}\n--- iwf:\n{}", iwf.proc.output());
+    let mails = wait_until(Duration::from_secs(5), || {
+        let m = sink.mails();
+        (!m.is_empty()).then_some(m)
+    })
+    .expect("the reply reached the smarthost");
+    assert!(
+        mails[0].contains("\r\nIn-Reply-To: <first-1@mail.example.org>\r\n"),
+        "{}",
+        mails[0]
+    );
+    assert!(
+        mails[0].contains("\r\nReferences: <first-1@mail.example.org>\r\n"),
+        "{}",
+        mails[0]
+    );
+}
+
+/// STARTTLS when offered: a smarthost that requires it gets the mail over TLS.
+#[test]
+fn starttls_to_the_smarthost() {
+    if !peers() || !require(&["openssl"]) {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let (st, out) = harness::run(
+        "openssl",
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        Duration::from_secs(60),
+    );
+    assert!(st.success(), "{out}");
+    let sink = Smarthost::start_with("ok", Some((&cert, &key)));
+    let (iwf, udp, _) = start_iwf(sink.port, 10);
+    let (ok, out) = sipp_uac(udp, Transport::Udp, 202, TEXT);
+    assert!(ok, "{out}\n--- iwf:\n{}", iwf.proc.output());
+    let mails = wait_until(Duration::from_secs(5), || {
+        let m = sink.mails();
+        (!m.is_empty()).then_some(m)
+    })
+    .expect("a mail at the smarthost");
+    assert!(mails[0].contains("X-Session-TLS: yes"), "{}", mails[0]);
+}
+
+/// Large Message Mode, receiving side: iwf's own MSRP sender (`large::deliver`, INVITE +
+/// chunks + BYE) sends 5 KB, 100 KB and 5 MB to the UAS; each arrives at the smarthost as
+/// one mail, byte for byte, and the sender gets 200 to its last chunk only after the 250.
+#[test]
+fn large_message_mode_arrives_as_one_mail() {
+    use base64::Engine;
+    use iwf::outcome::Outcome;
+
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_server, client, cfg) = large_pair(sink.port).await;
+        for (i, size) in [5_000usize, 100_000, 5_000_000].into_iter().enumerate() {
+            let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let d = large_delivery(&payload);
+            let o = iwf::large::deliver(&client, &d, &cfg).await;
+            assert!(
+                matches!(o, Outcome::Final { status: 200, .. }),
+                "{size} bytes: {o:?}"
+            );
+            let mails = wait_until(Duration::from_secs(10), || {
+                let m = sink.mails();
+                (m.len() > i).then_some(m)
+            })
+            .unwrap_or_else(|| panic!("{size} bytes: no mail at the smarthost"));
+            let m = &mails[i];
+            let head = &m[..m.find("\r\n\r\n").unwrap_or(m.len())];
+            assert!(
+                m.contains("Content-Type: application/octet-stream"),
+                "{size}: {head}"
+            );
+            assert!(
+                m.contains("Content-Transfer-Encoding: base64"),
+                "{size}: {head}"
+            );
+            assert!(m.contains("(CPM large"), "{size}: {head}");
+            let body = m.split("\r\n\r\n").nth(1).unwrap().replace("\r\n", "");
+            let got = base64::engine::general_purpose::STANDARD
+                .decode(body.trim())
+                .unwrap();
+            assert!(
+                got == payload,
+                "{size} bytes: content differs ({} bytes arrived)",
+                got.len()
+            );
+        }
+        assert_eq!(sink.mails().len(), 3);
+    });
+}
+
+/// The smarthost refuses the mail (554 5.7.1): the sender's last chunk gets MSRP 403 (the
+/// failure report), nothing is kept.
+#[test]
+fn large_message_refused_by_the_smarthost_fails_the_last_chunk() {
+    use iwf::outcome::{Outcome, Protocol};
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("554");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_server, client, cfg) = large_pair(sink.port).await;
+        let d = large_delivery(&[b'x'; 50_000]);
+        let o = iwf::large::deliver(&client, &d, &cfg).await;
+        assert!(
+            matches!(
+                o,
+                Outcome::Final {
+                    protocol: Protocol::Msrp,
+                    status: 403,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+    });
+    assert!(sink.mails().is_empty());
+}
+
+/// A UAS on its own SIP endpoint delivering to the smarthost at `port`, and a SIP client
+/// whose outbound proxy is that UAS.
+async fn large_pair(
+    port: u16,
+) -> (
+    iwf::sip::RsipBackend,
+    iwf::sip::RsipBackend,
+    iwf::large::LargeConfig,
+) {
+    use std::sync::Arc;
+
+    use iwf::reverse::{MemoryThreads, Uas, UasConfig};
+    use iwf::sip::{RsipBackend, SipConfig};
+    let rules = iwf::ruleset::load(&harness::rules_dir(), 1).unwrap();
+    let uas = Arc::new(Uas::new(
+        Arc::new(arc_swap::ArcSwap::from_pointee(rules)),
+        Arc::new(iwf::ids::RandomIds),
+        Arc::new(MemoryThreads::default()),
+        UasConfig {
+            smarthost: Some(format!("127.0.0.1:{port}")),
+            ..UasConfig::default()
+        },
+    ));
+    let server = RsipBackend::start_with_uas(SipConfig::default(), Some(uas))
+        .await
+        .unwrap();
+    let addr = server.udp_addr().unwrap();
+    let client = RsipBackend::start(SipConfig {
+        outbound_proxy: Some(format!("sip:{addr};transport=udp")),
+        ..SipConfig::default()
+    })
+    .await
+    .unwrap();
+    let cfg = iwf::large::LargeConfig {
+        host: "127.0.0.1".parse().unwrap(),
+        chunk_size: 10_000,
+        ..iwf::large::LargeConfig::default()
+    };
+    (server, client, cfg)
+}
+
+/// A large-mode delivery to alice@mail.example.org of `payload` as application/octet-stream
+/// in CPIM.
+fn large_delivery(payload: &[u8]) -> iwf::plan::Delivery {
+    use iwf::plan::{Content, Delivery, Mode};
+    let mut cpim = b"From: <sip:+15551234567@ims.example.net>\r\nTo: <sip:alice%40mail.example.org@iwf.example.net>\r\nSubject: big\r\n\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    cpim.extend_from_slice(payload);
+    Delivery {
+        recipient: "alice@mail.example.org".into(),
+        mode: Mode::Large,
+        request_uri: "sip:alice%40mail.example.org@iwf.example.net".into(),
+        headers: vec![
+            ("From".into(), "<sip:+15551234567@ims.example.net>".into()),
+            (
+                "To".into(),
+                "<sip:alice%40mail.example.org@iwf.example.net>".into(),
+            ),
+        ],
+        content: Content {
+            content_type: "message/cpim".into(),
+            body: cpim.into(),
+        },
+        imdn_message_id: None,
+        success_report: true,
+    }
+}
+
+/// baresip as a real user agent: its `/message` command (contact module) sends a MESSAGE
+/// through its outbound proxy (iwf); baresip sees 202 (only given after the smarthost's 250)
+/// and the smarthost gets the mail; a mailbox the smarthost refuses (550 5.1.1) gives 404.
+#[test]
+fn baresip_message_reaches_the_smarthost() {
+    if !peers() || !require(&["baresip"]) {
+        return;
+    }
+    for (mode, status) in [("ok", 202), ("550", 404)] {
+        let sink = Smarthost::start(mode);
+        let (iwf, udp, _) = start_iwf(sink.port, 10);
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(true);
+        let files = [
+            (
+                "config",
+                format!(
+                    "sip_listen\t\t127.0.0.1:{port}\nmodule_path\t\t/usr/lib/baresip/modules\nmodule\t\t\taccount.so\nmodule\t\t\tcontact.so\nmodule_app\t\tmenu.so\n"
+                ),
+            ),
+            (
+                "accounts",
+                format!(
+                    "<sip:bob@ims.example.net>;regint=0;outbound=\"sip:127.0.0.1:{udp};transport=udp\"\n"
+                ),
+            ),
+            (
+                "contacts",
+                "\"Alice\" <sip:alice%40mail.example.org@iwf.example.net>\n".to_string(),
+            ),
+            (
+                "current_contact",
+                "sip:alice%40mail.example.org@iwf.example.net".to_string(),
+            ),
+        ];
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let (_, out) = harness::run(
+            "baresip",
+            Command::new("baresip").arg("-f").arg(dir.path()).args([
+                "-s",
+                "-e",
+                "/message hello from baresip, grüße",
+                "-t",
+                "5",
+            ]),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.contains(&format!("SIP/2.0 {status} ")),
+            "{mode}: baresip did not get {status}:\n{out}\n--- iwf:\n{}",
+            iwf.proc.output()
+        );
+        if mode == "ok" {
+            let mails = wait_until(Duration::from_secs(5), || {
+                let m = sink.mails();
+                (!m.is_empty()).then_some(m)
+            })
+            .expect("the mail at the smarthost");
+            assert!(
+                mails[0].contains("\r\nFrom: <bob@cpm.example.net>\r\n"),
+                "{}",
+                mails[0]
+            );
+            assert!(
+                mails[0].contains("hello from baresip, grüße"),
+                "{}",
+                mails[0]
+            );
+        } else {
+            assert!(sink.mails().is_empty());
+        }
+    }
+}
+
+/// A Large Message Mode session abandoned mid-message: the sender sends one chunk of a
+/// bigger message (`+`), then BYE. The chunk gets 200, the BYE 200, and no mail is sent.
+#[test]
+fn large_message_abandoned_mid_message_sends_no_mail() {
+    use bytes::BytesMut;
+    use iwf::msrp::codec::{ByteRange, Flag, Method, Request};
+    use iwf::outcome::Outcome;
+    use iwf::render::sdp::{SdpOffer, msrp_path, parse_answer};
+    use iwf::sip::SipBackend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_server, client, _) = large_pair(sink.port).await;
+        let ours = msrp_path("127.0.0.1".parse().unwrap(), 9, "abandon1", false);
+        let offer = SdpOffer {
+            session_id: 1,
+            host: "127.0.0.1".parse().unwrap(),
+            port: 9,
+            session_path: ours.clone(),
+            accept_types: vec!["message/cpim".into()],
+            accept_wrapped_types: vec!["*".into()],
+            max_size: None,
+            sendonly: true,
+            setup_active: true,
+            tls: false,
+        };
+        let d = large_delivery(b"unused");
+        let inv = client
+            .send_invite(&d, offer.render().into_bytes(), "sip:iwf@127.0.0.1")
+            .await;
+        assert!(
+            matches!(inv.outcome, Outcome::Final { status: 200, .. }),
+            "{:?}",
+            inv.outcome
+        );
+        let answer = parse_answer(&String::from_utf8_lossy(&inv.answer.unwrap())).unwrap();
+        let path = answer.next_hop().unwrap().to_string();
+        let hostport = path
+            .strip_prefix("msrp://")
+            .and_then(|r| r.split('/').next())
+            .unwrap()
+            .to_string();
+        let mut stream = tokio::net::TcpStream::connect(hostport).await.unwrap();
+        let mut req = Request::new("t1", Method::Send, vec![path], vec![ours]);
+        req.message_id = Some("m1".into());
+        req.byte_range = Some(ByteRange {
+            start: 1,
+            end: Some(10),
+            total: Some(100),
+        });
+        req.content_type = Some("message/cpim".into());
+        req.body = Some(bytes::Bytes::from_static(b"From: <tel"));
+        req.flag = Flag::More;
+        let mut out = BytesMut::new();
+        req.render(&mut out);
+        stream.write_all(&out).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("MSRP t1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        let bye = inv.session.unwrap().bye().await;
+        assert!(matches!(bye, Outcome::Final { status: 200, .. }), "{bye:?}");
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sink.mails().is_empty());
+}
