@@ -805,3 +805,65 @@ async fn commands_out_of_order_and_nul_octets() {
     expect("after 30 errors", &last, &["421 4."]);
     still_serving(&h, "out-of-order commands and NUL octets").await;
 }
+
+// ---- regressions from the fuzz targets (fuzz/fuzz_targets, issue 14) ------------------------
+
+/// fuzz `map`: a header name whose 8th octet falls inside a multi-byte character panicked
+/// in `Mail::mime_entity_parts` (`str` sliced at byte 8), which killed the session task:
+/// the client saw its connection drop instead of a reply, and retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_name_with_a_multibyte_character_at_octet_8_gets_a_reply() {
+    let h = start().await;
+    for name in [
+        &b"Content\xc3\xa9X"[..],
+        b"#! rcpt\x91\x91\x91",
+        b"Conten\xe2\x82\xacX",
+    ] {
+        let mut mail =
+            b"From: alice@mail.example.org\r\nTo: +15551234567@cpm.example.net\r\nSubject: m\r\n"
+                .to_vec();
+        mail.extend_from_slice(name);
+        mail.extend_from_slice(b": v\r\n\r\nbody\r\n.\r\n");
+        probe(
+            &h,
+            true,
+            &[MAIL_FROM, RCPT_OK, b"DATA\r\n"],
+            &mail,
+            &["250 ", "554 5.6."],
+        )
+        .await;
+        // and the dry run (`iwf map`) on the same bytes
+        let ids = iwf::ids::SequentialIds::new();
+        let rules = iwf::ruleset::load(Path::new("rules"), 1).unwrap();
+        let _ = iwf::dryrun::run(
+            &rules,
+            &mail[..mail.len() - 3],
+            &iwf::dryrun::Options {
+                mail_from: None,
+                rcpts: vec![],
+                client: Default::default(),
+                now: iwf::ids::fixed_now(),
+                elapsed: 0,
+                ids: &ids,
+                explain: false,
+                chunk_size: 2048,
+            },
+        );
+    }
+    still_serving(&h, "multi-byte header names").await;
+}
+
+/// fuzz `sip_response`: the reason phrase of a status code rsipstack does not know is kept
+/// in `StatusCode::Other`, not in `wire_reason`, and reached the rules (and through them
+/// SMTP replies) with its control characters.
+#[test]
+fn unknown_status_code_reason_is_cleaned() {
+    let wire = b"SIP/2.0 206 Reque\x7f\x00\x00 x\r\nVia: SIP/2.0/TCP 192.0.2.10:5060;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: 1@b\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+    let msg = rsipstack::sip::SipMessage::try_from(&wire[..]).expect("parses");
+    let rsipstack::sip::SipMessage::Response(resp) = msg else {
+        panic!("a response")
+    };
+    let (code, reason) = iwf::sip::response::status_of(&resp);
+    assert_eq!(code, 206);
+    assert!(!reason.chars().any(char::is_control), "{reason:?}");
+}

@@ -85,7 +85,9 @@ pub fn malformed(resp: &Response) -> Option<String> {
 pub fn status_of(resp: &Response) -> (u16, String) {
     let reason = match &resp.wire_reason {
         Some(r) => clean_peer_text(r),
-        None => resp.status_code.text().to_string(),
+        // rsipstack keeps an unknown code's reason phrase in the status code itself
+        // (`StatusCode::Other`): the peer's text too (fuzz: sip_response).
+        None => clean_peer_text(resp.status_code.text()),
     };
     (resp.status_code.code(), reason)
 }

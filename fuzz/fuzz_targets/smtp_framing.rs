@@ -81,10 +81,12 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             }
             let before = buf.len();
-            let Some(line) = framer.next(&mut buf, MAX_LINE) else {
+            let next = framer.next(&mut buf, MAX_LINE);
+            // (The rest of an over-long line is consumed even when no line comes out.)
+            offset += before - buf.len();
+            let Some(line) = next else {
                 break;
             };
-            offset += before - buf.len();
             let Framed::Command(line) = line else {
                 continue;
             };
