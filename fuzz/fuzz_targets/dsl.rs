@@ -92,7 +92,7 @@ impl Input for Fields<'_> {
         }
     }
     fn field_fn(&self, _slot: u16, arg: &str) -> Value {
-        if arg.len() % 3 == 0 {
+        if arg.len().is_multiple_of(3) {
             Value::Null
         } else {
             Value::str(self.text)
