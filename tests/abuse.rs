@@ -875,3 +875,28 @@ fn unknown_status_code_reason_is_cleaned() {
     assert_eq!(code, 206);
     assert!(!reason.chars().any(char::is_control), "{reason:?}");
 }
+
+/// fuzz `sip_response`: a 3xx Contact with a bare CR inside (`<sips:c@d>\rb.example>`)
+/// came back from `redirect_targets` as the URI `sips:c@d>\rb.example`, the next
+/// Request-URI the client would have sent to.
+#[test]
+fn redirect_targets_are_clean_uris() {
+    let wire = b"SIP/2.0 302 Moved\r\nVia: SIP/2.0/TCP 192.0.2.10:5060;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: 1@b\r\nCSeq: 1 MESSAGE\r\nContact: <sip:a@tel:+1555>;q=0.9, \"x\" <sips:c@d>\rb.example>;q=0.5, <tel:+1555>;q=0.9, d\r\nContent-Length: 0\r\n\r\n";
+    let msg = rsipstack::sip::SipMessage::try_from(&wire[..]).expect("parses");
+    let rsipstack::sip::SipMessage::Response(resp) = msg else {
+        panic!("a response")
+    };
+    let targets = iwf::sip::response::redirect_targets(&resp);
+    assert!(!targets.is_empty(), "the good contacts are kept");
+    for t in &targets {
+        assert!(
+            !t.chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '>'),
+            "{t:?}"
+        );
+    }
+    assert_eq!(
+        iwf::sip::response::contacts(&["<sips:c@d>\rb.example>", "<sip:x@y z>", "<tel:+1555>"]),
+        vec!["tel:+1555".to_string()]
+    );
+}

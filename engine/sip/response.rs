@@ -217,6 +217,15 @@ fn parse_contact(item: &str) -> Option<(f32, String)> {
     };
     let uri = uri.trim();
     let uri = uri.split('?').next().unwrap_or(uri);
+    // A URI has no spaces, controls, quotes or angle brackets (RFC 3986 §2; RFC 3261 §25.1):
+    // a Contact with a bare CR inside (`<sips:c@d>\rb.example>`) must not become the next
+    // Request-URI (fuzz: sip_response).
+    if uri
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>' | '"'))
+    {
+        return None;
+    }
     let scheme = uri.split(':').next()?.to_ascii_lowercase();
     if !matches!(scheme.as_str(), "sip" | "sips" | "tel") || uri.len() <= scheme.len() + 1 {
         return None;
