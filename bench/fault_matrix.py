@@ -329,6 +329,8 @@ def main():
     ap.add_argument("-n", type=int, default=1000, help="mails per row (default 1000)")
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS))
     ap.add_argument("--settle", type=float, default=60, help="seconds a row may take after sending")
+    ap.add_argument("--tolerate-restart-dups", action="store_true",
+                    help="do not fail on duplicates in the restart row (known: no durable dedup yet)")
     ap.add_argument("--t1-ms", type=int, default=100, help="iwf SIP T1 (Timer F = 64*T1), default 100")
     a = ap.parse_args()
 
@@ -398,8 +400,11 @@ def main():
         print("| %(row)s | %(sent)d | %(delivered)d | %(bounced)d | %(queued)d | %(dup)d | %(lost)d | %(both)d | %(seconds)s |" % r)
     print()
     print("logs: %s" % work)
+    # A SIGKILL between the SIP 2xx and our 250 makes Postfix send the mail again ("lost
+    # connection ... while sending end of data -- message may be sent more than once"):
+    # without a durable record of delivered transactions that is a duplicate.
     bad = [r["row"] for r in results if r["lost"] != 0 or r["both"] != 0 or
-           (r["dup"] != 0 and r["row"] not in ("restart",))]
+           (r["dup"] != 0 and not (r["row"] == "restart" and a.tolerate_restart_dups))]
     if bad:
         print("FAILED rows: %s" % ", ".join(bad))
         return 1

@@ -13,9 +13,11 @@
 //! | [`postfix`] | smtplib → Postfix → `iwf serve` → SIPp; bounces read by an aiosmtpd sink |
 //! | [`mixed`] | smtplib over SMTP and LMTP → `iwf serve` → in-process answerer, per-recipient answers |
 //! | [`concurrency`] | 64 raw SMTP sessions → `iwf serve` → SIPp or the in-process answerer |
+//! | [`fault_matrix`] | smtplib → Postfix → `iwf serve` → a misbehaving SIP peer per row (bench/fault_matrix.sh, small) |
 
 mod clients;
 mod concurrency;
+mod fault_matrix;
 mod harness;
 mod mixed;
 mod postfix;
