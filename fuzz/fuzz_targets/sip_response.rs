@@ -55,8 +55,10 @@ fn check(msg: SipMessage) {
         }
     }
     for t in redirect_targets(&resp) {
+        // (schemes are case-insensitive, RFC 3986 §3.1: `teL:` is fine)
+        let lower = t.to_ascii_lowercase();
         assert!(
-            t.starts_with("sip:") || t.starts_with("sips:") || t.starts_with("tel:"),
+            lower.starts_with("sip:") || lower.starts_with("sips:") || lower.starts_with("tel:"),
             "{t:?}"
         );
         assert!(!t.contains(['\r', '\n']), "{t:?}");
