@@ -191,7 +191,8 @@ impl<'x> Mail<'x> {
         let mut have_ct = false;
         for h in &root.headers {
             let n = h.name.as_str();
-            if n.len() > 8 && n[..8].eq_ignore_ascii_case("content-") {
+            // Bytes, not `str` slicing: a header name may hold multi-byte characters (fuzz: map).
+            if n.len() > 8 && n.as_bytes()[..8].eq_ignore_ascii_case(b"content-") {
                 have_ct |= n.eq_ignore_ascii_case("content-type");
                 out.extend_from_slice(n.as_bytes());
                 out.extend_from_slice(b": ");

@@ -85,7 +85,9 @@ pub fn malformed(resp: &Response) -> Option<String> {
 pub fn status_of(resp: &Response) -> (u16, String) {
     let reason = match &resp.wire_reason {
         Some(r) => clean_peer_text(r),
-        None => resp.status_code.text().to_string(),
+        // rsipstack keeps an unknown code's reason phrase in the status code itself
+        // (`StatusCode::Other`): the peer's text too (fuzz: sip_response).
+        None => clean_peer_text(resp.status_code.text()),
     };
     (resp.status_code.code(), reason)
 }
@@ -215,6 +217,15 @@ fn parse_contact(item: &str) -> Option<(f32, String)> {
     };
     let uri = uri.trim();
     let uri = uri.split('?').next().unwrap_or(uri);
+    // A URI has no spaces, controls, quotes or angle brackets (RFC 3986 §2; RFC 3261 §25.1):
+    // a Contact with a bare CR inside (`<sips:c@d>\rb.example>`) must not become the next
+    // Request-URI (fuzz: sip_response).
+    if uri
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>' | '"'))
+    {
+        return None;
+    }
     let scheme = uri.split(':').next()?.to_ascii_lowercase();
     if !matches!(scheme.as_str(), "sip" | "sips" | "tel") || uri.len() <= scheme.len() + 1 {
         return None;

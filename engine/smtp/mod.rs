@@ -103,6 +103,8 @@ use crate::reply::Reply;
 mod config;
 mod data;
 mod ehlo;
+#[doc(hidden)]
+pub mod fuzzing;
 mod line;
 mod mail;
 mod params;

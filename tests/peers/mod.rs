@@ -17,12 +17,14 @@
 //! | [`baresip`] | smtplib → `iwf serve` → baresip, a real text-only SIP UA (415 to CPIM, 488 to MSRP); DSNs at an aiosmtpd sink |
 //! | [`concurrency`] | 64 raw SMTP sessions → `iwf serve` → SIPp or the in-process answerer |
 //! | [`store`] | raw SMTP and Postfix → `iwf serve` (SQLite / redis-server) → in-process answerer; kill -9 |
+//! | [`fault_matrix`] | smtplib → Postfix → `iwf serve` → a misbehaving SIP peer per row (bench/fault_matrix.sh, small) |
 
 mod baresip;
 mod clients;
 mod concurrency;
 mod cpm_to_mail;
 mod exim;
+mod fault_matrix;
 mod harness;
 mod mixed;
 mod postfix;
