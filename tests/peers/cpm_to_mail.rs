@@ -1084,3 +1084,65 @@ fn cancel_after_the_200_has_no_effect_on_the_session() {
         assert!(r.starts_with("SIP/2.0 200"), "{r}");
     });
 }
+
+/// Large Message Mode driven by an MSRP sender that is not iwf's own: `msrp_sender.py`
+/// (stdlib Python, after the shared bench-baseline's `sip_msrp_flow.py`) sends INVITE, the
+/// chunks stop-and-wait and BYE to `iwf serve` over UDP SIP. 5 KB, 100 KB and 5 MB each
+/// arrive at the smarthost as one mail, byte for byte; every chunk, the INVITE and the BYE
+/// get 200 (the last chunk's only after the smarthost's 250).
+#[test]
+fn python_msrp_sender_5k_100k_5m_arrive_as_one_mail_each() {
+    use base64::Engine;
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let (iwf, udp, _) = start_iwf(sink.port, 20);
+    let dir = tempfile::tempdir().unwrap();
+    for (i, size) in [5_000usize, 100_000, 5_000_000].into_iter().enumerate() {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 13 % 256) as u8).collect();
+        let mut cpim = format!(
+            "From: <sip:+15551234567@ims.example.net>\r\nTo: <sip:alice%40mail.example.org@iwf.example.net>\r\nSubject: {size} octets\r\n\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        cpim.extend_from_slice(&payload);
+        let file = dir.path().join(format!("m{i}"));
+        std::fs::write(&file, &cpim).unwrap();
+        let (st, out) = harness::run(
+            "msrp_sender.py",
+            Command::new(PYTHON)
+                .arg(asset("msrp_sender.py"))
+                .args(["--peer", &format!("127.0.0.1:{udp}")])
+                .args(["--uri", "sip:alice%40mail.example.org@iwf.example.net"])
+                .arg("--file")
+                .arg(&file)
+                .args(["--ctype", "message/cpim", "--chunk", "10000"]),
+            Duration::from_secs(120),
+        );
+        assert!(
+            st.success(),
+            "{size}: the sender did not get 200 everywhere:\n{out}\n--- iwf:\n{}",
+            iwf.proc.output()
+        );
+        assert!(out.contains("BYE    -> SIP/2.0 200"), "{out}");
+        let mails = wait_until(Duration::from_secs(10), || {
+            let m = sink.mails();
+            (m.len() > i).then_some(m)
+        })
+        .unwrap_or_else(|| panic!("{size} bytes: no mail at the smarthost"));
+        let m = &mails[i];
+        let head = &m[..m.find("\r\n\r\n").unwrap_or(m.len())];
+        assert!(head.contains(&format!("Subject: {size} octets")), "{head}");
+        assert!(head.contains("Content-Transfer-Encoding: base64"), "{head}");
+        let body = m.split("\r\n\r\n").nth(1).unwrap().replace("\r\n", "");
+        let got = base64::engine::general_purpose::STANDARD
+            .decode(body.trim())
+            .unwrap();
+        assert!(
+            got == payload,
+            "{size} bytes: content differs ({} bytes arrived)",
+            got.len()
+        );
+    }
+    assert_eq!(sink.mails().len(), 3, "one mail per message");
+}
