@@ -683,7 +683,7 @@ fn baresip_message_reaches_the_smarthost() {
         let sink = Smarthost::start(mode);
         let (iwf, udp, _) = start_iwf(sink.port, 10);
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port(true);
+        let port = baresip_port();
         let files = [
             (
                 "config",
@@ -1145,4 +1145,190 @@ fn python_msrp_sender_5k_100k_5m_arrive_as_one_mail_each() {
         );
     }
     assert_eq!(sink.mails().len(), 3, "one mail per message");
+}
+
+/// Kamailio as a stateful SIP proxy on loopback (`tests/peers/kamailio/kamailio-proxy.cfg`)
+/// relaying everything to iwf's UDP port; SIGTERM (which ends its workers too), then a kill.
+struct KamailioProxy {
+    proc: Proc,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl KamailioProxy {
+    fn start(next_port: u16) -> KamailioProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(true);
+        let cfg = std::fs::read_to_string(asset("kamailio/kamailio-proxy.cfg"))
+            .unwrap()
+            .replace("@SIP_PORT@", &port.to_string())
+            .replace("@NEXT_PORT@", &next_port.to_string());
+        let path = dir.path().join("kamailio.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        let mut proc = Proc::spawn(
+            "kamailio",
+            Command::new("kamailio")
+                .arg("-f")
+                .arg(&path)
+                .args(["-DD", "-E", "-Y", &d, "-w", &d, "-m", "64", "-M", "8"]),
+        );
+        if wait_until(Duration::from_secs(10), || {
+            harness::listening(true, port).then_some(())
+        })
+        .is_none()
+        {
+            proc.terminate();
+            proc.wait(Duration::from_secs(5));
+            proc.kill();
+            panic!("kamailio did not listen: {}", proc.output());
+        }
+        KamailioProxy {
+            proc,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for KamailioProxy {
+    fn drop(&mut self) {
+        self.proc.terminate();
+        if self.proc.wait(Duration::from_secs(5)).is_none() {
+            self.proc.kill();
+        }
+    }
+}
+
+/// Issue 9's "Done when", first sentence: baresip (a real UA, its `/message` command) sends
+/// a MESSAGE through Kamailio (a stateful proxy on loopback) into `iwf serve`, which hands it
+/// to a private Postfix delivering into a Maildir. The mail file has From (the mapped
+/// sender), To, Date, Subject and the UTF-8 body; Postfix logs
+/// `status=sent`; iwf answered 202 only after Postfix's 250 (its log line pairs the two),
+/// and baresip got that 202 through Kamailio.
+#[test]
+fn baresip_through_kamailio_to_a_postfix_mailbox() {
+    if !peers() || !require(&["baresip", "kamailio", "/usr/sbin/postfix"]) {
+        return;
+    }
+    if !harness::is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let pf = MailboxPostfix::start();
+    let (iwf, udp, _) = start_iwf(pf.port, 15);
+    let kam = KamailioProxy::start(udp);
+    let dir = tempfile::tempdir().unwrap();
+    let port = baresip_port();
+    let files = [
+        (
+            "config",
+            format!(
+                "sip_listen\t\t127.0.0.1:{port}\nmodule_path\t\t/usr/lib/baresip/modules\nmodule\t\t\taccount.so\nmodule\t\t\tcontact.so\nmodule_app\t\tmenu.so\n"
+            ),
+        ),
+        (
+            "accounts",
+            format!(
+                "<sip:bob@ims.example.net>;regint=0;outbound=\"sip:127.0.0.1:{};transport=udp\"\n",
+                kam.port
+            ),
+        ),
+        (
+            "contacts",
+            "\"Alice\" <sip:alice%40mail.example.org@iwf.example.net>\n".to_string(),
+        ),
+        (
+            "current_contact",
+            "sip:alice%40mail.example.org@iwf.example.net".to_string(),
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let (_, out) = harness::run(
+        "baresip",
+        Command::new("baresip").arg("-f").arg(dir.path()).args([
+            "-s",
+            "-e",
+            "/message Grüße aus dem Telefon, schöne Woche!",
+            "-t",
+            "8",
+        ]),
+        Duration::from_secs(40),
+    );
+    let ctx = || {
+        format!(
+            "--- baresip:\n{out}\n--- kamailio:\n{}\n--- iwf:\n{}\n--- postfix:\n{}",
+            kam.proc.output(),
+            iwf.proc.output(),
+            pf.log()
+        )
+    };
+    assert!(
+        out.contains("SIP/2.0 202 "),
+        "baresip got no 202\n{}",
+        ctx()
+    );
+    assert!(
+        kam.proc.output().contains("proxy: reply 202"),
+        "the 202 did not come through Kamailio\n{}",
+        ctx()
+    );
+    let mails = wait_until(Duration::from_secs(20), || {
+        let m = pf.mailbox();
+        (!m.is_empty()).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("nothing in the mailbox\n{}", ctx()));
+    let m = &mails[0];
+    let head = &m[..m.find("\n\n").unwrap_or(m.len())];
+    assert!(head.contains("\nFrom: <bob@cpm.example.net>\n"), "{m}");
+    assert!(head.contains("\nTo: <alice@mail.example.org>"), "{m}");
+    let date = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Date: "))
+        .unwrap_or_else(|| panic!("no Date:\n{m}"));
+    assert!(
+        chrono::DateTime::parse_from_rfc2822(date.trim()).is_ok(),
+        "Date is not RFC 5322: {date}"
+    );
+    assert!(
+        head.contains("\nSubject: CPM message from bob@cpm.example.net\n"),
+        "{m}"
+    );
+    assert!(
+        head.contains("charset=utf-8") || head.contains("charset=UTF-8"),
+        "{m}"
+    );
+    assert!(m.contains("Grüße aus dem Telefon, schöne Woche!"), "{m}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pf.log()
+                .lines()
+                .any(|l| l.contains("to=<alice@mail.example.org>") && l.contains("status=sent"))
+                .then_some(())
+        })
+        .is_some(),
+        "{}",
+        pf.log()
+    );
+    // iwf's log line for the MESSAGE: the smarthost's 250 and, from it, the 202.
+    assert!(
+        iwf.proc
+            .output()
+            .lines()
+            .any(|l| l.contains("MESSAGE to mail") && l.contains("250") && l.contains("202")),
+        "{}",
+        iwf.proc.output()
+    );
+}
+
+/// A port free for both UDP and TCP: baresip binds its `sip_listen` on both.
+fn baresip_port() -> u16 {
+    loop {
+        let p = free_port(true);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
