@@ -95,6 +95,7 @@ if command -v kamailio >/dev/null; then
   kamailio -f "$WORK/kam.cfg" -DD -E -Y "$WORK" -w "$WORK" -m 64 -M 8 >"$WORK/kam.log" 2>&1 &
   PIDS+=($!)
   TARGETS="iwf kamailio sipp-uas"
+  kamailio -c -f "$WORK/kam.cfg" >/dev/null 2>&1 || { echo "kamailio-202.cfg does not load:"; cat "$WORK/kam.log"; exit 1; }
 fi
 sleep 1
 for _ in $(seq 50); do grep -q "listening on udp" "$WORK/iwf.log" && break; sleep 0.1; done
@@ -107,7 +108,7 @@ run() {
   rm -f "$WORK"/uac_*_rtt.csv
   t0=$(date +%s.%N)
   rc=0
-  (cd "$WORK" && timeout 300 sipp "127.0.0.1:$port" -sf uac.xml -i 127.0.0.1 -p "$(free_port)" -t u1 \
+  (cd "$WORK" && timeout 120 sipp "127.0.0.1:$port" -sf uac.xml -i 127.0.0.1 -p "$(free_port)" -t u1 \
       -m "$calls" -l "$limit" -r "$rate" -nostdin -trace_rtt -rtt_freq 100 >/dev/null 2>&1) || rc=$?
   t1=$(date +%s.%N)
   python3 -c "print($calls, round($t1 - $t0, 3), $rc)"
