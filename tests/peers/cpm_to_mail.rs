@@ -1038,6 +1038,9 @@ fn cancel_after_the_200_has_no_effect_on_the_session() {
             common("ACK", "z9hG4bKcancel1ack", "1 ACK", &to_tag)
         );
         sock.send_to(ack.as_bytes(), iwf_addr).await.unwrap();
+        // The ACK ends the transaction; for the instant until it is dropped and moved to
+        // rsipstack's finished transactions a CANCEL would find neither (and get no
+        // answer, or 481). A CANCEL that close behind the ACK is no real UA's.
         tokio::time::sleep(Duration::from_millis(200)).await;
         sock.send_to(cancel.as_bytes(), iwf_addr).await.unwrap();
         let r = recv("CSeq: 1 CANCEL").await;
