@@ -7,7 +7,15 @@
 //! mapped and delivered like a MESSAGE body (the same phases; `sip.transport` is `MSRP`),
 //! then that chunk gets 200 (with a success REPORT when `Success-Report: yes`) or the
 //! mapped refusal (RFC 4975 §7.1.2: the transaction response is the failure report). BYE
-//! ends the session; a session abandoned before its message is complete sends no mail.
+//! ends the session.
+//!
+//! A session abandoned before its message is complete sends no mail, and the sender gets a
+//! failure REPORT (`Status: 000 408`, the octets received as Byte-Range) unless it said
+//! `Failure-Report: no`: when its BYE comes first (the REPORT goes before the 200 to the
+//! BYE), or when it falls silent mid-message for `msrp_idle`. A REPORT needs the MSRP
+//! connection; when the sender closed it, there is none to send, and the SIP dialog waits
+//! for the sender's BYE (200). A CANCEL after the 200 to the INVITE is answered 200 by the
+//! transaction layer and changes nothing (RFC 3261 §9.2).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,23 +42,34 @@ const SESSION_CAP: Duration = Duration::from_secs(120);
 /// After the message: how long to wait for the BYE.
 const BYE_WAIT: Duration = Duration::from_secs(30);
 
+/// A BYE's signal to its session: the session answers on `done` once it has sent what it
+/// owes the sender on the MSRP connection (the failure REPORTs), so the 200 to the BYE
+/// follows them.
+type ByeSignal = oneshot::Sender<()>;
+
 /// Sessions in progress: Call-ID → the signal its BYE gives.
 #[derive(Default)]
-pub struct Sessions(Mutex<HashMap<String, oneshot::Sender<()>>>);
+pub struct Sessions(Mutex<HashMap<String, oneshot::Sender<ByeSignal>>>);
+
+/// Longest wait of a BYE for its session to send its failure REPORTs.
+const BYE_REPORT_WAIT: Duration = Duration::from_secs(2);
 
 impl Sessions {
-    fn insert(&self, call_id: &str, bye: oneshot::Sender<()>) {
+    fn insert(&self, call_id: &str, bye: oneshot::Sender<ByeSignal>) {
         if let Ok(mut g) = self.0.lock() {
             g.insert(call_id.to_string(), bye);
         }
     }
 
-    /// A BYE: 200 for a session we know (and it ends), else 481.
-    pub fn bye(&self, call_id: &str) -> SipAnswer {
+    /// A BYE: 200 for a session we know (and it ends, after its failure REPORTs), else 481.
+    pub async fn bye(&self, call_id: &str) -> SipAnswer {
         let found = self.0.lock().ok().and_then(|mut g| g.remove(call_id));
         match found {
             Some(signal) => {
-                let _ = signal.send(());
+                let (done_tx, done_rx) = oneshot::channel();
+                if signal.send(done_tx).is_ok() {
+                    let _ = tokio::time::timeout(BYE_REPORT_WAIT, done_rx).await;
+                }
                 SipAnswer::new(200, "OK")
             }
             None => SipAnswer::new(481, "Call/Transaction Does Not Exist"),
@@ -65,6 +84,12 @@ impl Sessions {
 }
 
 /// Answers an INVITE and runs its MSRP session to the end.
+///
+/// A CANCEL never reaches this code: the INVITE is answered 200 at once, and rsipstack's
+/// INVITE server transaction (kept in the Accepted state of RFC 6026 §7.1 for 64·T1 by the
+/// loop below) answers a CANCEL with 200 and changes nothing (RFC 3261 §9.2: "If it has
+/// [already sent a final response], the CANCEL request has no effect on the processing of
+/// the original request, no effect on any session state"); after that, with 481.
 pub async fn invite(uas: Arc<Uas>, mut tx: Transaction, inc: Incoming) {
     let rules = uas.rules.load_full();
     let refuse = |a: SipAnswer| super::complete(a, &rules);
@@ -134,20 +159,68 @@ pub async fn invite(uas: Arc<Uas>, mut tx: Transaction, inc: Incoming) {
         uas.sessions.forget(&call_id);
         return;
     }
-    // The transaction absorbs the ACK (and INVITE retransmissions) until it ends.
-    tokio::spawn(async move { while tx.receive().await.is_some() {} });
+    // The transaction absorbs the ACK, INVITE retransmissions and CANCELs (200, no effect)
+    // until it ends. It must be dropped once terminated (the ACK terminates it): only then
+    // does rsipstack move it to its finished transactions, where a later CANCEL finds the
+    // 200 and is answered 200; a terminated transaction kept alive answers CANCEL with 481.
+    tokio::spawn(async move {
+        while tx.receive().await.is_some() {
+            if tx.is_terminated() {
+                break;
+            }
+        }
+    });
 
-    let received = tokio::select! {
-        r = tokio::time::timeout(SESSION_CAP, receive(listener, max)) => r.ok().flatten(),
-        _ = &mut bye_rx => None,
-    };
-    let Some((msg, mut stream, last, mut parser, mut reasm)) = received else {
-        tracing::info!(
-            call_id,
-            "large message session ended without a complete message: no mail"
-        );
-        uas.sessions.forget(&call_id);
-        return;
+    let ended = run(listener, max, uas.config.msrp_idle, &mut bye_rx).await;
+    let (msg, mut conn, last) = match ended {
+        Ended::Complete(done) => *done,
+        Ended::Bye(conn, done) => {
+            // RFC 4975 §7.1.2: a message that will not be delivered gets a failure REPORT
+            // unless its sender said `Failure-Report: no`; the connection is still up, so
+            // it goes before the 200 to the BYE.
+            if let Some(mut c) = conn {
+                c.report_failures(408).await;
+            }
+            tracing::info!(call_id, "BYE before the message was complete: no mail");
+            let _ = done.send(());
+            return;
+        }
+        Ended::Idle(mut c) => {
+            tracing::info!(
+                call_id,
+                "MSRP sender silent mid-message: failure REPORT, no mail"
+            );
+            c.report_failures(408).await;
+            c.refuse_until_bye(&mut bye_rx).await;
+            uas.sessions.forget(&call_id);
+            return;
+        }
+        Ended::Gone => {
+            // The connection is gone: a REPORT travels only on it (RFC 4975 §7.1.2, the
+            // reverse of the SEND's path), and as the passive side (`a=setup:passive`)
+            // iwf cannot open another. What is left is the SIP level: the dialog stays
+            // until the sender's BYE, which gets its 200 (not a 481), or until BYE_WAIT.
+            tracing::info!(
+                call_id,
+                "MSRP connection closed before the message was complete: no mail"
+            );
+            let _ = tokio::time::timeout(BYE_WAIT, async {
+                if let Ok(done) = (&mut bye_rx).await {
+                    let _ = done.send(());
+                }
+            })
+            .await;
+            uas.sessions.forget(&call_id);
+            return;
+        }
+        Ended::Cap(conn) => {
+            tracing::info!(call_id, "large message session over its time cap: no mail");
+            if let Some(mut c) = conn {
+                c.report_failures(408).await;
+            }
+            uas.sessions.forget(&call_id);
+            return;
+        }
     };
     // The complete message, delivered like a MESSAGE body.
     let mut headers: Vec<(String, String)> = inc
@@ -187,60 +260,59 @@ pub async fn invite(uas: Arc<Uas>, mut tx: Transaction, inc: Incoming) {
         "large message to mail"
     );
     if !out.is_empty() {
-        let _ = stream.write_all(&out).await;
+        let _ = conn.stream.write_all(&out).await;
     }
     // Later SENDs in the session are refused (one message per session here); wait for BYE.
-    let mut buf = vec![0u8; 16 * 1024];
-    let _ = tokio::time::timeout(BYE_WAIT, async {
-        loop {
-            tokio::select! {
-                _ = &mut bye_rx => return,
-                n = stream.read(&mut buf) => {
-                    let Ok(n) = n else { return };
-                    if n == 0 { return }
-                    let mut data = buf.get(..n).unwrap_or_default();
-                    while let Ok(Some(Frame::Request(req))) = parser.feed(data) {
-                        data = &[];
-                        if req.method == Method::Send {
-                            let _ = reasm.absorb(&req);
-                            let mut o = BytesMut::new();
-                            req.response(403, reason(403)).render(&mut o);
-                            let _ = stream.write_all(&o).await;
-                        }
-                    }
-                }
-            }
-        }
-    })
-    .await;
+    conn.refuse_until_bye(&mut bye_rx).await;
     uas.sessions.forget(&call_id);
 }
 
-type Received = (ReceivedMessage, TcpStream, Request, Parser, Reassembler);
+/// How the MSRP side of a session ended.
+enum Ended {
+    /// One message is complete; its completing chunk (the `Request`) is not answered yet.
+    Complete(Box<(ReceivedMessage, Conn, Request)>),
+    /// The sender's BYE came first (with the connection, when there was one).
+    Bye(Option<Conn>, ByeSignal),
+    /// The sender was silent mid-message for the idle time; the connection is open.
+    Idle(Conn),
+    /// The connection closed, or sent what does not parse, before a message was complete.
+    Gone,
+    /// The session's time cap.
+    Cap(Option<Conn>),
+}
 
-/// Accepts the sender's connection and answers its chunks until one message is complete;
-/// returns it with the connection and the completing chunk, still unanswered.
-async fn receive(listener: TcpListener, max: usize) -> Option<Received> {
-    let (mut stream, _) = listener.accept().await.ok()?;
-    drop(listener);
-    let _ = stream.set_nodelay(true);
-    let mut parser = Parser::new(Limits::default());
-    let mut reasm = Reassembler::new(max, 4);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = BytesMut::new();
-    loop {
-        let n = stream.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
+/// The sender's connection and what is in progress on it.
+struct Conn {
+    stream: TcpStream,
+    parser: Parser,
+    reasm: Reassembler,
+    /// Messages begun and not finished: Message-ID → (the head of its last chunk, octets
+    /// received), for failure REPORTs.
+    pending: HashMap<String, (Request, u64)>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, max: usize) -> Conn {
+        let _ = stream.set_nodelay(true);
+        Conn {
+            stream,
+            parser: Parser::new(Limits::default()),
+            reasm: Reassembler::new(max, 4),
+            pending: HashMap::new(),
         }
-        let mut data = buf.get(..n).unwrap_or_default();
+    }
+
+    /// Takes `data` and answers its chunks; `Ok(Some)` when a message is complete (its
+    /// completing chunk unanswered), `Err` when the connection is no use any more.
+    async fn absorb(&mut self, mut data: &[u8]) -> Result<Option<(ReceivedMessage, Request)>, ()> {
+        let mut out = BytesMut::new();
         loop {
-            let frame = match parser.feed(data) {
+            let frame = match self.parser.feed(data) {
                 Ok(Some(f)) => f,
-                Ok(None) => break,
+                Ok(None) => return Ok(None),
                 Err(e) => {
                     tracing::debug!("MSRP from the sender does not parse: {e}");
-                    return None;
+                    return Err(());
                 }
             };
             data = &[];
@@ -249,16 +321,31 @@ async fn receive(listener: TcpListener, max: usize) -> Option<Received> {
             let status = match &req.method {
                 Method::Report => continue,
                 Method::Other(_) => 501,
-                Method::Send => match reasm.absorb(&req) {
-                    Absorbed::Complete(m) => {
-                        if !out.is_empty() {
-                            let _ = stream.write_all(&out).await;
+                Method::Send => {
+                    let id = req.message_id.clone().unwrap_or_default();
+                    let len = req.body.as_ref().map_or(0, |b| b.len()) as u64;
+                    match self.reasm.absorb(&req) {
+                        Absorbed::Complete(m) => {
+                            self.pending.remove(&id);
+                            return Ok(Some((m, req)));
                         }
-                        return Some((m, stream, req, parser, reasm));
+                        Absorbed::Partial => {
+                            let got = self.pending.get(&id).map_or(0, |(_, n)| *n) + len;
+                            let mut head = req.clone();
+                            head.body = None;
+                            self.pending.insert(id, (head, got));
+                            200
+                        }
+                        Absorbed::Aborted => {
+                            self.pending.remove(&id);
+                            200
+                        }
+                        Absorbed::Refused(code) => {
+                            self.pending.remove(&id);
+                            code
+                        }
                     }
-                    Absorbed::Partial | Absorbed::Aborted => 200,
-                    Absorbed::Refused(code) => code,
-                },
+                }
             };
             let wanted = match req.failure_report.unwrap_or(FailureReport::Yes) {
                 FailureReport::Yes => true,
@@ -267,9 +354,150 @@ async fn receive(listener: TcpListener, max: usize) -> Option<Received> {
             };
             if wanted {
                 req.response(status, reason(status)).render(&mut out);
-                stream.write_all(&out).await.ok()?;
+                self.stream.write_all(&out).await.map_err(|_| ())?;
             }
         }
+    }
+
+    /// Sends a failure REPORT with `code` for every unfinished message whose sender did not
+    /// say `Failure-Report: no` (RFC 4975 §7.1.2; `partial` asks for failures too), and
+    /// forgets them. Bounded in time: a sender that does not read is not waited for.
+    async fn report_failures(&mut self, code: u16) {
+        let mut out = BytesMut::new();
+        for (id, (head, got)) in self.pending.drain() {
+            if head.failure_report == Some(FailureReport::No) {
+                continue;
+            }
+            failure_report(&id, &head, got, code).render(&mut out);
+        }
+        if !out.is_empty() {
+            let _ = tokio::time::timeout(BYE_REPORT_WAIT, self.stream.write_all(&out)).await;
+        }
+    }
+
+    /// After the session's one message: later SENDs get 403 until the BYE (or BYE_WAIT).
+    async fn refuse_until_bye(&mut self, bye_rx: &mut oneshot::Receiver<ByeSignal>) {
+        let mut buf = vec![0u8; 16 * 1024];
+        let _ = tokio::time::timeout(BYE_WAIT, async {
+            loop {
+                tokio::select! {
+                    done = &mut *bye_rx => {
+                        if let Ok(done) = done {
+                            let _ = done.send(());
+                        }
+                        return;
+                    }
+                    n = self.stream.read(&mut buf) => {
+                        let Ok(n) = n else { return };
+                        if n == 0 { return }
+                        let mut data = buf.get(..n).unwrap_or_default();
+                        while let Ok(Some(Frame::Request(req))) = self.parser.feed(data) {
+                            data = &[];
+                            if req.method == Method::Send {
+                                let _ = self.reasm.absorb(&req);
+                                let mut o = BytesMut::new();
+                                req.response(403, reason(403)).render(&mut o);
+                                let _ = self.stream.write_all(&o).await;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Accepts the sender's connection and answers its chunks until one message is complete,
+/// the BYE comes, the sender falls silent mid-message for `idle`, the connection ends, or
+/// the session cap passes.
+async fn run(
+    listener: TcpListener,
+    max: usize,
+    idle: Duration,
+    bye_rx: &mut oneshot::Receiver<ByeSignal>,
+) -> Ended {
+    enum Ev {
+        Accepted(Option<TcpStream>),
+        Read(std::io::Result<usize>),
+        Bye(Option<ByeSignal>),
+        Timer,
+    }
+    let cap = tokio::time::Instant::now() + SESSION_CAP;
+    let mut listener = Some(listener);
+    let mut conn: Option<Conn> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let idle_at = match &conn {
+            Some(c) if !c.pending.is_empty() => (tokio::time::Instant::now() + idle).min(cap),
+            _ => cap,
+        };
+        let ev = match (&mut conn, &listener) {
+            (Some(c), _) => tokio::select! {
+                n = c.stream.read(&mut buf) => Ev::Read(n),
+                b = &mut *bye_rx => Ev::Bye(b.ok()),
+                _ = tokio::time::sleep_until(idle_at) => Ev::Timer,
+            },
+            (None, Some(l)) => tokio::select! {
+                a = l.accept() => Ev::Accepted(a.ok().map(|(s, _)| s)),
+                b = &mut *bye_rx => Ev::Bye(b.ok()),
+                _ = tokio::time::sleep_until(cap) => Ev::Timer,
+            },
+            (None, None) => return Ended::Gone,
+        };
+        match ev {
+            Ev::Accepted(Some(s)) => {
+                listener = None;
+                conn = Some(Conn::new(s, max));
+            }
+            Ev::Accepted(None) => return Ended::Gone,
+            Ev::Bye(Some(done)) => return Ended::Bye(conn, done),
+            // The session table dropped us (cannot happen while we run): end quietly.
+            Ev::Bye(None) => return Ended::Gone,
+            Ev::Timer if tokio::time::Instant::now() >= cap => return Ended::Cap(conn),
+            Ev::Timer => match conn {
+                Some(c) => return Ended::Idle(c),
+                None => return Ended::Cap(None),
+            },
+            Ev::Read(Ok(0)) | Ev::Read(Err(_)) => return Ended::Gone,
+            Ev::Read(Ok(n)) => {
+                let Some(c) = conn.as_mut() else {
+                    return Ended::Gone;
+                };
+                match c.absorb(buf.get(..n).unwrap_or_default()).await {
+                    Ok(None) => {}
+                    Ok(Some((m, last))) => match conn {
+                        Some(c) => return Ended::Complete(Box::new((m, c, last))),
+                        None => return Ended::Gone,
+                    },
+                    Err(()) => return Ended::Gone,
+                }
+            }
+        }
+    }
+}
+
+/// A failure `REPORT` (RFC 4975 §7.1.2): the unfinished message's Message-ID, the octets
+/// received as Byte-Range, `Status: 000 <code>`, back along the sender's From-Path.
+fn failure_report(id: &str, head: &Request, received: u64, code: u16) -> Request {
+    Request {
+        message_id: Some(id.to_string()),
+        byte_range: Some(ByteRange {
+            start: 1,
+            end: Some(received),
+            total: head.byte_range.as_ref().and_then(|b| b.total),
+        }),
+        status: Some(Status {
+            namespace: 0,
+            code,
+            reason: Some(reason(code).into()),
+        }),
+        ..Request::new(
+            random_ident(),
+            Method::Report,
+            head.from_path.clone(),
+            head.to_path.iter().take(1).cloned().collect(),
+        )
     }
 }
 

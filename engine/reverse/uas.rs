@@ -37,6 +37,10 @@ pub struct UasConfig {
     pub max_in_flight: usize,
     /// How long an answer is kept for retransmissions (Timer J = 64·T1).
     pub answer_cache: Duration,
+    /// Large Message Mode: longest silence of the MSRP sender in the middle of a message;
+    /// then the message fails (failure REPORT, no mail). RFC 4975's 30 s transaction
+    /// timeout by default.
+    pub msrp_idle: Duration,
 }
 
 impl Default for UasConfig {
@@ -47,6 +51,7 @@ impl Default for UasConfig {
             smtp_timeout: Duration::from_secs(20),
             max_in_flight: 512,
             answer_cache: Duration::from_secs(32),
+            msrp_idle: Duration::from_secs(30),
         }
     }
 }
@@ -86,7 +91,7 @@ impl Uas {
         let rules = self.rules.load_full();
         let method = inc.method.to_ascii_uppercase();
         if method == "BYE" {
-            return Some(self.sessions.bye(inc.header("Call-ID").unwrap_or("")));
+            return Some(self.sessions.bye(inc.header("Call-ID").unwrap_or("")).await);
         }
         if method != "MESSAGE" {
             return answer_other(&rules, &method);
@@ -194,7 +199,9 @@ impl Uas {
 pub fn answer_other(rules: &RuleSet, method: &str) -> Option<SipAnswer> {
     match method.to_ascii_uppercase().as_str() {
         "ACK" => None,
-        // INVITEs are answered at once (large.rs): a CANCEL that reaches us matches nothing.
+        // INVITEs are answered at once (large.rs); rsipstack answers a CANCEL that matches
+        // an INVITE transaction itself (200, no effect: RFC 3261 §9.2). One that reaches us
+        // matches no transaction: 481.
         "CANCEL" | "BYE" => Some(SipAnswer::new(481, "Call/Transaction Does Not Exist")),
         "OPTIONS" => Some(
             SipAnswer::new(200, "OK")

@@ -600,6 +600,18 @@ async fn large_pair(
     iwf::sip::RsipBackend,
     iwf::large::LargeConfig,
 ) {
+    large_pair_idle(port, Duration::from_secs(30)).await
+}
+
+/// As [`large_pair`], with the UAS's `msrp_idle` (longest sender silence mid-message).
+async fn large_pair_idle(
+    port: u16,
+    msrp_idle: Duration,
+) -> (
+    iwf::sip::RsipBackend,
+    iwf::sip::RsipBackend,
+    iwf::large::LargeConfig,
+) {
     use std::sync::Arc;
 
     use iwf::reverse::{MemoryThreads, Uas, UasConfig};
@@ -611,6 +623,7 @@ async fn large_pair(
         Arc::new(MemoryThreads::default()),
         UasConfig {
             smarthost: Some(format!("127.0.0.1:{port}")),
+            msrp_idle,
             ..UasConfig::default()
         },
     ));
@@ -670,7 +683,7 @@ fn baresip_message_reaches_the_smarthost() {
         let sink = Smarthost::start(mode);
         let (iwf, udp, _) = start_iwf(sink.port, 10);
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port(true);
+        let port = baresip_port();
         let files = [
             (
                 "config",
@@ -734,16 +747,133 @@ fn baresip_message_reaches_the_smarthost() {
     }
 }
 
-/// A Large Message Mode session abandoned mid-message: the sender sends one chunk of a
-/// bigger message (`+`), then BYE. The chunk gets 200, the BYE 200, and no mail is sent.
-#[test]
-fn large_message_abandoned_mid_message_sends_no_mail() {
-    use bytes::BytesMut;
-    use iwf::msrp::codec::{ByteRange, Flag, Method, Request};
+/// An MSRP session opened by hand against the UAS: the INVITE went through iwf's own SIP
+/// client, the TCP connection to the UAS's `a=path` is open.
+struct HandSession {
+    stream: tokio::net::TcpStream,
+    /// The UAS's path (To-Path) and ours (From-Path).
+    theirs: String,
+    ours: String,
+    sip: Box<dyn iwf::sip::Session>,
+}
+
+async fn hand_session(client: &iwf::sip::RsipBackend, tag: &str) -> HandSession {
     use iwf::outcome::Outcome;
     use iwf::render::sdp::{SdpOffer, msrp_path, parse_answer};
     use iwf::sip::SipBackend;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ours = msrp_path("127.0.0.1".parse().unwrap(), 9, tag, false);
+    let offer = SdpOffer {
+        session_id: 1,
+        host: "127.0.0.1".parse().unwrap(),
+        port: 9,
+        session_path: ours.clone(),
+        accept_types: vec!["message/cpim".into()],
+        accept_wrapped_types: vec!["*".into()],
+        max_size: None,
+        sendonly: true,
+        setup_active: true,
+        tls: false,
+    };
+    let d = large_delivery(b"unused");
+    let inv = client
+        .send_invite(&d, offer.render().into_bytes(), "sip:iwf@127.0.0.1")
+        .await;
+    assert!(
+        matches!(inv.outcome, Outcome::Final { status: 200, .. }),
+        "{:?}",
+        inv.outcome
+    );
+    let answer = parse_answer(&String::from_utf8_lossy(&inv.answer.unwrap())).unwrap();
+    let theirs = answer.next_hop().unwrap().to_string();
+    let hostport = theirs
+        .strip_prefix("msrp://")
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    let stream = tokio::net::TcpStream::connect(hostport).await.unwrap();
+    HandSession {
+        stream,
+        theirs,
+        ours,
+        sip: inv.session.unwrap(),
+    }
+}
+
+impl HandSession {
+    /// Sends the first 10 octets of a 100-octet message `m1` (flag `+`).
+    async fn send_first_chunk(&mut self, failure_report: Option<iwf::msrp::codec::FailureReport>) {
+        use bytes::BytesMut;
+        use iwf::msrp::codec::{ByteRange, Flag, Method, Request};
+        use tokio::io::AsyncWriteExt;
+        let mut req = Request::new(
+            "t1",
+            Method::Send,
+            vec![self.theirs.clone()],
+            vec![self.ours.clone()],
+        );
+        req.message_id = Some("m1".into());
+        req.byte_range = Some(ByteRange {
+            start: 1,
+            end: Some(10),
+            total: Some(100),
+        });
+        req.failure_report = failure_report;
+        req.content_type = Some("message/cpim".into());
+        req.body = Some(bytes::Bytes::from_static(b"From: <tel"));
+        req.flag = Flag::More;
+        let mut out = BytesMut::new();
+        req.render(&mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// What arrives on the MSRP connection within `wait` (until it is closed).
+    async fn read_for(&mut self, wait: Duration) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                match self.stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    async fn bye(&self) -> iwf::outcome::Outcome {
+        self.sip.bye().await
+    }
+}
+
+fn assert_failure_report(wire: &str) {
+    let report = wire
+        .split("MSRP ")
+        .find(|f| f.contains(" REPORT\r\n"))
+        .unwrap_or_else(|| panic!("no REPORT on the connection:\n{wire}"));
+    for want in [
+        "Message-ID: m1\r\n",
+        "Byte-Range: 1-10/100\r\n",
+        "Status: 000 408",
+    ] {
+        assert!(report.contains(want), "{want:?} missing:\n{report}");
+    }
+    assert!(!report.contains("Success-Report"), "{report}");
+    assert!(!report.contains("Failure-Report"), "{report}");
+}
+
+/// A Large Message Mode session abandoned mid-message with a BYE: the sender sends one
+/// chunk of a bigger message (`+`, no Failure-Report header, which means `yes`), then BYE.
+/// The chunk gets 200; before the 200 to the BYE the sender gets a failure REPORT for the
+/// message (RFC 4975 §7.1.2: `Status: 000 408`, the 10 octets received as Byte-Range); no
+/// mail is sent. With `Failure-Report: no` the same session gets no REPORT (and no 200 to
+/// its chunk).
+#[test]
+fn large_message_abandoned_by_bye_gets_a_failure_report_and_no_mail() {
+    use iwf::msrp::codec::FailureReport;
+    use iwf::outcome::Outcome;
     if !peers() {
         return;
     }
@@ -751,62 +881,457 @@ fn large_message_abandoned_mid_message_sends_no_mail() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (_server, client, _) = large_pair(sink.port).await;
-        let ours = msrp_path("127.0.0.1".parse().unwrap(), 9, "abandon1", false);
-        let offer = SdpOffer {
-            session_id: 1,
-            host: "127.0.0.1".parse().unwrap(),
-            port: 9,
-            session_path: ours.clone(),
-            accept_types: vec!["message/cpim".into()],
-            accept_wrapped_types: vec!["*".into()],
-            max_size: None,
-            sendonly: true,
-            setup_active: true,
-            tls: false,
-        };
-        let d = large_delivery(b"unused");
-        let inv = client
-            .send_invite(&d, offer.render().into_bytes(), "sip:iwf@127.0.0.1")
-            .await;
-        assert!(
-            matches!(inv.outcome, Outcome::Final { status: 200, .. }),
-            "{:?}",
-            inv.outcome
+        let mut s = hand_session(&client, "abandon1").await;
+        s.send_first_chunk(None).await;
+        let first = s.read_for(Duration::from_millis(500)).await;
+        assert!(first.starts_with("MSRP t1 200"), "{first}");
+        let bye = s.bye().await;
+        assert!(matches!(bye, Outcome::Final { status: 200, .. }), "{bye:?}");
+        let after = s.read_for(Duration::from_secs(2)).await;
+        assert_failure_report(&after);
+
+        let mut s = hand_session(&client, "abandon2").await;
+        s.send_first_chunk(Some(FailureReport::No)).await;
+        let bye = s.bye().await;
+        assert!(matches!(bye, Outcome::Final { status: 200, .. }), "{bye:?}");
+        let wire = s.read_for(Duration::from_secs(1)).await;
+        assert!(wire.is_empty(), "Failure-Report: no, yet:\n{wire}");
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sink.mails().is_empty());
+}
+
+/// The sender stops sending mid-message and keeps the connection open: after `msrp_idle`
+/// (1 s here) iwf sends the failure REPORT on its own, no mail is sent, and the sender's
+/// later BYE still gets 200.
+#[test]
+fn large_message_sender_silent_mid_message_gets_a_failure_report() {
+    use iwf::outcome::Outcome;
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_server, client, _) = large_pair_idle(sink.port, Duration::from_secs(1)).await;
+        let mut s = hand_session(&client, "silent1").await;
+        s.send_first_chunk(None).await;
+        let wire = s.read_for(Duration::from_secs(4)).await;
+        assert!(wire.starts_with("MSRP t1 200"), "{wire}");
+        assert_failure_report(&wire);
+        let bye = s.bye().await;
+        assert!(matches!(bye, Outcome::Final { status: 200, .. }), "{bye:?}");
+    });
+    assert!(sink.mails().is_empty());
+}
+
+/// The sender closes the MSRP connection mid-message: there is no connection left for a
+/// REPORT (iwf is the passive side and opens none), so the outcome is at the SIP level —
+/// the dialog is still there and the sender's BYE gets 200, not 481 — and no mail is sent.
+#[test]
+fn large_message_connection_closed_mid_message_sends_no_mail() {
+    use iwf::outcome::Outcome;
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_server, client, _) = large_pair(sink.port).await;
+        let mut s = hand_session(&client, "closed1").await;
+        s.send_first_chunk(None).await;
+        let first = s.read_for(Duration::from_millis(500)).await;
+        assert!(first.starts_with("MSRP t1 200"), "{first}");
+        let HandSession { stream, sip, .. } = s;
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let bye = sip.bye().await;
+        assert!(matches!(bye, Outcome::Final { status: 200, .. }), "{bye:?}");
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sink.mails().is_empty());
+}
+
+/// CANCEL after the INVITE was answered. iwf answers an INVITE with 200 at once, so a CANCEL
+/// always comes after the final response. RFC 3261 §9.2: the CANCEL is answered 200 when it
+/// matches a transaction ("Regardless of the method of the original request, as long as the
+/// CANCEL matched an existing transaction, the UAS answers the CANCEL request itself with a
+/// 200 (OK) response"), and "if it has [already sent a final response], the CANCEL request
+/// has no effect on the processing of the original request, no effect on any session state,
+/// and no effect on the responses generated for the original request". No 487 — that is for
+/// an INVITE still without a final response. So: INVITE → 200, ACK, CANCEL → 200, and the
+/// session goes on: the message sent after the CANCEL arrives as a mail, the BYE gets 200.
+/// (The INVITE server transaction stays in RFC 6026's Accepted state for 64·T1, which is
+/// what the CANCEL matches.) SIP here is written by hand over UDP so the CANCEL carries the
+/// INVITE's branch, as §9.1 requires.
+#[test]
+fn cancel_after_the_200_has_no_effect_on_the_session() {
+    use bytes::BytesMut;
+    use iwf::msrp::codec::{ByteRange, Method, Request};
+    use tokio::io::AsyncWriteExt;
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (server, _client, _) = large_pair(sink.port).await;
+        let iwf_addr = server.udp_addr().unwrap();
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let me = sock.local_addr().unwrap();
+        let ours = "msrp://127.0.0.1:9/cancel1;tcp";
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 9 TCP/MSRP *\r\na=sendonly\r\na=accept-types:message/cpim\r\na=setup:active\r\na=path:{ours}\r\n"
         );
-        let answer = parse_answer(&String::from_utf8_lossy(&inv.answer.unwrap())).unwrap();
-        let path = answer.next_hop().unwrap().to_string();
-        let hostport = path
+        let ruri = "sip:alice%40mail.example.org@iwf.example.net";
+        let common = |method: &str, branch: &str, cseq: &str, to_tag: &str| {
+            format!(
+                "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch}\r\nMax-Forwards: 70\r\nFrom: <sip:+15551234567@ims.example.net>;tag=c1\r\nTo: <{ruri}>{to_tag}\r\nCall-ID: cancel-test-1\r\nCSeq: {cseq}\r\nContact: <sip:+15551234567@{me}>\r\n"
+            )
+        };
+        let recv = |want: &'static str| {
+            let sock = &sock;
+            async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+                        .await
+                        .unwrap_or_else(|_| panic!("no response with {want}"))
+                        .unwrap();
+                    let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if r.starts_with("SIP/2.0 1") {
+                        continue;
+                    }
+                    assert!(r.contains(want), "want {want}:\n{r}");
+                    return r;
+                }
+            }
+        };
+        let invite = format!(
+            "{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            common("INVITE", "z9hG4bKcancel1", "1 INVITE", ""),
+            sdp.len()
+        );
+        sock.send_to(invite.as_bytes(), iwf_addr).await.unwrap();
+        let ok = recv("CSeq: 1 INVITE").await;
+        assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+        let to_tag = ok
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .and_then(|l| l.split(";tag=").nth(1))
+            .expect("a To tag")
+            .trim()
+            .to_string();
+        let to_tag = format!(";tag={to_tag}");
+        // §9.1: CANCEL has the INVITE's Request-URI, Call-ID, To, From, CSeq number and
+        // top Via (branch); the To without the tag the INVITE had none of.
+        let cancel = format!(
+            "{}Content-Length: 0\r\n\r\n",
+            common("CANCEL", "z9hG4bKcancel1", "1 CANCEL", "")
+        );
+        // Before the ACK (the transaction is Accepted) and after it (finished): 200 both.
+        sock.send_to(cancel.as_bytes(), iwf_addr).await.unwrap();
+        let r = recv("CSeq: 1 CANCEL").await;
+        assert!(r.starts_with("SIP/2.0 200"), "RFC 3261 §9.2 wants 200:\n{r}");
+        let ack = format!(
+            "{}Content-Length: 0\r\n\r\n",
+            common("ACK", "z9hG4bKcancel1ack", "1 ACK", &to_tag)
+        );
+        sock.send_to(ack.as_bytes(), iwf_addr).await.unwrap();
+        // The ACK ends the transaction; for the instant until it is dropped and moved to
+        // rsipstack's finished transactions a CANCEL would find neither (and get no
+        // answer, or 481). A CANCEL that close behind the ACK is no real UA's.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sock.send_to(cancel.as_bytes(), iwf_addr).await.unwrap();
+        let r = recv("CSeq: 1 CANCEL").await;
+        assert!(r.starts_with("SIP/2.0 200"), "RFC 3261 §9.2 wants 200:\n{r}");
+
+        // The session is untouched: the whole message in one chunk arrives as a mail.
+        let theirs = ok
+            .lines()
+            .find_map(|l| l.strip_prefix("a=path:"))
+            .expect("a=path in the answer")
+            .trim()
+            .to_string();
+        let hostport = theirs
             .strip_prefix("msrp://")
             .and_then(|r| r.split('/').next())
             .unwrap()
             .to_string();
         let mut stream = tokio::net::TcpStream::connect(hostport).await.unwrap();
-        let mut req = Request::new("t1", Method::Send, vec![path], vec![ours]);
+        let body = b"From: <sip:+15551234567@ims.example.net>\r\nTo: <sip:alice%40mail.example.org@iwf.example.net>\r\nSubject: after cancel\r\n\r\nContent-Type: text/plain\r\n\r\nstill here";
+        let mut req = Request::new("t1", Method::Send, vec![theirs], vec![ours.to_string()]);
         req.message_id = Some("m1".into());
         req.byte_range = Some(ByteRange {
             start: 1,
-            end: Some(10),
-            total: Some(100),
+            end: Some(body.len() as u64),
+            total: Some(body.len() as u64),
         });
         req.content_type = Some("message/cpim".into());
-        req.body = Some(bytes::Bytes::from_static(b"From: <tel"));
-        req.flag = Flag::More;
+        req.body = Some(bytes::Bytes::from_static(body));
         let mut out = BytesMut::new();
         req.render(&mut out);
         stream.write_all(&out).await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .unwrap()
+        let mails = wait_until(Duration::from_secs(10), || {
+            let m = sink.mails();
+            (!m.is_empty()).then_some(m)
+        })
+        .expect("the message sent after the CANCEL reached the smarthost");
+        assert!(mails[0].contains("still here"), "{}", mails[0]);
+        let bye = format!(
+            "{}Content-Length: 0\r\n\r\n",
+            common("BYE", "z9hG4bKcancel1bye", "2 BYE", &to_tag)
+        );
+        sock.send_to(bye.as_bytes(), iwf_addr).await.unwrap();
+        let r = recv("CSeq: 2 BYE").await;
+        assert!(r.starts_with("SIP/2.0 200"), "{r}");
+    });
+}
+
+/// Large Message Mode driven by an MSRP sender that is not iwf's own: `msrp_sender.py`
+/// (stdlib Python, after the shared bench-baseline's `sip_msrp_flow.py`) sends INVITE, the
+/// chunks stop-and-wait and BYE to `iwf serve` over UDP SIP. 5 KB, 100 KB and 5 MB each
+/// arrive at the smarthost as one mail, byte for byte; every chunk, the INVITE and the BYE
+/// get 200 (the last chunk's only after the smarthost's 250).
+#[test]
+fn python_msrp_sender_5k_100k_5m_arrive_as_one_mail_each() {
+    use base64::Engine;
+    if !peers() {
+        return;
+    }
+    let sink = Smarthost::start("ok");
+    let (iwf, udp, _) = start_iwf(sink.port, 20);
+    let dir = tempfile::tempdir().unwrap();
+    for (i, size) in [5_000usize, 100_000, 5_000_000].into_iter().enumerate() {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 13 % 256) as u8).collect();
+        let mut cpim = format!(
+            "From: <sip:+15551234567@ims.example.net>\r\nTo: <sip:alice%40mail.example.org@iwf.example.net>\r\nSubject: {size} octets\r\n\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        cpim.extend_from_slice(&payload);
+        let file = dir.path().join(format!("m{i}"));
+        std::fs::write(&file, &cpim).unwrap();
+        let (st, out) = harness::run(
+            "msrp_sender.py",
+            Command::new(PYTHON)
+                .arg(asset("msrp_sender.py"))
+                .args(["--peer", &format!("127.0.0.1:{udp}")])
+                .args(["--uri", "sip:alice%40mail.example.org@iwf.example.net"])
+                .arg("--file")
+                .arg(&file)
+                .args(["--ctype", "message/cpim", "--chunk", "10000"]),
+            Duration::from_secs(120),
+        );
+        assert!(
+            st.success(),
+            "{size}: the sender did not get 200 everywhere:\n{out}\n--- iwf:\n{}",
+            iwf.proc.output()
+        );
+        assert!(out.contains("BYE    -> SIP/2.0 200"), "{out}");
+        let mails = wait_until(Duration::from_secs(10), || {
+            let m = sink.mails();
+            (m.len() > i).then_some(m)
+        })
+        .unwrap_or_else(|| panic!("{size} bytes: no mail at the smarthost"));
+        let m = &mails[i];
+        let head = &m[..m.find("\r\n\r\n").unwrap_or(m.len())];
+        assert!(head.contains(&format!("Subject: {size} octets")), "{head}");
+        assert!(head.contains("Content-Transfer-Encoding: base64"), "{head}");
+        let body = m.split("\r\n\r\n").nth(1).unwrap().replace("\r\n", "");
+        let got = base64::engine::general_purpose::STANDARD
+            .decode(body.trim())
             .unwrap();
         assert!(
-            String::from_utf8_lossy(&buf[..n]).starts_with("MSRP t1 200"),
-            "{}",
-            String::from_utf8_lossy(&buf[..n])
+            got == payload,
+            "{size} bytes: content differs ({} bytes arrived)",
+            got.len()
         );
-        let bye = inv.session.unwrap().bye().await;
-        assert!(matches!(bye, Outcome::Final { status: 200, .. }), "{bye:?}");
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(sink.mails().is_empty());
+    }
+    assert_eq!(sink.mails().len(), 3, "one mail per message");
+}
+
+/// Kamailio as a stateful SIP proxy on loopback (`tests/peers/kamailio/kamailio-proxy.cfg`)
+/// relaying everything to iwf's UDP port; SIGTERM (which ends its workers too), then a kill.
+struct KamailioProxy {
+    proc: Proc,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl KamailioProxy {
+    fn start(next_port: u16) -> KamailioProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(true);
+        let cfg = std::fs::read_to_string(asset("kamailio/kamailio-proxy.cfg"))
+            .unwrap()
+            .replace("@SIP_PORT@", &port.to_string())
+            .replace("@NEXT_PORT@", &next_port.to_string());
+        let path = dir.path().join("kamailio.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        let mut proc = Proc::spawn(
+            "kamailio",
+            Command::new("kamailio")
+                .arg("-f")
+                .arg(&path)
+                .args(["-DD", "-E", "-Y", &d, "-w", &d, "-m", "64", "-M", "8"]),
+        );
+        if wait_until(Duration::from_secs(10), || {
+            harness::listening(true, port).then_some(())
+        })
+        .is_none()
+        {
+            proc.terminate();
+            proc.wait(Duration::from_secs(5));
+            proc.kill();
+            panic!("kamailio did not listen: {}", proc.output());
+        }
+        KamailioProxy {
+            proc,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for KamailioProxy {
+    fn drop(&mut self) {
+        self.proc.terminate();
+        if self.proc.wait(Duration::from_secs(5)).is_none() {
+            self.proc.kill();
+        }
+    }
+}
+
+/// Issue 9's "Done when", first sentence: baresip (a real UA, its `/message` command) sends
+/// a MESSAGE through Kamailio (a stateful proxy on loopback) into `iwf serve`, which hands it
+/// to a private Postfix delivering into a Maildir. The mail file has From (the mapped
+/// sender), To, Date, Subject and the UTF-8 body; Postfix logs
+/// `status=sent`; iwf answered 202 only after Postfix's 250 (its log line pairs the two),
+/// and baresip got that 202 through Kamailio.
+#[test]
+fn baresip_through_kamailio_to_a_postfix_mailbox() {
+    if !peers() || !require(&["baresip", "kamailio", "/usr/sbin/postfix"]) {
+        return;
+    }
+    if !harness::is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let pf = MailboxPostfix::start();
+    let (iwf, udp, _) = start_iwf(pf.port, 15);
+    let kam = KamailioProxy::start(udp);
+    let dir = tempfile::tempdir().unwrap();
+    let port = baresip_port();
+    let files = [
+        (
+            "config",
+            format!(
+                "sip_listen\t\t127.0.0.1:{port}\nmodule_path\t\t/usr/lib/baresip/modules\nmodule\t\t\taccount.so\nmodule\t\t\tcontact.so\nmodule_app\t\tmenu.so\n"
+            ),
+        ),
+        (
+            "accounts",
+            format!(
+                "<sip:bob@ims.example.net>;regint=0;outbound=\"sip:127.0.0.1:{};transport=udp\"\n",
+                kam.port
+            ),
+        ),
+        (
+            "contacts",
+            "\"Alice\" <sip:alice%40mail.example.org@iwf.example.net>\n".to_string(),
+        ),
+        (
+            "current_contact",
+            "sip:alice%40mail.example.org@iwf.example.net".to_string(),
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let (_, out) = harness::run(
+        "baresip",
+        Command::new("baresip").arg("-f").arg(dir.path()).args([
+            "-s",
+            "-e",
+            "/message Grüße aus dem Telefon, schöne Woche!",
+            "-t",
+            "8",
+        ]),
+        Duration::from_secs(40),
+    );
+    let ctx = || {
+        format!(
+            "--- baresip:\n{out}\n--- kamailio:\n{}\n--- iwf:\n{}\n--- postfix:\n{}",
+            kam.proc.output(),
+            iwf.proc.output(),
+            pf.log()
+        )
+    };
+    assert!(
+        out.contains("SIP/2.0 202 "),
+        "baresip got no 202\n{}",
+        ctx()
+    );
+    assert!(
+        kam.proc.output().contains("proxy: reply 202"),
+        "the 202 did not come through Kamailio\n{}",
+        ctx()
+    );
+    let mails = wait_until(Duration::from_secs(20), || {
+        let m = pf.mailbox();
+        (!m.is_empty()).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("nothing in the mailbox\n{}", ctx()));
+    let m = &mails[0];
+    let head = &m[..m.find("\n\n").unwrap_or(m.len())];
+    assert!(head.contains("\nFrom: <bob@cpm.example.net>\n"), "{m}");
+    assert!(head.contains("\nTo: <alice@mail.example.org>"), "{m}");
+    let date = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Date: "))
+        .unwrap_or_else(|| panic!("no Date:\n{m}"));
+    assert!(
+        chrono::DateTime::parse_from_rfc2822(date.trim()).is_ok(),
+        "Date is not RFC 5322: {date}"
+    );
+    assert!(
+        head.contains("\nSubject: CPM message from bob@cpm.example.net\n"),
+        "{m}"
+    );
+    assert!(
+        head.contains("charset=utf-8") || head.contains("charset=UTF-8"),
+        "{m}"
+    );
+    assert!(m.contains("Grüße aus dem Telefon, schöne Woche!"), "{m}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pf.log()
+                .lines()
+                .any(|l| l.contains("to=<alice@mail.example.org>") && l.contains("status=sent"))
+                .then_some(())
+        })
+        .is_some(),
+        "{}",
+        pf.log()
+    );
+    // iwf's log line for the MESSAGE: the smarthost's 250 and, from it, the 202.
+    assert!(
+        iwf.proc
+            .output()
+            .lines()
+            .any(|l| l.contains("MESSAGE to mail") && l.contains("250") && l.contains("202")),
+        "{}",
+        iwf.proc.output()
+    );
+}
+
+/// A port free for both UDP and TCP: baresip binds its `sip_listen` on both.
+fn baresip_port() -> u16 {
+    loop {
+        let p = free_port(true);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }

@@ -13,7 +13,7 @@
 //! | [`postfix`] | smtplib → Postfix → `iwf serve` → SIPp; bounces read by an aiosmtpd sink |
 //! | [`exim`] | smtplib → a private Exim (several recipients per transaction, DSN on) → `iwf serve` → in-process answerer; bounces at an aiosmtpd sink |
 //! | [`mixed`] | smtplib over SMTP and LMTP → `iwf serve` → in-process answerer, per-recipient answers |
-//! | [`cpm_to_mail`] | SIPp UAC → `iwf serve` → scripted aiosmtpd smarthost (250/4xx/5xx/silent) or Postfix |
+//! | [`cpm_to_mail`] | SIPp UAC, baresip (direct and through Kamailio), a Python MSRP sender → `iwf serve` → scripted aiosmtpd smarthost (250/4xx/5xx/silent) or a Postfix mailbox |
 //! | [`baresip`] | smtplib → `iwf serve` → baresip, a real text-only SIP UA (415 to CPIM, 488 to MSRP); DSNs at an aiosmtpd sink |
 //! | [`concurrency`] | 64 raw SMTP sessions → `iwf serve` → SIPp or the in-process answerer |
 //! | [`store`] | raw SMTP and Postfix → `iwf serve` (SQLite / redis-server) → in-process answerer; kill -9 |
