@@ -55,6 +55,9 @@ pub struct ConfigFile {
     pub store_ttl_secs: Option<u64>,
     /// At most this many records of each kind (default 1000000).
     pub store_max_records: Option<usize>,
+    /// How long a report correlation record lives (default 604800 = 7 days): an IMDN, DSN
+    /// or MDN arriving later finds nothing to report on.
+    pub report_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -384,6 +387,9 @@ impl Config {
         let mut store_limits = crate::store::Limits::default();
         if let Some(v) = file.store_ttl_secs {
             store_limits.delivery_ttl = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = file.report_ttl_secs {
+            store_limits.report_ttl = Duration::from_secs(v.max(1));
         }
         if let Some(v) = file.store_max_records {
             if v == 0 {

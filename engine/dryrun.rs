@@ -42,6 +42,15 @@ pub struct Relayed {
     pub mailbox: String,
 }
 
+/// A recipient that is iwf's own report address (`b+<token>`): the mail is a DSN/MDN, mapped
+/// by the `mail_report` phase against the correlation record of that token
+/// (`iwf map --record`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportAddress {
+    pub recipient: String,
+    pub token: String,
+}
+
 /// The result of a dry run.
 #[derive(Debug, Clone, Serialize)]
 pub struct DryRun {
@@ -49,6 +58,8 @@ pub struct DryRun {
     pub rejections: Vec<Rejection>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub relayed: Vec<Relayed>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<ReportAddress>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub explain: Vec<Fired>,
 }
@@ -133,6 +144,7 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
     let mut explain: Vec<Fired> = Vec::new();
     let mut rejections = Vec::new();
     let mut relayed = Vec::new();
+    let mut reports = Vec::new();
     let mut accepted = Vec::new();
     for r in rcpts {
         match mapper::resolve_recipient(
@@ -149,6 +161,10 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
             RcptDecision::Mailbox { address } => relayed.push(Relayed {
                 recipient: r.address.clone(),
                 mailbox: address,
+            }),
+            RcptDecision::Report { token } => reports.push(ReportAddress {
+                recipient: r.address.clone(),
+                token,
             }),
             RcptDecision::Reject(reply) => rejections.push(Rejection {
                 recipient: r.address.clone(),
@@ -197,6 +213,7 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
         deliveries,
         rejections,
         relayed,
+        reports,
         explain,
     }
 }

@@ -39,15 +39,26 @@ pub struct Gateway {
     pub smarthost: Option<String>,
     /// Our name in DSNs (Reporting-MTA) and in EHLO to the smarthost.
     pub hostname: String,
+    /// The report loop (engine/reports): records of the messages that asked for IMDNs, and
+    /// DSN/MDN mails for `b+<token>` addresses. Without it no record is kept and report
+    /// addresses are refused like any unknown recipient.
+    pub reports: Option<Arc<crate::reports::Reports>>,
 }
 
 impl MailHandler for Gateway {
     fn rcpt(&self, envelope: &Envelope, rcpt: &Rcpt) -> BoxFuture<'_, Result<(), Reply>> {
         let rules = self.rules.load_full();
         let decision = mapper::resolve_recipient(&rules, envelope, rcpt, Utc::now(), None);
+        let address = rcpt.address.clone();
         Box::pin(async move {
             match decision {
                 RcptDecision::Accept { .. } | RcptDecision::Mailbox { .. } => Ok(()),
+                RcptDecision::Report { .. } if self.reports.is_some() => Ok(()),
+                RcptDecision::Report { .. } => Err(Reply::new(
+                    550,
+                    "5.1.1",
+                    format!("<{address}>: reports are not taken here"),
+                )),
                 RcptDecision::Reject(r) => {
                     crate::metrics::rcpt_refused(self.protocol, &r);
                     Err(r)
@@ -82,6 +93,7 @@ impl Gateway {
         let mut accepted = Vec::new();
         let mut index_of = Vec::new();
         let mut to_mailbox: Vec<(usize, String)> = Vec::new();
+        let mut to_reports: Vec<(usize, String)> = Vec::new();
         for (i, r) in envelope.rcpts.iter().enumerate() {
             if done.get(i).copied().unwrap_or(false) {
                 replies[i] = Some(Reply::new(
@@ -99,6 +111,7 @@ impl Gateway {
                     index_of.push(i);
                 }
                 RcptDecision::Mailbox { address } => to_mailbox.push((i, address)),
+                RcptDecision::Report { token } => to_reports.push((i, token)),
                 RcptDecision::Reject(reply) => replies[i] = Some(reply),
             }
         }
@@ -107,10 +120,33 @@ impl Gateway {
                 replies[i] = Some(reply);
             }
         }
+        for (i, token) in to_reports {
+            let reply = match &self.reports {
+                Some(reports) => {
+                    crate::reports::inbound_mail(
+                        reports,
+                        &rules,
+                        &*self.sip,
+                        &*self.ids,
+                        &envelope,
+                        &envelope.rcpts[i],
+                        &token,
+                        &raw,
+                    )
+                    .await
+                }
+                None => Reply::new(451, "4.3.0", "reports are not taken now"),
+            };
+            replies[i] = Some(reply);
+        }
         let peers = self.peers.at(tokio::time::Instant::now());
         let plan = mapper::plan_mail(
             &rules, &envelope, &accepted, &raw, &*self.ids, &peers, now, false,
         );
+        // What a later IMDN needs to know about this mail (only when one was asked for).
+        let asked =
+            self.reports.is_some() && plan.deliveries.iter().any(|d| d.imdn_message_id.is_some());
+        let about = asked.then(|| crate::reports::records::MailFacts::of(&envelope, &raw));
         let position = |addr: &str| envelope.rcpts.iter().position(|r| r.address == addr);
         for (addr, reply) in &plan.rejections {
             if let Some(i) = position(addr) {
@@ -129,13 +165,30 @@ impl Gateway {
                     .filter(|(_, idx)| *idx == n)
                     .map(|(a, _)| a.clone()),
             );
+            let about = about.as_ref();
             async move {
-                let (reply, relayed) = self.deliver_one(&rules, envelope, raw, d).await;
+                let (reply, relayed, sent) = self.deliver_one(&rules, envelope, raw, d).await;
                 // Recorded as soon as the CPM side has it, not when the whole transaction is
                 // done: a crash while other recipients are still pending then cannot make
-                // the retry deliver this one again.
+                // the retry deliver this one again. The report record (when the message
+                // asked for an IMDN) goes with it, in the same group commit.
                 let recorded = if reply.is_positive() {
-                    Some(self.store.record_delivered(key, &who).await.map(|()| who))
+                    let report_record = async {
+                        match (&self.reports, about, sent) {
+                            (Some(reports), Some(about), Some((ref delivery, status)))
+                                if delivery.imdn_message_id.is_some() =>
+                            {
+                                let rec = crate::reports::records::SentRecord::of(
+                                    about, envelope, delivery, &who, status,
+                                );
+                                reports.keep_sent(&rec).await
+                            }
+                            _ => Ok(()),
+                        }
+                    };
+                    let (kept, reported) =
+                        tokio::join!(self.store.record_delivered(key, &who), report_record);
+                    Some(kept.and(reported).map(|()| who))
                 } else {
                     None
                 };
@@ -370,14 +423,15 @@ impl Gateway {
     }
 
     /// Sends one delivery and maps its outcome; retries once per kind when a rule asks.
-    /// Returns the recipient's reply and whether a `relayed` DSN is owed for it.
+    /// Returns the recipient's reply, whether a `relayed` DSN is owed for it, and the form
+    /// that got the last final SIP response with its status.
     async fn deliver_one(
         &self,
         rules: &RuleSet,
         envelope: &Envelope,
         raw: &[u8],
         d: &Delivery,
-    ) -> (Reply, bool) {
+    ) -> (Reply, bool, Option<(Delivery, u16)>) {
         let rcpt = envelope
             .rcpts
             .iter()
@@ -407,7 +461,13 @@ impl Gateway {
                     .learn(&delivery.request_uri, what, tokio::time::Instant::now());
             }
             let kind = match decision {
-                ResponseDecision::Reply(r) => return (r, notes.relayed),
+                ResponseDecision::Reply(r) => {
+                    let sent = match &outcome {
+                        crate::outcome::Outcome::Final { status, .. } => Some((delivery, *status)),
+                        crate::outcome::Outcome::Failure { .. } => None,
+                    };
+                    return (r, notes.relayed, sent);
+                }
                 ResponseDecision::Retry(kind) => kind,
             };
             retried.push(kind.clone());
@@ -430,6 +490,7 @@ impl Gateway {
                         next.content.content_type = "text/plain;charset=UTF-8".into();
                         next.content.body = text.into();
                         next.imdn_message_id = None;
+                        next.imdn_dispositions.clear();
                     } else {
                         next.mode = Mode::Large;
                     }

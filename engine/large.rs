@@ -248,6 +248,7 @@ mod tests {
                 body: body.clone().into(),
             },
             imdn_message_id: None,
+            imdn_dispositions: Vec::new(),
             success_report: false,
         };
         let cfg = LargeConfig {

@@ -99,6 +99,10 @@ fn describe() {
         "CPM peers (Request-URIs) whose refusals are remembered"
     );
     describe_counter!(
+        "iwf_reports_total",
+        "Reports across the border by direction (imdn_to_mail: IMDN from CPM -> DSN/MDN; mail_to_imdn: DSN/MDN mail -> IMDN) and result (sent, duplicate, uncorrelated, not_asked, malformed, failed)"
+    );
+    describe_counter!(
         "iwf_rule_errors_total",
         "Rule evaluations that failed, by rule and kind (content: 554 5.6.0, local: 451 4.3.0)"
     );
@@ -256,6 +260,12 @@ pub fn rule_failed(rule: &str, kind: &'static str) {
 pub fn peer_learned(what: &'static str, remembered: usize) {
     counter!("iwf_peer_learned_total", "what" => what).increment(1);
     gauge!("iwf_peers_remembered").set(remembered as f64);
+}
+
+/// A report that arrived from one side: `direction` imdn_to_mail or mail_to_imdn; `result`
+/// sent, duplicate, uncorrelated, not_asked, malformed or failed.
+pub fn report(direction: &'static str, result: &'static str) {
+    counter!("iwf_reports_total", "direction" => direction, "result" => result).increment(1);
 }
 
 /// A recipient the rules refused at RCPT time.

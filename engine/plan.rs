@@ -39,6 +39,8 @@ pub struct Delivery {
     pub content: Content,
     /// The `imdn.Message-ID` put into the CPIM document, when there is one.
     pub imdn_message_id: Option<String>,
+    /// The dispositions that CPIM document asks for (`positive-delivery`, `display`, …).
+    pub imdn_dispositions: Vec<String>,
     /// MSRP `Success-Report: yes` wanted (DSN NOTIFY=SUCCESS).
     pub success_report: bool,
 }

@@ -52,22 +52,35 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             cfg.smarthost = Some(sink);
         }
     }
+    let store = cfg.store.open(cfg.store_limits)?;
+    crate::store::describe_metrics();
+    tracing::info!(store = ?cfg.store, "store open");
+    // Reports across the border (engine/reports), shared by both directions.
+    let reports = Arc::new(crate::reports::Reports::new(
+        store.clone(),
+        cfg.smarthost.clone(),
+        cfg.hostname.clone(),
+        cfg.store_limits.report_ttl,
+    ));
     // CPM -> e-mail: the UAS on the same SIP sockets (engine/reverse), sharing the thread
     // store with the mail -> CPM direction (which remembers what the CPM side accepted).
     let threads: Arc<dyn crate::reverse::ThreadStore> =
         Arc::new(crate::reverse::MemoryThreads::default());
-    let uas = Arc::new(crate::reverse::Uas::new(
-        reloader.rules(),
-        Arc::new(RandomIds),
-        threads.clone(),
-        crate::reverse::UasConfig {
-            smarthost: cfg.smarthost.clone(),
-            helo: cfg.hostname.clone(),
-            smtp_timeout: cfg.smarthost_timeout,
-            answer_cache: cfg.sip.timers.timer_f(),
-            ..Default::default()
-        },
-    ));
+    let uas = Arc::new(
+        crate::reverse::Uas::new(
+            reloader.rules(),
+            Arc::new(RandomIds),
+            threads.clone(),
+            crate::reverse::UasConfig {
+                smarthost: cfg.smarthost.clone(),
+                helo: cfg.hostname.clone(),
+                smtp_timeout: cfg.smarthost_timeout,
+                answer_cache: cfg.sip.timers.timer_f(),
+                ..Default::default()
+            },
+        )
+        .with_reports(reports.clone()),
+    );
     let backend = RsipBackend::start_with_uas(cfg.sip.clone(), Some(uas))
         .await
         .map_err(|e| anyhow::anyhow!("SIP back end: {e}"))?;
@@ -84,9 +97,6 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     let large = cfg.large.clone();
     let rules = reloader.rules();
     let _watcher = crate::reload::spawn(reloader, &cfg.reload, shutdown.clone())?;
-    let store = cfg.store.open(cfg.store_limits)?;
-    crate::store::describe_metrics();
-    tracing::info!(store = ?cfg.store, "store open");
     let peers = Arc::new(crate::peer_memory::PeerMemory::new(
         cfg.peer_memory,
         100_000,
@@ -117,6 +127,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             large: large.clone(),
             smarthost: cfg.smarthost.clone(),
             hostname: cfg.hostname.clone(),
+            reports: Some(reports.clone()),
         });
         let smtp_cfg = cfg.smtp.clone();
         let sd = shutdown.clone();

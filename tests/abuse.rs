@@ -116,6 +116,7 @@ async fn start() -> Harness {
         large: iwf::large::LargeConfig::default(),
         smarthost: Some(sh_addr.to_string()),
         hostname: "iwf.example.net".into(),
+        reports: None,
     });
     tokio::spawn(smtp::serve(
         listener,

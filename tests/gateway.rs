@@ -121,6 +121,12 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
             large: iwf::large::LargeConfig::default(),
             smarthost: Some(sh_addr.to_string()),
             hostname: "iwf.example.net".into(),
+            reports: Some(Arc::new(iwf::reports::Reports::new(
+                store.clone(),
+                Some(sh_addr.to_string()),
+                "iwf.example.net".into(),
+                std::time::Duration::from_secs(3600),
+            ))),
         });
         let stop = stop.clone();
         tokio::spawn(async move {

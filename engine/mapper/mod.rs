@@ -150,6 +150,11 @@ pub enum RcptDecision {
     Mailbox {
         address: String,
     },
+    /// iwf's own report address (`b+<token>`, the `report_token` action): the mail is a
+    /// DSN/MDN for the message of that token (engine/reports).
+    Report {
+        token: String,
+    },
     Reject(Reply),
 }
 
@@ -157,6 +162,7 @@ struct RecipientState<'a, 'x> {
     facts: Facts<'a, 'x>,
     uri: Option<String>,
     mailbox: Option<String>,
+    report: Option<String>,
     reject: Option<Reply>,
 }
 
@@ -186,12 +192,30 @@ impl run::PhaseState for RecipientState<'_, '_> {
                 }
                 self.mailbox = Some(address);
             }
+            Action::ReportToken if !value.is_null() => {
+                let token = value.to_string();
+                if token.is_empty()
+                    || token.len() > 64
+                    || !token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(format!(
+                        "`report_token` must be 1-64 letters, digits, - or _, got `{}`",
+                        token.escape_debug()
+                    ));
+                }
+                self.report = Some(token);
+            }
             _ => {}
         }
         Ok(())
     }
     fn done(&self) -> bool {
-        self.reject.is_some() || self.uri.is_some() || self.mailbox.is_some()
+        self.reject.is_some()
+            || self.uri.is_some()
+            || self.mailbox.is_some()
+            || self.report.is_some()
     }
 }
 
@@ -225,6 +249,7 @@ pub fn resolve_recipient(
         },
         uri: None,
         mailbox: None,
+        report: None,
         reject: None,
     };
     if let Err(e) = run::run(
@@ -235,6 +260,11 @@ pub fn resolve_recipient(
         explain,
     ) {
         return RcptDecision::Reject(rule_failure(&e));
+    }
+    if st.reject.is_none()
+        && let Some(token) = st.report
+    {
+        return RcptDecision::Report { token };
     }
     match (st.reject, st.uri, st.mailbox) {
         (Some(r), _, _) => RcptDecision::Reject(r),
@@ -598,6 +628,11 @@ fn build_delivery_sized(
         request_uri,
         headers,
         content,
+        imdn_dispositions: if imdn_id.is_some() {
+            d.imdn.clone()
+        } else {
+            Vec::new()
+        },
         imdn_message_id: imdn_id,
         success_report: facts.rcpt.is_some_and(|r| r.notify.contains(&"SUCCESS")),
     })

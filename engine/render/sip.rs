@@ -204,6 +204,7 @@ mod tests {
                 body: bytes::Bytes::from_static(b"hi"),
             },
             imdn_message_id: None,
+            imdn_dispositions: Vec::new(),
             success_report: false,
         }
     }

@@ -66,6 +66,9 @@ pub struct Uas {
     answers: Mutex<HashMap<String, (Instant, Option<SipAnswer>)>>,
     /// Large Message Mode sessions in progress.
     pub sessions: super::large::Sessions,
+    /// The report loop: records of mails that owe IMDNs, and IMDNs that owe DSN/MDN mails.
+    /// Without it no record is kept and an IMDN is answered 200 and dropped.
+    pub reports: Option<Arc<crate::reports::Reports>>,
 }
 
 impl Uas {
@@ -83,7 +86,14 @@ impl Uas {
             config,
             answers: Mutex::new(HashMap::new()),
             sessions: Default::default(),
+            reports: None,
         }
+    }
+
+    /// The same UAS, taking part in the report loop.
+    pub fn with_reports(mut self, reports: Arc<crate::reports::Reports>) -> Uas {
+        self.reports = Some(reports);
+        self
     }
 
     /// Answers one request (ACK gets nothing: `None`).
@@ -111,14 +121,50 @@ impl Uas {
             explain: false,
             threads: Some(&*self.threads),
         };
+        let content = super::content::parse(inc.header("Content-Type"), &inc.body, &accept(rules));
+        // An IMDN (RFC 5438 §7.1.2) is a report about a message iwf sent, not a message
+        // for a mail user: it goes to the report loop.
+        if let Ok(c) = &content
+            && crate::reports::is_imdn(c)
+        {
+            return match &self.reports {
+                Some(r) => crate::reports::imdn_from_cpm(r, rules, &c.bytes).await,
+                None => {
+                    tracing::info!(uri = %inc.request_uri, "IMDN without the report loop: answered 200 and dropped");
+                    SipAnswer::new(200, "OK")
+                }
+            };
+        }
         // Refusals that need no smarthost come first (and cost no connection).
-        let target = match plan(rules, inc, &Caps::default(), &ctx).result {
-            Ok(p) => p.envelope.rcpt,
+        let (target, record) = match plan(rules, inc, &Caps::default(), &ctx).result {
+            Ok(p) => {
+                let record = match (&self.reports, &content) {
+                    (Some(_), Ok(c)) => c.cpim.as_deref().and_then(|cpim| {
+                        crate::reports::records::MailedRecord::of(
+                            inc,
+                            cpim,
+                            &ctx.token,
+                            &p.envelope.rcpt,
+                            p.message_id.as_deref(),
+                        )
+                    }),
+                    _ => None,
+                };
+                (p.envelope.rcpt, record)
+            }
             Err(a) => {
                 tracing::info!(status = a.status, uri = %inc.request_uri, "MESSAGE refused");
                 return a;
             }
         };
+        // The record the reports about this mail will need, kept before the mail leaves (a
+        // DSN can come back within milliseconds).
+        if let (Some(reports), Some(rec)) = (&self.reports, &record)
+            && let Err(e) = reports.keep_mailed(rec).await
+        {
+            tracing::warn!(uri = %inc.request_uri, "MESSAGE not taken, its report record cannot be kept: {e}");
+            return SipAnswer::new(503, "Service Unavailable").with_header("Retry-After", "30");
+        }
         let mut planned = None;
         let outcome = smtp_client::deliver(
             self.config.smarthost.as_deref(),
@@ -138,6 +184,16 @@ impl Uas {
             Err(a) => return a,
         };
         let answer = respond(rules, &outcome, Some(&target), None);
+        // Not taken: a late DSN about it (the smarthost may have queued it after all) must
+        // not become a negative IMDN (RFC 5438 §12.1.3.1).
+        if answer.status / 100 != 2
+            && let (Some(reports), Some(mut rec)) = (&self.reports, record)
+        {
+            rec.sip_status = Some(answer.status);
+            if let Err(e) = reports.keep_mailed(&rec).await {
+                tracing::warn!("report record not updated: {e}");
+            }
+        }
         tracing::info!(
             rcpt = %target,
             smtp = %outcome,

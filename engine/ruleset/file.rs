@@ -75,6 +75,18 @@ pub struct RawRule {
     pub envelope_from: Option<Spanned<String>>,
     #[serde(default)]
     pub notify: Option<Spanned<String>>,
+    #[serde(default)]
+    pub report_token: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dsn_action: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dsn_status: Option<Spanned<String>>,
+    #[serde(default)]
+    pub diagnostic: Option<Spanned<String>>,
+    #[serde(default)]
+    pub mdn_disposition: Option<Spanned<String>>,
+    #[serde(default)]
+    pub imdn_status: Option<Spanned<String>>,
 }
 
 /// One self-test case (a file under `tests/` holds a list of them).

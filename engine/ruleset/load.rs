@@ -263,7 +263,7 @@ fn load_tests(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<SelfTest> {
 
 /// Names available to the expressions of one phase.
 struct PhaseScope<'a> {
-    bit: u8,
+    bit: u16,
     settings: &'a BTreeMap<String, Value>,
     tables: &'a BTreeMap<String, Arc<BTreeMap<String, Value>>>,
     captures: bool,
@@ -304,7 +304,7 @@ impl Scope for PhaseScope<'_> {
 }
 
 /// Why a field name is unknown in this phase, when it exists in another.
-fn other_phase_hint(msg: &str, bit: u8) -> String {
+fn other_phase_hint(msg: &str, bit: u16) -> String {
     let Some(name) = msg
         .strip_prefix("unknown field `")
         .and_then(|r| r.split('`').next())
@@ -330,7 +330,7 @@ fn report_compile_errors(
     src: &Source,
     value: &Spanned<String>,
     errs: &[compile::CompileError],
-    phase_bit: u8,
+    phase_bit: u16,
     diags: &mut Vec<Diagnostic>,
 ) {
     for er in errs {
@@ -504,7 +504,7 @@ fn compile_rule(
         }
     };
     type Single<'r> = (Action, &'r Option<Spanned<String>>, Option<Ty>);
-    let singles: [Single; 20] = [
+    let singles: [Single; 26] = [
         (Action::Uri, &raw.uri, Some(Ty::Str)),
         (Action::Reject, &raw.reject, Some(Ty::Str)),
         (Action::Mode, &raw.mode, Some(Ty::Str)),
@@ -525,6 +525,12 @@ fn compile_rule(
         (Action::Encoding, &raw.encoding, Some(Ty::Str)),
         (Action::EnvelopeFrom, &raw.envelope_from, Some(Ty::Str)),
         (Action::Notify, &raw.notify, Some(Ty::Str)),
+        (Action::ReportToken, &raw.report_token, Some(Ty::Str)),
+        (Action::DsnAction, &raw.dsn_action, Some(Ty::Str)),
+        (Action::DsnStatus, &raw.dsn_status, Some(Ty::Str)),
+        (Action::Diagnostic, &raw.diagnostic, Some(Ty::Str)),
+        (Action::MdnDisposition, &raw.mdn_disposition, Some(Ty::Str)),
+        (Action::ImdnStatus, &raw.imdn_status, Some(Ty::Str)),
     ];
     // Header maps come first so that a rule's headers are set before its mode/body decisions.
     let maps = [

@@ -7,25 +7,30 @@
 use crate::dsl::Ty;
 
 /// Phase bit masks.
-pub const ADDRESS: u8 = 1;
-pub const RECIPIENT: u8 = 2;
-pub const MESSAGE: u8 = 4;
-pub const RESPONSE: u8 = 8;
-pub const TRANSACTION: u8 = 16;
+pub const ADDRESS: u16 = 1;
+pub const RECIPIENT: u16 = 2;
+pub const MESSAGE: u16 = 4;
+pub const RESPONSE: u16 = 8;
+pub const TRANSACTION: u16 = 16;
 /// The CPM → e-mail direction (`engine/reverse`).
-pub const CPM_ADDRESS: u8 = 32;
-pub const CPM_MESSAGE: u8 = 64;
-pub const CPM_RESPONSE: u8 = 128;
-const CPM: u8 = CPM_ADDRESS | CPM_MESSAGE | CPM_RESPONSE;
+pub const CPM_ADDRESS: u16 = 32;
+pub const CPM_MESSAGE: u16 = 64;
+pub const CPM_RESPONSE: u16 = 128;
+const CPM: u16 = CPM_ADDRESS | CPM_MESSAGE | CPM_RESPONSE;
+/// Reports across the border (`engine/reports`): an IMDN from CPM → DSN/MDN mail, and a
+/// DSN/MDN mail → IMDN.
+pub const CPM_REPORT: u16 = 256;
+pub const MAIL_REPORT: u16 = 512;
+const REPORTS: u16 = CPM_REPORT | MAIL_REPORT;
 
-const ENV: u8 = RECIPIENT | MESSAGE | RESPONSE | TRANSACTION;
-const RCPT: u8 = RECIPIENT | MESSAGE | RESPONSE;
-const MAIL: u8 = MESSAGE | RESPONSE | TRANSACTION;
+const ENV: u16 = RECIPIENT | MESSAGE | RESPONSE | TRANSACTION;
+const RCPT: u16 = RECIPIENT | MESSAGE | RESPONSE;
+const MAIL: u16 = MESSAGE | RESPONSE | TRANSACTION;
 
 /// One phase of the rule engine.
 pub struct PhaseDef {
     pub name: &'static str,
-    pub bit: u8,
+    pub bit: u16,
     pub doc: &'static str,
     pub actions: &'static [Action],
 }
@@ -58,10 +63,16 @@ pub enum Action {
     Encoding,
     EnvelopeFrom,
     Notify,
+    ReportToken,
+    DsnAction,
+    DsnStatus,
+    Diagnostic,
+    MdnDisposition,
+    ImdnStatus,
 }
 
 impl Action {
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 31] = [
         Action::Uri,
         Action::Reject,
         Action::SetHeader,
@@ -87,6 +98,12 @@ impl Action {
         Action::Encoding,
         Action::EnvelopeFrom,
         Action::Notify,
+        Action::ReportToken,
+        Action::DsnAction,
+        Action::DsnStatus,
+        Action::Diagnostic,
+        Action::MdnDisposition,
+        Action::ImdnStatus,
     ];
 
     pub fn key(self) -> &'static str {
@@ -116,6 +133,12 @@ impl Action {
             Action::Encoding => "encoding",
             Action::EnvelopeFrom => "envelope_from",
             Action::Notify => "notify",
+            Action::ReportToken => "report_token",
+            Action::DsnAction => "dsn_action",
+            Action::DsnStatus => "dsn_status",
+            Action::Diagnostic => "diagnostic",
+            Action::MdnDisposition => "mdn_disposition",
+            Action::ImdnStatus => "imdn_status",
         }
     }
 
@@ -133,6 +156,21 @@ impl Action {
             Action::Learn => Some(&["no-cpim", "no-msrp", "too-big"]),
             Action::Report => Some(&["relayed"]),
             Action::Encoding => Some(&["7bit", "8bit", "quoted-printable", "base64"]),
+            Action::DsnAction => Some(&["delivered", "failed", "relayed", "delayed", "expanded"]),
+            // RFC 5438 §10 (the schema): which status each notification may carry.
+            Action::ImdnStatus => Some(&[
+                "delivery delivered",
+                "delivery failed",
+                "delivery forbidden",
+                "delivery error",
+                "display displayed",
+                "display forbidden",
+                "display error",
+                "processing processed",
+                "processing stored",
+                "processing forbidden",
+                "processing error",
+            ]),
             _ => None,
         }
     }
@@ -186,6 +224,20 @@ impl Action {
             }
             Action::EnvelopeFrom => "the reverse-path of MAIL FROM (\"\" for <>)",
             Action::Notify => "NOTIFY= of RCPT TO when the next hop offers DSN, e.g. `FAILURE`",
+            Action::ReportToken => {
+                "accept the recipient as iwf's own report address (b+<token>): the mail is a DSN/MDN for the message of that token, mapped by the mail_report phase"
+            }
+            Action::DsnAction => {
+                "send a DSN (RFC 3464) to the original reverse-path with this Action: `delivered`, `failed`, `relayed`, `delayed` or `expanded`"
+            }
+            Action::DsnStatus => "the DSN's Status: (RFC 3463 code, e.g. `2.0.0`)",
+            Action::Diagnostic => "the DSN's Diagnostic-Code: text (e.g. the SIP status)",
+            Action::MdnDisposition => {
+                "send an MDN (RFC 3798) to the Disposition-Notification-To address with this Disposition:, e.g. `manual-action/MDN-sent-automatically; displayed`"
+            }
+            Action::ImdnStatus => {
+                "send an IMDN (RFC 5438) to the CPM sender: notification and status, e.g. `delivery delivered`, `display displayed`"
+            }
         }
     }
 }
@@ -202,7 +254,13 @@ pub static PHASES: &[PhaseDef] = &[
         name: "recipient",
         bit: RECIPIENT,
         doc: "RCPT TO → accept with a target URI or reject, decided at RCPT time",
-        actions: &[Action::Uri, Action::Reject, Action::Mailbox, Action::Stop],
+        actions: &[
+            Action::Uri,
+            Action::Reject,
+            Action::Mailbox,
+            Action::ReportToken,
+            Action::Stop,
+        ],
     },
     PhaseDef {
         name: "message",
@@ -268,6 +326,29 @@ pub static PHASES: &[PhaseDef] = &[
         bit: CPM_RESPONSE,
         doc: "the smarthost's SMTP outcome → the SIP final response to the MESSAGE",
         actions: &[Action::SipReply, Action::SetHeader, Action::Stop],
+    },
+    PhaseDef {
+        name: "cpm_report",
+        bit: CPM_REPORT,
+        doc: "an IMDN from CPM (RFC 5438) for a message iwf sent → the DSN (RFC 3464) or MDN (RFC 3798) mail owed to the e-mail sender, or nothing",
+        actions: &[
+            Action::DsnAction,
+            Action::DsnStatus,
+            Action::Diagnostic,
+            Action::MdnDisposition,
+            Action::Stop,
+        ],
+    },
+    PhaseDef {
+        name: "mail_report",
+        bit: MAIL_REPORT,
+        doc: "a DSN or MDN mail for a message iwf sent as mail → the IMDN owed to the CPM sender, or nothing",
+        actions: &[
+            Action::ImdnStatus,
+            Action::RequestUri,
+            Action::SetHeader,
+            Action::Stop,
+        ],
     },
 ];
 
@@ -399,6 +480,25 @@ pub enum F {
     SmtpStage,
     SmtpFailure,
     ContentError,
+    ImdnKind,
+    ImdnStatus,
+    ImdnMessageId,
+    ImdnRecipientUri,
+    ReportType,
+    ReportAction,
+    ReportStatus,
+    ReportDisposition,
+    ReportRecipient,
+    OriginalRecipient,
+    OriginalMailFrom,
+    OriginalNotify,
+    OriginalRet,
+    OriginalDnt,
+    OriginalDispositions,
+    OriginalSipStatus,
+    OriginalSenderUri,
+    OriginalRecipientUri,
+    OriginalImdnRoute,
 }
 
 /// Field functions (one string literal argument, usually a header name).
@@ -436,7 +536,7 @@ impl T {
 }
 
 /// name, id, type, phases, doc
-pub static FIELDS: &[(&str, F, T, u8, &str)] = &[
+pub static FIELDS: &[(&str, F, T, u16, &str)] = &[
     (
         "envelope.mail_from",
         F::EnvMailFrom,
@@ -546,7 +646,7 @@ pub static FIELDS: &[(&str, F, T, u8, &str)] = &[
         "now",
         F::Now,
         T::Int,
-        ENV | ADDRESS,
+        ENV | ADDRESS | REPORTS,
         "the current time, Unix seconds",
     ),
     (
@@ -1241,10 +1341,143 @@ pub static FIELDS: &[(&str, F, T, u8, &str)] = &[
         CPM_MESSAGE,
         "why the body cannot be taken: empty, unsupported or malformed; absent when it can",
     ),
+    (
+        "imdn.kind",
+        F::ImdnKind,
+        T::Str,
+        CPM_REPORT,
+        "the IMDN's notification: delivery, display or processing (RFC 5438 §7.2)",
+    ),
+    (
+        "imdn.status",
+        F::ImdnStatus,
+        T::Str,
+        CPM_REPORT,
+        "its status: delivered, failed, forbidden, error, displayed, processed, stored",
+    ),
+    (
+        "imdn.message_id",
+        F::ImdnMessageId,
+        T::Str,
+        CPM_REPORT,
+        "<message-id> of the IMDN: the imdn.Message-ID of the message iwf sent",
+    ),
+    (
+        "imdn.recipient_uri",
+        F::ImdnRecipientUri,
+        T::Str,
+        CPM_REPORT,
+        "<recipient-uri> of the IMDN, when given",
+    ),
+    (
+        "report.type",
+        F::ReportType,
+        T::Str,
+        MAIL_REPORT,
+        "delivery-status (DSN, RFC 3464) or disposition-notification (MDN, RFC 3798)",
+    ),
+    (
+        "report.action",
+        F::ReportAction,
+        T::Str,
+        MAIL_REPORT,
+        "DSN Action: of the recipient (delivered, failed, relayed, expanded, delayed), lower case",
+    ),
+    (
+        "report.status",
+        F::ReportStatus,
+        T::Str,
+        MAIL_REPORT,
+        "DSN Status: of the recipient (RFC 3463), e.g. 5.1.1",
+    ),
+    (
+        "report.disposition",
+        F::ReportDisposition,
+        T::Str,
+        MAIL_REPORT,
+        "MDN disposition type (displayed, deleted, dispatched, processed, denied, failed), lower case",
+    ),
+    (
+        "report.recipient",
+        F::ReportRecipient,
+        T::Str,
+        MAIL_REPORT,
+        "Final-Recipient: address of the report",
+    ),
+    (
+        "original.recipient",
+        F::OriginalRecipient,
+        T::Str,
+        REPORTS,
+        "the original message's recipient on the other side: the RCPT TO of the mail (cpm_report) or the mail address the MESSAGE went to (mail_report)",
+    ),
+    (
+        "original.mail_from",
+        F::OriginalMailFrom,
+        T::Str,
+        CPM_REPORT,
+        "reverse-path of the original mail (where a DSN goes)",
+    ),
+    (
+        "original.notify",
+        F::OriginalNotify,
+        T::StrList,
+        CPM_REPORT,
+        "NOTIFY= of the original recipient (SUCCESS, FAILURE, DELAY, NEVER); empty when absent",
+    ),
+    (
+        "original.ret",
+        F::OriginalRet,
+        T::Str,
+        CPM_REPORT,
+        "RET= of the original mail: FULL or HDRS",
+    ),
+    (
+        "original.dnt",
+        F::OriginalDnt,
+        T::Str,
+        CPM_REPORT,
+        "the Disposition-Notification-To address of the original mail, when display was requested",
+    ),
+    (
+        "original.dispositions",
+        F::OriginalDispositions,
+        T::StrList,
+        REPORTS,
+        "the IMDN dispositions the original message requested (positive-delivery, negative-delivery, display, processing)",
+    ),
+    (
+        "original.sip_status",
+        F::OriginalSipStatus,
+        T::Int,
+        REPORTS,
+        "the SIP final status of the original message (the one iwf got, or the one it answered); absent while unknown",
+    ),
+    (
+        "original.sender_uri",
+        F::OriginalSenderUri,
+        T::Str,
+        MAIL_REPORT,
+        "the CPM sender of the original MESSAGE (SIP From URI)",
+    ),
+    (
+        "original.recipient_uri",
+        F::OriginalRecipientUri,
+        T::Str,
+        MAIL_REPORT,
+        "the URI the original MESSAGE was sent to (its Request-URI)",
+    ),
+    (
+        "original.imdn_route",
+        F::OriginalImdnRoute,
+        T::Str,
+        MAIL_REPORT,
+        "the top IMDN-Record-Route URI of the original MESSAGE, when it had one (RFC 5438 §9)",
+    ),
 ];
 
 /// name, id, result type, phases, whether the argument is a header name, doc
-pub static FIELD_FNS: &[(&str, Fn, T, u8, &str)] = &[
+pub static FIELD_FNS: &[(&str, Fn, T, u16, &str)] = &[
     (
         "mail.header",
         Fn::MailHeader,

@@ -33,6 +33,7 @@ pub(super) fn delivery(uri: &str) -> Delivery {
             body: bytes::Bytes::from_static(b"Meet at 12:30?"),
         },
         imdn_message_id: None,
+        imdn_dispositions: Vec::new(),
         success_report: false,
     }
 }

@@ -111,6 +111,9 @@ pub struct Limits {
     pub delivery_ttl: Duration,
     /// At most this many delivery records and this many correlation records.
     pub max_records: usize,
+    /// How long a report correlation record lives (engine/reports): a DSN or an IMDN may
+    /// come days after the message (MMS expiry, a phone switched off), so 7 days.
+    pub report_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -118,6 +121,7 @@ impl Default for Limits {
         Limits {
             delivery_ttl: Duration::from_secs(5 * 24 * 3600),
             max_records: 1_000_000,
+            report_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

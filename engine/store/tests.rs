@@ -15,6 +15,7 @@ fn limits(ttl_ms: u64, max: usize) -> Limits {
     Limits {
         delivery_ttl: Duration::from_millis(ttl_ms),
         max_records: max,
+        report_ttl: Duration::from_millis(ttl_ms),
     }
 }
 

@@ -667,6 +667,7 @@ fn large_delivery(payload: &[u8]) -> iwf::plan::Delivery {
             body: cpim.into(),
         },
         imdn_message_id: None,
+        imdn_dispositions: Vec::new(),
         success_report: true,
     }
 }

@@ -648,6 +648,7 @@ async fn the_redis_store_keeps_and_expires_records() {
     let limits = Limits {
         delivery_ttl: Duration::from_millis(300),
         max_records: 1000,
+        report_ttl: Duration::from_millis(300),
     };
     let s = RedisStore::new(&[url], false, limits).unwrap();
     let rc = |l: &[&str]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>();

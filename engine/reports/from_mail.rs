@@ -1,0 +1,252 @@
+//! A DSN or MDN mail for iwf's `b+<token>` address → the IMDN owed to the CPM sender of
+//! the message that mail was made from (mapping reference §5.3; RFC 5438 §7.2.1).
+//!
+//! [`plan`] is pure (the mail, the correlation record, the rules, an id and the clock in;
+//! the IMDN MESSAGE out); [`inbound_mail`] correlates, sends and answers the SMTP side:
+//! 250 once the IMDN got a 2xx, 451 when it may work later, and 250 for everything that
+//! must not bounce (uncorrelated, not a report, nothing asked, refused by CPM): never a
+//! report about a report (RFC 3461 §6.2, RFC 5321 §4.5.5).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::envelope::{Envelope, Rcpt};
+use crate::ids::Ids;
+use crate::mapper::run::Fired;
+use crate::plan::{Content, Delivery, Mode};
+use crate::reply::Reply;
+use crate::ruleset::RuleSet;
+use crate::sip::SipBackend;
+
+use super::glue;
+use super::phases::{self, MailReportFacts};
+use super::records::{MailedRecord, mailed_key};
+use super::service::{Once, Reports};
+
+const DIRECTION: &str = "mail_to_imdn";
+
+/// One report block of a DSN (per recipient) or an MDN, as the phase reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportBlock {
+    /// delivery-status or disposition-notification.
+    pub report_type: String,
+    pub action: Option<String>,
+    pub status: Option<String>,
+    pub disposition: Option<String>,
+    pub final_recipient: Option<String>,
+    pub original_recipient: Option<String>,
+}
+
+/// What a report mail becomes.
+#[derive(Debug)]
+pub enum ImdnPlan {
+    /// Not a `multipart/report` iwf can read (why).
+    NotAReport(String),
+    /// A report, but no IMDN is owed for it (no rule set `imdn_status`).
+    Nothing,
+    /// Send this IMDN; `what` is its notification (one IMDN per notification per message).
+    Send { what: String, delivery: Delivery },
+    /// The rules failed (logged; the report is kept for a retry).
+    RuleError(String),
+}
+
+/// The block of a report that is about `rcpt` (the address the mail went to), else the
+/// first one.
+pub fn block_for<'b>(blocks: &'b [ReportBlock], rcpt: &str) -> Option<&'b ReportBlock> {
+    let strip = |a: &str| a.trim().trim_matches(['<', '>']).to_ascii_lowercase();
+    let want = strip(rcpt);
+    blocks
+        .iter()
+        .find(|b| {
+            [&b.final_recipient, &b.original_recipient]
+                .into_iter()
+                .flatten()
+                .any(|a| strip(a) == want)
+        })
+        .or_else(|| blocks.first())
+}
+
+/// Maps a report mail about the mail of `rec` to the IMDN owed, if any.
+pub fn plan(
+    rules: &RuleSet,
+    rec: &MailedRecord,
+    rcpt: &str,
+    raw: &[u8],
+    ids: &dyn Ids,
+    now: DateTime<Utc>,
+    explain: Option<&mut Vec<Fired>>,
+) -> ImdnPlan {
+    let blocks = match glue::report_blocks(raw) {
+        Ok(b) => b,
+        Err(why) => return ImdnPlan::NotAReport(why),
+    };
+    let Some(block) = block_for(&blocks, &rec.mail_rcpt) else {
+        return ImdnPlan::NotAReport("a report without a recipient block".into());
+    };
+    let facts = MailReportFacts {
+        report_type: &block.report_type,
+        action: block.action.as_deref(),
+        status: block.status.as_deref(),
+        disposition: block.disposition.as_deref(),
+        recipient: block.final_recipient.as_deref(),
+        now: now.timestamp(),
+    };
+    let d = match phases::map_mail_report(rules, facts, rec, explain) {
+        Ok(d) => d,
+        Err(e) => return ImdnPlan::RuleError(e.to_string()),
+    };
+    let Some((kind, status)) = d.imdn else {
+        return ImdnPlan::Nothing;
+    };
+    let body = match glue::imdn_document(rec, &kind, &status, &ids.token(), now) {
+        Ok(b) => b,
+        Err(e) => return ImdnPlan::RuleError(format!("the IMDN cannot be written: {e}")),
+    };
+    ImdnPlan::Send {
+        what: kind,
+        delivery: Delivery {
+            recipient: rcpt.to_string(),
+            mode: Mode::Pager,
+            request_uri: d.request_uri.unwrap_or_else(|| rec.sip_from_uri.clone()),
+            headers: d.headers,
+            content: Content {
+                content_type: "message/cpim".into(),
+                body: body.into(),
+            },
+            // No IMDN for an IMDN (RFC 5438 §7.2.1).
+            imdn_message_id: None,
+            imdn_dispositions: Vec::new(),
+            success_report: false,
+        },
+    }
+}
+
+/// Why an IMDN did not go.
+enum NotSent {
+    /// Try again later (451).
+    Temporary(Reply),
+    /// CPM refused it for good: dropped (250), never bounced.
+    Permanent(Reply),
+}
+
+impl From<crate::store::StoreError> for NotSent {
+    fn from(e: crate::store::StoreError) -> Self {
+        NotSent::Temporary(Reply::new(451, "4.3.0", format!("report state: {e}")))
+    }
+}
+
+/// Handles a mail for the report address `b+<token>`: the reply for that recipient.
+#[allow(clippy::too_many_arguments)]
+pub async fn inbound_mail(
+    reports: &Reports,
+    rules: &RuleSet,
+    sip: &dyn SipBackend,
+    ids: &dyn Ids,
+    envelope: &Envelope,
+    rcpt: &Rcpt,
+    token: &str,
+    raw: &[u8],
+) -> Reply {
+    let ok = |text: &str| Reply::new(250, "2.0.0", format!("<{}>: {text}", rcpt.address));
+    let key = mailed_key(token);
+    let fields = match reports.mailed(token, Duration::from_millis(500)).await {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            crate::metrics::report(DIRECTION, "uncorrelated");
+            tracing::info!(token, from = %envelope.mail_from.address, "report for an unknown token: accepted and dropped");
+            return ok("report accepted; no message of ours to report on (dropped)");
+        }
+        Err(e) => {
+            crate::metrics::report(DIRECTION, "failed");
+            return Reply::new(
+                451,
+                "4.3.0",
+                format!("report state unavailable ({e}); try again later"),
+            );
+        }
+    };
+    let rec = match MailedRecord::from_fields(&key, &fields) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::metrics::report(DIRECTION, "malformed");
+            tracing::warn!("{e}: report dropped");
+            return ok("report accepted; its record is damaged (dropped)");
+        }
+    };
+    let now = Utc::now();
+    let (what, delivery) = match plan(rules, &rec, &rcpt.address, raw, ids, now, None) {
+        ImdnPlan::Send { what, delivery } => (what, delivery),
+        ImdnPlan::Nothing => {
+            crate::metrics::report(DIRECTION, "not_asked");
+            tracing::info!(token, "report needs no IMDN (not asked for)");
+            return ok("report accepted; no IMDN was asked for it");
+        }
+        ImdnPlan::NotAReport(why) => {
+            crate::metrics::report(DIRECTION, "malformed");
+            tracing::info!(token, "mail for a report address is not a report: {why}");
+            return ok(&format!(
+                "accepted and dropped: not a delivery or disposition report ({why})"
+            ));
+        }
+        ImdnPlan::RuleError(e) => {
+            crate::metrics::report(DIRECTION, "failed");
+            tracing::warn!(token, "report not mapped: {e}");
+            return Reply::new(451, "4.3.0", "report could not be mapped; try again later");
+        }
+    };
+    let uri = delivery.request_uri.clone();
+    let sent = reports
+        .once(&key, &what, async {
+            let outcome = sip.send_message(&delivery).await;
+            let spent = ["large".to_string(), "text".to_string(), "pager".to_string()];
+            let input = crate::mapper::ResponseInput {
+                envelope,
+                rcpt,
+                uri: Some(&uri),
+                outcome: &outcome,
+                cpim_body: true,
+                retried: &spent,
+                imdn_requested: false,
+                now: Utc::now(),
+            };
+            match crate::mapper::respond(rules, &input, None) {
+                crate::mapper::ResponseDecision::Reply(r) if r.is_positive() => Ok(()),
+                crate::mapper::ResponseDecision::Reply(r) if r.code / 100 == 4 => {
+                    Err(NotSent::Temporary(r))
+                }
+                crate::mapper::ResponseDecision::Reply(r) => Err(NotSent::Permanent(r)),
+                crate::mapper::ResponseDecision::Retry(kind) => Err(NotSent::Permanent(
+                    Reply::new(554, "5.0.0", format!("CPM asked for a retry as {kind}")),
+                )),
+            }
+        })
+        .await;
+    match sent {
+        Once::Sent => {
+            crate::metrics::report(DIRECTION, "sent");
+            tracing::info!(token, imdn = %what, to = %uri, "report sent to CPM as an IMDN");
+            ok("report delivered to CPM as an IMDN")
+        }
+        Once::Duplicate => {
+            crate::metrics::report(DIRECTION, "duplicate");
+            ok("report already delivered to CPM")
+        }
+        Once::Failed(NotSent::Temporary(r)) => {
+            crate::metrics::report(DIRECTION, "failed");
+            tracing::info!(token, reply = %r, "IMDN not delivered now");
+            Reply::new(
+                451,
+                "4.4.0",
+                format!("the IMDN could not be delivered now ({r})"),
+            )
+        }
+        Once::Failed(NotSent::Permanent(r)) => {
+            crate::metrics::report(DIRECTION, "failed");
+            tracing::warn!(token, reply = %r, "IMDN refused by CPM: report dropped");
+            ok(&format!(
+                "report accepted; CPM refused the IMDN ({r}), dropped"
+            ))
+        }
+    }
+}
