@@ -1228,3 +1228,131 @@ fn uncorrelated_reports_are_accepted_and_dropped() {
         "the dropped DSN is logged:\n{log}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 5. a report that cannot go on now is refused for a retry, and the retry goes
+
+/// The IMDN MESSAGE content (CPIM) a CPM recipient sends about the IM `im_id`.
+fn imdn_content(im_id: &str, own_id: &str, status: &str) -> String {
+    format!(
+        "Content-Type: message/cpim\n\nFrom: <sip:+15551234567@cpm.example.net>\nTo: <{MAIL_USER_URI}>\nNS: imdn <urn:ietf:params:imdn>\nimdn.Message-ID: {own_id}\nDateTime: 2025-11-21T14:03:09Z\n\nContent-Type: message/imdn+xml\nContent-Disposition: notification\n\n<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<imdn xmlns=\"urn:ietf:params:xml:ns:imdn\"><message-id>{im_id}</message-id><datetime>2025-11-21T14:03:05Z</datetime><recipient-uri>sip:+15551234567@cpm.example.net</recipient-uri><delivery-notification><status><{status}/></status></delivery-notification></imdn>"
+    )
+}
+
+/// No 2xx to an IMDN before the smarthost took its DSN (503 while Postfix is down, 200 and
+/// the DSN once it is back); no 250 to a DSN before its IMDN got a 2xx (451 while the CPM
+/// side answers 480, 250 and the IMDN once it answers 200). A failed attempt is not
+/// remembered as sent.
+#[test]
+fn reports_that_cannot_go_on_now_are_refused_for_a_retry() {
+    if !peers() {
+        return;
+    }
+    // --- IMDN -> DSN, smarthost down
+    let pf = Postfix::start(None, false);
+    let dir = tempfile::tempdir().unwrap();
+    let hop_port = free_port(true);
+    let hop = format!("sip:127.0.0.1:{hop_port};transport=udp");
+    let iwf = Gw::start(dir.path(), pf.port, free_port(false), free_port(true), &hop);
+    let cpm = Sipp::start(
+        "message_uas_200.xml",
+        Transport::Udp,
+        Some(hop_port),
+        1,
+        &[],
+    );
+    send_mail(
+        &iwf,
+        mail_spec("RETRY1", "r1@mail.example.org", "Retry", "SUCCESS", false),
+        &pf,
+    );
+    let got = wait_distinct(&cpm, 1, Duration::from_secs(10));
+    let im_id = check_im(&got[0], &["positive-delivery"]);
+    drop(cpm);
+    let (st, out) = pf.script("stop");
+    assert!(st.success(), "{out}");
+    let (ok, out) = send_message(
+        iwf.sip,
+        503,
+        &imdn_content(&im_id, "retry-imdn-1", "delivered"),
+    );
+    assert!(
+        ok,
+        "IMDN not refused while the smarthost is down:\n{out}\n--- iwf:\n{}",
+        iwf.log()
+    );
+    let (st, out) = pf.script("start");
+    assert!(
+        st.success(),
+        "postfix did not start again:\n{out}\n{}",
+        pf.log()
+    );
+    let (ok, out) = send_message(
+        iwf.sip,
+        200,
+        &imdn_content(&im_id, "retry-imdn-1", "delivered"),
+    );
+    assert!(
+        ok,
+        "{out}\n--- iwf:\n{}\n--- postfix:\n{}",
+        iwf.log(),
+        pf.log()
+    );
+    let mails = pf.wait_mails(1, Duration::from_secs(20));
+    let dsns = reports_of(&mails, "delivery-status");
+    assert_eq!(dsns.len(), 1, "{mails:#?}\n--- iwf:\n{}", iwf.log());
+    check_dsn(&dsns[0], "RETRY1", "delivered");
+    drop(iwf);
+    drop(pf);
+
+    // --- DSN -> IMDN, CPM side answers 480 first
+    let dir = tempfile::tempdir().unwrap();
+    let smtp_port = free_port(false);
+    let pf = Postfix::start(Some(smtp_port), true);
+    let hop_port = free_port(true);
+    let hop = format!("sip:127.0.0.1:{hop_port};transport=udp");
+    let iwf = Gw::start(dir.path(), pf.port, smtp_port, free_port(true), &hop);
+    let im_id = "Retry-im-1";
+    let datetime = "2025-11-21T14:03:05Z";
+    let (ok, out) = send_message(iwf.sip, 202, &cpim_asking(im_id, datetime));
+    assert!(
+        ok,
+        "{out}\n--- iwf:\n{}\n--- postfix:\n{}",
+        iwf.log(),
+        pf.log()
+    );
+    let mails = pf.wait_mails(1, Duration::from_secs(20));
+    assert_eq!(mails.len(), 1, "{}", pf.log());
+    let token = token_of(&mails[0]);
+    let busy = Sipp::start(
+        "message_uas_480.xml",
+        Transport::Udp,
+        Some(hop_port),
+        1,
+        &[],
+    );
+    let (reply, _) = send_report(iwf.smtp, &token, &dsn_for(&token, "delivered", "2.0.0"));
+    assert!(
+        reply.0 / 100 == 4,
+        "a DSN whose IMDN got 480 must be retried, got {reply:?}\n--- iwf:\n{}",
+        iwf.log()
+    );
+    assert_eq!(distinct(&busy).len(), 1, "{}", show(&distinct(&busy)));
+    drop(busy);
+    let cpm = Sipp::start(
+        "message_uas_200.xml",
+        Transport::Udp,
+        Some(hop_port),
+        2,
+        &[],
+    );
+    let (reply, _) = send_report(iwf.smtp, &token, &dsn_for(&token, "delivered", "2.0.0"));
+    assert!(reply.is(250, ""), "{reply:?}\n--- iwf:\n{}", iwf.log());
+    let got = wait_distinct(&cpm, 1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "{}\n--- iwf:\n{}", show(&got), iwf.log());
+    let d = check_imdn(&got[0], im_id, datetime, CPM_SENDER, MAIL_USER_URI);
+    assert_eq!(
+        (d.notification.as_str(), d.status.as_str()),
+        ("delivery-notification", "delivered")
+    );
+}
