@@ -519,9 +519,22 @@ fn check_imdn(
     sender: &str,
     recipient: &str,
 ) -> ImdnDoc {
+    check_imdn_to(req, im_id, im_datetime, sender, recipient, sender)
+}
+
+/// [`check_imdn`] for an IM that carried an IMDN-Record-Route: the IMDN's Request-URI is
+/// its top entry `request_uri` (RFC 5438 §9), SIP and CPIM To still the sender.
+fn check_imdn_to(
+    req: &SipRequest,
+    im_id: &str,
+    im_datetime: &str,
+    sender: &str,
+    recipient: &str,
+    request_uri: &str,
+) -> ImdnDoc {
     let all = show(std::slice::from_ref(req));
     assert_eq!(req.method, "MESSAGE", "{all}");
-    assert_eq!(uri_of(&req.request_uri), sender, "Request-URI: {all}");
+    assert_eq!(uri_of(&req.request_uri), request_uri, "Request-URI: {all}");
     assert_eq!(uri_of(req.h("To")), sender, "SIP To: {all}");
     assert_eq!(uri_of(req.h("From")), recipient, "SIP From: {all}");
     assert!(
@@ -627,6 +640,8 @@ fn cpim_asking(im_id: &str, datetime: &str) -> String {
 
 const CPM_SENDER: &str = "sip:+15551234567@ims.example.net";
 const MAIL_USER_URI: &str = "sip:alice%40mail.example.org@iwf.example.net";
+/// An IMDN-Record-Route entry a CPM intermediary put on an IM.
+const IMDN_RR: &str = "sip:imdn-rr@ims.example.net";
 
 /// SIPp as UAC: one MESSAGE with `content` to 127.0.0.1:`port` over UDP, expecting `status`.
 fn send_message(port: u16, status: u16, content: &str) -> (bool, String) {
@@ -1240,9 +1255,10 @@ fn imdn_content(im_id: &str, own_id: &str, status: &str) -> String {
 }
 
 /// No 2xx to an IMDN before the smarthost took its DSN (503 while Postfix is down, 200 and
-/// the DSN once it is back); no 250 to a DSN before its IMDN got a 2xx (451 while the CPM
+/// the DSN once it is back); no 250 to a DSN before its IMDN got a 2xx (4xx while the CPM
 /// side answers 480, 250 and the IMDN once it answers 200). A failed attempt is not
-/// remembered as sent.
+/// remembered as sent. (The IM here came with an IMDN-Record-Route, which the IMDN
+/// follows.)
 #[test]
 fn reports_that_cannot_go_on_now_are_refused_for_a_retry() {
     if !peers() {
@@ -1314,7 +1330,15 @@ fn reports_that_cannot_go_on_now_are_refused_for_a_retry() {
     let iwf = Gw::start(dir.path(), pf.port, smtp_port, free_port(true), &hop);
     let im_id = "Retry-im-1";
     let datetime = "2025-11-21T14:03:05Z";
-    let (ok, out) = send_message(iwf.sip, 202, &cpim_asking(im_id, datetime));
+    // This IM came through an IMDN-Record-Route: the IMDN goes back that way (RFC 5438 §9).
+    let (ok, out) = send_message(
+        iwf.sip,
+        202,
+        &format!(
+            "IMDN-Record-Route: <{IMDN_RR}>\n{}",
+            cpim_asking(im_id, datetime)
+        ),
+    );
     assert!(
         ok,
         "{out}\n--- iwf:\n{}\n--- postfix:\n{}",
@@ -1350,7 +1374,7 @@ fn reports_that_cannot_go_on_now_are_refused_for_a_retry() {
     assert!(reply.is(250, ""), "{reply:?}\n--- iwf:\n{}", iwf.log());
     let got = wait_distinct(&cpm, 1, Duration::from_secs(10));
     assert_eq!(got.len(), 1, "{}\n--- iwf:\n{}", show(&got), iwf.log());
-    let d = check_imdn(&got[0], im_id, datetime, CPM_SENDER, MAIL_USER_URI);
+    let d = check_imdn_to(&got[0], im_id, datetime, CPM_SENDER, MAIL_USER_URI, IMDN_RR);
     assert_eq!(
         (d.notification.as_str(), d.status.as_str()),
         ("delivery-notification", "delivered")
