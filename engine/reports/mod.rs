@@ -10,6 +10,7 @@
 //! Uncorrelated reports are accepted and dropped (never a report about a report); each
 //! report is sent at most once however often its trigger arrives ([`service::Reports::once`]).
 
+pub mod dryrun;
 pub mod from_cpm;
 pub mod from_mail;
 mod glue;
