@@ -298,6 +298,7 @@ mod tests {
 
     /// Mapping reference §5.2, row by row, with the shipped rules.
     #[test]
+    #[allow(clippy::type_complexity)]
     fn section_5_2_imdn_to_mail_report() {
         let rules = shipped();
         let alice = "alice@mail.example.org";
@@ -537,6 +538,7 @@ mod tests {
 
     /// Mapping reference §5.3, row by row, with the shipped rules.
     #[test]
+    #[allow(clippy::type_complexity)]
     fn section_5_3_mail_report_to_imdn() {
         let rules = shipped();
         let all = [
