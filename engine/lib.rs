@@ -55,6 +55,7 @@ pub mod plan;
 pub mod reload;
 pub mod render;
 pub mod reply;
+pub mod reports;
 pub mod reverse;
 pub mod ruleset;
 pub mod selftest;
