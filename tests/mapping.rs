@@ -39,7 +39,12 @@ pub(crate) fn split_fixture(text: &[u8]) -> (Option<MailFrom>, Vec<Rcpt>, Vec<u8
     (mail_from, rcpts, raw)
 }
 
-pub(crate) fn dry_run(rules: &RuleSet, mail_from: Option<MailFrom>, rcpts: Vec<Rcpt>, raw: &[u8]) -> DryRun {
+pub(crate) fn dry_run(
+    rules: &RuleSet,
+    mail_from: Option<MailFrom>,
+    rcpts: Vec<Rcpt>,
+    raw: &[u8],
+) -> DryRun {
     let ids = SequentialIds::new();
     dryrun::run(
         rules,

@@ -45,6 +45,7 @@ pub fn imdn(
     xml: &[u8],
     record: Option<&Fields>,
     reporting: &str,
+    ids: &dyn Ids,
     now: DateTime<Utc>,
     explain: bool,
 ) -> ReportDryRun {
@@ -77,6 +78,7 @@ pub fn imdn(
         &imdn,
         &rec,
         reporting,
+        ids,
         now,
         explain.then_some(&mut fired),
     ) {

@@ -154,7 +154,7 @@ impl Verdict {
                 "4.3.0",
                 format!("report state unavailable ({e}); try again later"),
             ),
-            Verdict::NotAsked => ok("report accepted; no IMDN was asked for it".into()),
+            Verdict::NotAsked => ok("report accepted; it owes no IMDN (not asked for, or not a notification the rules map)".into()),
             Verdict::NotAReport(why) => ok(format!(
                 "accepted and dropped: not a delivery or disposition report ({why})"
             )),

@@ -128,7 +128,7 @@ impl Uas {
             && crate::reports::is_imdn(c)
         {
             return match &self.reports {
-                Some(r) => crate::reports::imdn_from_cpm(r, rules, &c.bytes).await,
+                Some(r) => crate::reports::imdn_from_cpm(r, rules, &*self.ids, &c.bytes).await,
                 None => {
                     tracing::info!(uri = %inc.request_uri, "IMDN without the report loop: answered 200 and dropped");
                     SipAnswer::new(200, "OK")
@@ -425,7 +425,9 @@ pub fn dry_run_with_record(
         && crate::reports::is_imdn(&c)
     {
         let host = rules.setting_str("iwf_domain", "iwf.example.net");
-        let report = crate::reports::dryrun::imdn(rules, &c.bytes, record, &host, now, explain);
+        let ids = crate::ids::SequentialIds::new();
+        let report =
+            crate::reports::dryrun::imdn(rules, &c.bytes, record, &host, &ids, now, explain);
         return DryRun {
             envelope: None,
             mail: None,
