@@ -92,6 +92,7 @@ pub fn imdn_document(
 
 /// The DSN about `rcpt` of the mail of `rec` (RFC 3464; RFC 4356 §2.1.4 layout), returning
 /// what the record kept of the original per RET.
+#[allow(clippy::too_many_arguments)]
 pub fn dsn(
     reporting: &str,
     rec: &SentRecord,
