@@ -542,14 +542,15 @@ mod tests {
         let now = crate::ids::fixed_now();
         let original = b"Message-ID: <m1@mail.example.org>\r\nSubject: hi\r\n\r\nthe body\r\n";
         // (action, status, diagnostic, returned, subject, third part)
-        let table: &[(
-            &str,
-            &str,
-            Option<(&str, &str)>,
-            Returned,
-            &str,
-            Option<&str>,
-        )] = &[
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            Option<(&'a str, &'a str)>,
+            Returned<'a>,
+            &'a str,
+            Option<&'a str>,
+        );
+        let table: &[Row] = &[
             (
                 "delivered",
                 "2.0.0",

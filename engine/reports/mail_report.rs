@@ -306,10 +306,8 @@ fn delivery_status(body: &[u8]) -> DeliveryStatus {
                 "final-recipient" => set_typed(&mut r.final_recipient, &v),
                 "action" => set(&mut r.action, &first_word(&v)),
                 "status" => set(&mut r.status, &first_word(&v)),
-                "diagnostic-code" => {
-                    if r.diagnostic_code.is_none() {
-                        r.diagnostic_code = Some(typed(&v, false));
-                    }
+                "diagnostic-code" if r.diagnostic_code.is_none() => {
+                    r.diagnostic_code = Some(typed(&v, false));
                 }
                 "remote-mta" => set_typed(&mut r.remote_mta, &v),
                 _ => {}
@@ -332,10 +330,8 @@ fn disposition_notification(body: &[u8]) -> DispositionNotification {
             "original-recipient" => set_typed(&mut d.original_recipient, &v),
             "final-recipient" => set_typed(&mut d.final_recipient, &v),
             "original-message-id" => set(&mut d.original_message_id, &clean(&v)),
-            "disposition" => {
-                if d.disposition.is_none() {
-                    d.disposition = Some(disposition(&v));
-                }
+            "disposition" if d.disposition.is_none() => {
+                d.disposition = Some(disposition(&v));
             }
             _ => {}
         }
@@ -655,7 +651,16 @@ mod tests {
     #[test]
     fn disposition_fixtures() {
         // (fixture, action mode, sending mode, type, modifiers, final recipient, original id)
-        let table: &[(&str, &str, &str, &str, &[&str], &str, &str)] = &[
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a [&'a str],
+            &'a str,
+            &'a str,
+        );
+        let table: &[Row] = &[
             (
                 "rfc3798-displayed.eml",
                 "manual-action",
