@@ -53,35 +53,148 @@ pub fn build_report(
     original: &[u8],
     now: DateTime<Utc>,
 ) -> Vec<u8> {
+    let replies: Vec<(String, String)> = failed
+        .iter()
+        .chain(relayed)
+        .map(|f| {
+            (
+                f.reply
+                    .status
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.0.0", f.reply.code / 100)),
+                f.reply.to_string(),
+            )
+        })
+        .collect();
+    let actions = failed
+        .iter()
+        .map(|_| "failed")
+        .chain(relayed.iter().map(|_| "relayed"));
+    let recipients = failed
+        .iter()
+        .chain(relayed)
+        .zip(actions)
+        .zip(&replies)
+        .map(|((f, action), (status, text))| DsnRecipient {
+            orcpt: f.rcpt.orcpt.as_deref(),
+            final_rcpt: &f.rcpt.address,
+            action,
+            status,
+            diagnostic: Some(("smtp", text)),
+        })
+        .collect();
+    build_dsn(&DsnInput {
+        reporting_mta,
+        reverse_path: &envelope.mail_from.address,
+        envid: envelope.mail_from.envid.as_deref(),
+        arrival_date: Some(envelope.received_at),
+        recipients,
+        returned: if envelope.mail_from.ret == Some("FULL") {
+            Returned::Full(original)
+        } else {
+            Returned::Headers(original)
+        },
+        now,
+        message_id: None,
+    })
+}
+
+/// One per-recipient block of a DSN (RFC 3464 §2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsnRecipient<'a> {
+    /// The ORCPT address (RFC 3461 §4.2), written `Original-Recipient: rfc822;<orcpt>`.
+    pub orcpt: Option<&'a str>,
+    /// The RCPT address, written `Final-Recipient: rfc822;<final_rcpt>`.
+    pub final_rcpt: &'a str,
+    /// `failed`, `delayed`, `delivered`, `relayed` or `expanded` (RFC 3464 §2.3.3).
+    pub action: &'a str,
+    /// The status code, `5.1.1` (RFC 3464 §2.3.4).
+    pub status: &'a str,
+    /// `Diagnostic-Code: <type>; <text>` (`("smtp", "550 5.1.1 ...")`), also the
+    /// recipient's line in the text part.
+    pub diagnostic: Option<(&'a str, &'a str)>,
+}
+
+/// What of the original message a DSN returns (RFC 3461 §4.3, RET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned<'a> {
+    /// The whole message, as `message/rfc822` (RET=FULL).
+    Full(&'a [u8]),
+    /// A whole message or only its header section: returned as `text/rfc822-headers`, cut
+    /// after the first blank line if it has one.
+    Headers(&'a [u8]),
+    /// Nothing: the report has two parts.
+    None,
+}
+
+/// Everything a DSN says, as plain fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsnInput<'a> {
+    /// The host name written in `Reporting-MTA:` / `DSN-Gateway:` (`dns; <host>`) and in
+    /// `From: MAILER-DAEMON@<host>`.
+    pub reporting_mta: &'a str,
+    /// The reverse-path of the original mail: the DSN's `To:`.
+    pub reverse_path: &'a str,
+    /// ENVID (RFC 3461 §4.4), written `Original-Envelope-Id:`.
+    pub envid: Option<&'a str>,
+    /// When the original arrived, written `Arrival-Date:`.
+    pub arrival_date: Option<DateTime<Utc>>,
+    /// The per-recipient blocks, in order.
+    pub recipients: Vec<DsnRecipient<'a>>,
+    pub returned: Returned<'a>,
+    /// The DSN's `Date:`.
+    pub now: DateTime<Utc>,
+    /// The DSN's own Message-ID (without brackets); mail-builder makes one when absent.
+    pub message_id: Option<&'a str>,
+}
+
+/// Builds a DSN (RFC 3464, layout of RFC 4356 §2.1.4): `multipart/report;
+/// report-type=delivery-status` with a text part, `message/delivery-status` and the
+/// returned original per [`Returned`]; `Auto-Submitted: auto-replied`. RFC 5322 text with
+/// CRLF line ends; control characters in the fields are dropped.
+pub fn build_dsn(input: &DsnInput) -> Vec<u8> {
+    let reporting_mta = one_line(input.reporting_mta);
     let mut status = String::new();
     status.push_str(&format!("Reporting-MTA: dns; {reporting_mta}\r\n"));
     status.push_str(&format!("DSN-Gateway: dns; {reporting_mta}\r\n"));
-    if let Some(envid) = &envelope.mail_from.envid {
+    if let Some(envid) = input.envid {
         status.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
     }
-    status.push_str(&format!(
-        "Arrival-Date: {}\r\n",
-        envelope.received_at.format("%a, %d %b %Y %H:%M:%S +0000")
-    ));
-    let mut text = String::from("This is the CPM interworking gateway.\r\n\r\n");
-    if !failed.is_empty() {
-        text.push_str("The message could not be delivered to the following CPM recipient(s):\r\n");
+    if let Some(arrival) = input.arrival_date {
+        status.push_str(&format!(
+            "Arrival-Date: {}\r\n",
+            arrival.format("%a, %d %b %Y %H:%M:%S +0000")
+        ));
     }
-    let entries = failed
-        .iter()
-        .map(|f| (f, "failed"))
-        .chain(relayed.iter().map(|f| (f, "relayed")));
-    let mut relayed_said = false;
-    for (f, action) in entries {
-        if action == "relayed" && !relayed_said {
-            relayed_said = true;
-            text.push_str(
-                "\r\nThe message was handed to the CPM service for the following recipient(s);\r\n\
-                 the CPM service will not report its delivery:\r\n",
-            );
+    let mut text = String::from("This is the CPM interworking gateway.\r\n\r\n");
+    let mut section: Option<String> = None;
+    for r in &input.recipients {
+        let action = one_line(r.action).to_ascii_lowercase();
+        if section.as_deref() != Some(action.as_str()) {
+            // The failed section was the first one (no blank line before it) in the
+            // reports this module always wrote; the others are set off by one.
+            if section.is_some() || action != "failed" {
+                text.push_str("\r\n");
+            }
+            text.push_str(match action.as_str() {
+                "failed" => {
+                    "The message could not be delivered to the following CPM recipient(s):\r\n"
+                }
+                "relayed" => {
+                    "The message was handed to the CPM service for the following recipient(s);\r\n\
+                     the CPM service will not report its delivery:\r\n"
+                }
+                "delivered" => "The message was delivered to the following CPM recipient(s):\r\n",
+                "delayed" => {
+                    "The message has not yet been delivered to the following CPM recipient(s);\r\n\
+                     delivery is still being attempted:\r\n"
+                }
+                _ => "Report for the following recipient(s):\r\n",
+            });
+            section = Some(action.clone());
         }
         status.push_str("\r\n");
-        if let Some(orcpt) = &f.rcpt.orcpt {
+        if let Some(orcpt) = r.orcpt {
             status.push_str(&format!(
                 "Original-Recipient: rfc822;{}\r\n",
                 one_line(orcpt)
@@ -89,58 +202,79 @@ pub fn build_report(
         }
         status.push_str(&format!(
             "Final-Recipient: rfc822;{}\r\n",
-            one_line(&f.rcpt.address)
+            one_line(r.final_rcpt)
         ));
         status.push_str(&format!("Action: {action}\r\n"));
-        status.push_str(&format!(
-            "Status: {}\r\n",
-            f.reply
-                .status
-                .clone()
-                .unwrap_or_else(|| format!("{}.0.0", f.reply.code / 100))
-        ));
-        status.push_str(&format!(
-            "Diagnostic-Code: smtp; {}\r\n",
-            one_line(&f.reply.to_string())
-        ));
-        text.push_str(&format!("  <{}>: {}\r\n", f.rcpt.address, f.reply));
+        status.push_str(&format!("Status: {}\r\n", one_line(r.status)));
+        match r.diagnostic {
+            Some((kind, diag)) => {
+                status.push_str(&format!(
+                    "Diagnostic-Code: {}; {}\r\n",
+                    one_line(kind),
+                    one_line(diag)
+                ));
+                text.push_str(&format!(
+                    "  <{}>: {}\r\n",
+                    one_line(r.final_rcpt),
+                    one_line(diag)
+                ));
+            }
+            None => text.push_str(&format!("  <{}>\r\n", one_line(r.final_rcpt))),
+        }
     }
-    let returned = if envelope.mail_from.ret == Some("FULL") {
-        MimePart::new("message/rfc822", original.to_vec())
-    } else {
-        let end = original
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| p + 4)
-            .unwrap_or(original.len());
-        MimePart::new("text/rfc822-headers", original[..end].to_vec())
-    };
+    let mut parts = vec![
+        MimePart::new("text/plain", text),
+        // RFC 3464 §2.1: the status fields are plain US-ASCII lines, kept readable.
+        MimePart::new("message/delivery-status", status.into_bytes()).transfer_encoding("7bit"),
+    ];
+    match input.returned {
+        Returned::Full(original) => parts.push(MimePart::new("message/rfc822", original.to_vec())),
+        Returned::Headers(original) => {
+            let end = original
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p + 4)
+                .unwrap_or(original.len());
+            parts.push(MimePart::new(
+                "text/rfc822-headers",
+                original[..end].to_vec(),
+            ));
+        }
+        Returned::None => {}
+    }
     let report = MimePart::new(
         ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
-        vec![
-            MimePart::new("text/plain", text),
-            // RFC 3464 §2.1: the status fields are plain US-ASCII lines, kept readable.
-            MimePart::new("message/delivery-status", status.into_bytes()).transfer_encoding("7bit"),
-            returned,
-        ],
+        parts,
     );
+    let has = |a: &str| {
+        input
+            .recipients
+            .iter()
+            .any(|r| r.action.eq_ignore_ascii_case(a))
+    };
+    let subject = if has("failed") {
+        "Delivery Status Notification (Failure)"
+    } else if has("delayed") {
+        "Delivery Status Notification (Delay)"
+    } else if has("delivered") {
+        "Delivery Status Notification (Success)"
+    } else {
+        "Delivery Status Notification (Relay)"
+    };
     let daemon = format!("MAILER-DAEMON@{reporting_mta}");
-    MessageBuilder::new()
+    let mut b = MessageBuilder::new()
         .from(("Mail Delivery System", daemon.as_str()))
-        .to(envelope.mail_from.address.clone())
-        .subject(if failed.is_empty() {
-            "Delivery Status Notification (Relay)"
-        } else {
-            "Delivery Status Notification (Failure)"
-        })
+        .to(one_line(input.reverse_path))
+        .subject(subject)
         .header(
             "Auto-Submitted",
             mail_builder::headers::raw::Raw::new("auto-replied"),
         )
-        .date(now.timestamp())
-        .body(report)
-        .write_to_vec()
-        .unwrap_or_default()
+        .date(input.now.timestamp());
+    if let Some(id) = input.message_id {
+        b = b.message_id(one_line(id.trim().trim_matches(['<', '>'])));
+    }
+    b.body(report).write_to_vec().unwrap_or_default()
 }
 
 fn one_line(s: &str) -> String {
@@ -220,5 +354,313 @@ mod tests {
             ..env
         };
         assert!(!wanted(&null, &Rcpt::parse("<x@y>").unwrap()));
+    }
+
+    /// The DSN builder as it was before `build_dsn` (commit 2f608a5), kept to show the
+    /// wrappers still write the same bytes (up to mail-builder's random boundaries and
+    /// Message-ID).
+    fn legacy_build_report(
+        reporting_mta: &str,
+        envelope: &Envelope,
+        failed: &[Failed],
+        relayed: &[Failed],
+        original: &[u8],
+        now: DateTime<Utc>,
+    ) -> Vec<u8> {
+        let mut status = String::new();
+        status.push_str(&format!("Reporting-MTA: dns; {reporting_mta}\r\n"));
+        status.push_str(&format!("DSN-Gateway: dns; {reporting_mta}\r\n"));
+        if let Some(envid) = &envelope.mail_from.envid {
+            status.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
+        }
+        status.push_str(&format!(
+            "Arrival-Date: {}\r\n",
+            envelope.received_at.format("%a, %d %b %Y %H:%M:%S +0000")
+        ));
+        let mut text = String::from("This is the CPM interworking gateway.\r\n\r\n");
+        if !failed.is_empty() {
+            text.push_str(
+                "The message could not be delivered to the following CPM recipient(s):\r\n",
+            );
+        }
+        let entries = failed
+            .iter()
+            .map(|f| (f, "failed"))
+            .chain(relayed.iter().map(|f| (f, "relayed")));
+        let mut relayed_said = false;
+        for (f, action) in entries {
+            if action == "relayed" && !relayed_said {
+                relayed_said = true;
+                text.push_str(
+                    "\r\nThe message was handed to the CPM service for the following recipient(s);\r\n\
+                     the CPM service will not report its delivery:\r\n",
+                );
+            }
+            status.push_str("\r\n");
+            if let Some(orcpt) = &f.rcpt.orcpt {
+                status.push_str(&format!(
+                    "Original-Recipient: rfc822;{}\r\n",
+                    one_line(orcpt)
+                ));
+            }
+            status.push_str(&format!(
+                "Final-Recipient: rfc822;{}\r\n",
+                one_line(&f.rcpt.address)
+            ));
+            status.push_str(&format!("Action: {action}\r\n"));
+            status.push_str(&format!(
+                "Status: {}\r\n",
+                f.reply
+                    .status
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.0.0", f.reply.code / 100))
+            ));
+            status.push_str(&format!(
+                "Diagnostic-Code: smtp; {}\r\n",
+                one_line(&f.reply.to_string())
+            ));
+            text.push_str(&format!("  <{}>: {}\r\n", f.rcpt.address, f.reply));
+        }
+        let returned = if envelope.mail_from.ret == Some("FULL") {
+            MimePart::new("message/rfc822", original.to_vec())
+        } else {
+            let end = original
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p + 4)
+                .unwrap_or(original.len());
+            MimePart::new("text/rfc822-headers", original[..end].to_vec())
+        };
+        let report = MimePart::new(
+            ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+            vec![
+                MimePart::new("text/plain", text),
+                // RFC 3464 §2.1: the status fields are plain US-ASCII lines, kept readable.
+                MimePart::new("message/delivery-status", status.into_bytes())
+                    .transfer_encoding("7bit"),
+                returned,
+            ],
+        );
+        let daemon = format!("MAILER-DAEMON@{reporting_mta}");
+        MessageBuilder::new()
+            .from(("Mail Delivery System", daemon.as_str()))
+            .to(envelope.mail_from.address.clone())
+            .subject(if failed.is_empty() {
+                "Delivery Status Notification (Relay)"
+            } else {
+                "Delivery Status Notification (Failure)"
+            })
+            .header(
+                "Auto-Submitted",
+                mail_builder::headers::raw::Raw::new("auto-replied"),
+            )
+            .date(now.timestamp())
+            .body(report)
+            .write_to_vec()
+            .unwrap_or_default()
+    }
+
+    fn normalized(mail: &[u8]) -> String {
+        let mut text = String::from_utf8(mail.to_vec()).unwrap();
+        let boundaries: Vec<String> = regex::Regex::new(r#"boundary="([^"]+)""#)
+            .unwrap()
+            .captures_iter(&text)
+            .map(|c| c[1].to_string())
+            .collect();
+        for (i, b) in boundaries.iter().enumerate() {
+            text = text.replace(b.as_str(), &format!("BOUNDARY{i}"));
+        }
+        regex::Regex::new(r"Message-ID: <[^>]*>")
+            .unwrap()
+            .replace_all(&text, "Message-ID: <x>")
+            .into_owned()
+    }
+
+    #[test]
+    fn wrappers_write_what_they_wrote_before() {
+        let now = crate::ids::fixed_now();
+        let rcpts = [
+            Rcpt::parse("<+15551234567@cpm.example.net> ORCPT=rfc822;x@y.org").unwrap(),
+            Rcpt::parse("<+15557654321@cpm.example.net>").unwrap(),
+            Rcpt::parse("<+15550000000@cpm.example.net> NOTIFY=SUCCESS").unwrap(),
+        ];
+        let replies = [
+            Reply::parse("550 5.1.1 <+15551234567@cpm.example.net>: CPM user unknown (SIP 404)")
+                .unwrap(),
+            Reply::parse("554 no such thing").unwrap(),
+            Reply::parse("250 2.0.0 OK").unwrap(),
+        ];
+        let original = b"Subject: hi\r\nFrom: a@mail.example.org\r\n\r\nbody\r\n";
+        for mail_from in [
+            "<a@mail.example.org> ENVID=QQ314159 RET=HDRS",
+            "<a@b.org> RET=FULL",
+            "<a@b.org>",
+        ] {
+            let env = Envelope {
+                mail_from: MailFrom::parse(mail_from).unwrap(),
+                rcpts: vec![],
+                client: Default::default(),
+                received_at: now,
+            };
+            let f = |i: usize| Failed {
+                rcpt: &rcpts[i],
+                reply: &replies[i],
+            };
+            let cases: [(Vec<Failed>, Vec<Failed>); 4] = [
+                (vec![f(0)], vec![]),
+                (vec![f(0), f(1)], vec![f(2)]),
+                (vec![], vec![f(2)]),
+                (vec![f(1)], vec![f(0), f(2)]),
+            ];
+            for (failed, relayed) in &cases {
+                assert_eq!(
+                    normalized(&build_report(
+                        "iwf.example.net",
+                        &env,
+                        failed,
+                        relayed,
+                        original,
+                        now
+                    )),
+                    normalized(&legacy_build_report(
+                        "iwf.example.net",
+                        &env,
+                        failed,
+                        relayed,
+                        original,
+                        now
+                    )),
+                    "{mail_from}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn any_action_reads_back() {
+        use crate::reports::mail_report::{self, Report};
+        let now = crate::ids::fixed_now();
+        let original = b"Message-ID: <m1@mail.example.org>\r\nSubject: hi\r\n\r\nthe body\r\n";
+        // (action, status, diagnostic, returned, subject, third part)
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            Option<(&'a str, &'a str)>,
+            Returned<'a>,
+            &'a str,
+            Option<&'a str>,
+        );
+        let table: &[Row] = &[
+            (
+                "delivered",
+                "2.0.0",
+                None,
+                Returned::None,
+                "(Success)",
+                None,
+            ),
+            (
+                "failed",
+                "5.0.0",
+                Some(("x-sip", "480 Temporarily Unavailable")),
+                Returned::Full(original),
+                "(Failure)",
+                Some("message/rfc822"),
+            ),
+            (
+                "relayed",
+                "2.0.0",
+                Some(("smtp", "250 2.0.0 OK")),
+                Returned::Headers(original),
+                "(Relay)",
+                Some("text/rfc822-headers"),
+            ),
+            (
+                "delayed",
+                "4.4.7",
+                None,
+                Returned::Headers(b"Message-ID: <m1@mail.example.org>\r\n"),
+                "(Delay)",
+                Some("text/rfc822-headers"),
+            ),
+        ];
+        for (action, status, diag, returned, subject, third) in table {
+            let dsn = build_dsn(&DsnInput {
+                reporting_mta: "iwf.example.net",
+                reverse_path: "a@mail.example.org",
+                envid: Some("ENV1"),
+                arrival_date: Some(now),
+                recipients: vec![DsnRecipient {
+                    orcpt: Some("rfc822-orig@x.org"),
+                    final_rcpt: "+15551234567@cpm.example.net",
+                    action,
+                    status,
+                    diagnostic: *diag,
+                }],
+                returned: *returned,
+                now,
+                message_id: None,
+            });
+            let text = String::from_utf8(dsn.clone()).unwrap();
+            assert!(text.contains(subject), "{text}");
+            assert!(text.contains("Auto-Submitted: auto-replied"));
+            // (RET=FULL: mail-builder writes the returned message/rfc822 in base64.)
+            if !matches!(returned, Returned::Full(_)) {
+                assert!(!text.contains("the body"), "{action}\n{text}");
+            }
+            let r = mail_report::parse(&dsn).unwrap();
+            let Report::Delivery(d) = r.report else {
+                panic!("not a DSN")
+            };
+            assert_eq!(d.original_envelope_id.as_deref(), Some("ENV1"));
+            assert_eq!(d.dsn_gateway.unwrap().value, "iwf.example.net");
+            let rc = &d.recipients[0];
+            assert_eq!(rc.action.as_deref(), Some(*action));
+            assert_eq!(rc.status.as_deref(), Some(*status));
+            assert_eq!(
+                rc.original_recipient.as_ref().unwrap().value,
+                "rfc822-orig@x.org"
+            );
+            assert_eq!(
+                rc.final_recipient.as_ref().unwrap().value,
+                "+15551234567@cpm.example.net"
+            );
+            assert_eq!(
+                rc.diagnostic_code
+                    .as_ref()
+                    .map(|t| (t.kind.as_str(), t.value.as_str())),
+                *diag
+            );
+            assert_eq!(r.returned.as_deref(), *third);
+            assert_eq!(
+                r.original_message_id.as_deref(),
+                third.map(|_| "m1@mail.example.org")
+            );
+        }
+    }
+
+    #[test]
+    fn fields_cannot_inject_lines() {
+        let now = crate::ids::fixed_now();
+        let dsn = build_dsn(&DsnInput {
+            reporting_mta: "iwf.example.net",
+            reverse_path: "a@b.org\r\nBcc: evil@x",
+            envid: Some("E\r\nAction: delivered"),
+            arrival_date: None,
+            recipients: vec![DsnRecipient {
+                orcpt: None,
+                final_rcpt: "x@y\r\nAction: delivered",
+                action: "failed",
+                status: "5.0.0\r\nStatus: 2.0.0",
+                diagnostic: Some(("smtp", "550 no\r\nAction: delivered")),
+            }],
+            returned: Returned::None,
+            now,
+            message_id: None,
+        });
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(!text.contains("\r\nAction: delivered"), "{text}");
+        assert!(!text.contains("\r\nBcc:"), "{text}");
+        assert!(!text.contains("Arrival-Date"));
     }
 }

@@ -251,6 +251,11 @@ struct MapArgs {
     /// With --sip: the smarthost offers SMTPUTF8 (UTF-8 headers are then not RFC 2047-encoded).
     #[arg(long, requires = "sip")]
     smtputf8: bool,
+    /// A report's correlation record (JSON: the record's fields, or what `iwf store get KEY`
+    /// prints): an IMDN given with --sip, or a DSN/MDN mail for a b+<token> address, is
+    /// mapped as if the store held it.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// The mail (RFC 5322), or - for standard input.
     #[arg(value_name = "FILE", required_unless_present = "sip")]
     file: Option<PathBuf>,
@@ -277,8 +282,21 @@ fn map(a: MapArgs) -> ExitCode {
         eprintln!("error: cannot read {}: {e}", file.display());
         return ExitCode::FAILURE;
     }
+    let record = match &a.record {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| iwf::reports::dryrun::read_record(&t))
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("error: --record {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     if a.sip.is_some() {
-        return map_sip(&rules, &raw, &a);
+        return map_sip(&rules, &raw, &a, record.as_ref());
     }
     let raw = iwf::mail::crlf_line_ends(raw);
     let mail_from = match a.mail_from.as_deref().map(MailFrom::parse).transpose() {
@@ -323,22 +341,87 @@ fn map(a: MapArgs) -> ExitCode {
             chunk_size: a.chunk_size.max(1),
         },
     );
+    // DSN/MDN mails for iwf's own b+<token> addresses: the IMDN each would become.
+    let reports: Vec<(String, iwf::reports::dryrun::ReportDryRun)> = run
+        .reports
+        .iter()
+        .map(|r| {
+            (
+                r.recipient.clone(),
+                iwf::reports::dryrun::mail_report(
+                    &rules,
+                    &raw,
+                    &r.recipient,
+                    &r.token,
+                    record.as_ref(),
+                    ids,
+                    now,
+                    a.explain,
+                ),
+            )
+        })
+        .collect();
     match a.format {
-        Format::Json => match serde_json::to_string_pretty(&run) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+        Format::Json => {
+            // Without report addresses the output is the mail's dry run as before.
+            let json = if reports.is_empty() {
+                serde_json::to_string_pretty(&run)
+            } else {
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "mail": &run, "reports": &reports }),
+                )
+            };
+            match json {
+                Ok(s) => println!("{s}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
-        Format::Sip => print!("{}", render_text(&run)),
+        }
+        Format::Sip => {
+            print!("{}", render_text(&run));
+            for (rcpt, r) in &reports {
+                print!("{}", render_report(&format!("report for {rcpt}"), r));
+            }
+        }
     }
     ExitCode::SUCCESS
 }
 
+/// A report dry run: what would be sent, then the answer.
+fn render_report(title: &str, r: &iwf::reports::dryrun::ReportDryRun) -> String {
+    let mut out = format!("=== {title} ===\n");
+    for s in &r.sent {
+        out.push_str("--- sent ---\n");
+        out.push_str(s);
+        if !s.ends_with('\n') {
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("--- answer ---\n");
+    out.push_str(&r.answer);
+    if !r.explain.is_empty() {
+        out.push_str("--- rules that fired ---\n");
+        for f in &r.explain {
+            out.push_str(&format!("{:<12} {:<40} {}\n", f.phase, f.rule, f.at));
+            for (k, v) in &f.values {
+                out.push_str(&format!("{:<12}   {k} = {v}\n", ""));
+            }
+        }
+    }
+    out.push('\n');
+    out
+}
+
 /// `iwf map --sip`: the CPM -> e-mail dry run, for a smarthost offering 8BITMIME, DSN and
 /// DELIVERBY (and SMTPUTF8 with --smtputf8) that answers DATA with 250.
-fn map_sip(rules: &ruleset::RuleSet, raw: &[u8], a: &MapArgs) -> ExitCode {
+fn map_sip(
+    rules: &ruleset::RuleSet,
+    raw: &[u8],
+    a: &MapArgs,
+    record: Option<&iwf::store::Fields>,
+) -> ExitCode {
     let caps = iwf::smtp_client::Caps {
         eightbitmime: true,
         dsn: true,
@@ -351,7 +434,8 @@ fn map_sip(rules: &ruleset::RuleSet, raw: &[u8], a: &MapArgs) -> ExitCode {
     } else {
         (RandomIds.token(), chrono::Utc::now())
     };
-    let run = iwf::reverse::uas::dry_run(rules, raw, &caps, token, now, a.explain);
+    let run =
+        iwf::reverse::uas::dry_run_with_record(rules, raw, &caps, token, now, a.explain, record);
     match a.format {
         Format::Json => match serde_json::to_string_pretty(&run) {
             Ok(s) => println!("{s}"),
@@ -366,6 +450,9 @@ fn map_sip(rules: &ruleset::RuleSet, raw: &[u8], a: &MapArgs) -> ExitCode {
 }
 
 fn render_sip_run(run: &iwf::reverse::uas::DryRun) -> String {
+    if let Some(r) = &run.report {
+        return render_report("IMDN (a report about a message iwf sent)", r);
+    }
     let mut out = String::new();
     if let (Some(env), Some(mail)) = (&run.envelope, &run.mail) {
         out.push_str("=== envelope ===\n");

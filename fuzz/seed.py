@@ -76,3 +76,25 @@ RESP = {
 }
 for i, (name, raw) in enumerate(RESP.items()):
     put("sip_response", name, bytes([i * 7]) + raw)
+
+# imdn_parse: IMDN documents (RFC 5438 §7.2.1.1), valid ones of every kind and status, and
+# the hostile shapes the parser refuses (DOCTYPE/entities, wrong namespace, nesting).
+NOTE = {"delivery": ["delivered", "failed", "forbidden", "error"],
+        "display": ["displayed", "forbidden", "error"],
+        "processing": ["processed", "stored", "forbidden", "error"]}
+for kind, statuses in NOTE.items():
+    for st in statuses:
+        put("imdn_parse", f"{kind}-{st}", (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<imdn xmlns="urn:ietf:params:xml:ns:imdn">\n'
+            '  <message-id>Zq81mK0pR2</message-id>\n  <datetime>2025-11-21T14:03:07Z</datetime>\n'
+            '  <recipient-uri>sip:alice%40mail.example.org@iwf.example.net</recipient-uri>\n'
+            '  <original-recipient-uri>sip:alice%40mail.example.org@iwf.example.net</original-recipient-uri>\n'
+            f'  <subject>hi &amp; &#x263A;</subject>\n  <{kind}-notification><status><{st}/></status></{kind}-notification>\n</imdn>\n').encode())
+put("imdn_parse", "prefixed", b'<i:imdn xmlns:i="urn:ietf:params:xml:ns:imdn" xmlns:x="urn:x"><x:e><i:message-id>n</i:message-id></x:e><i:message-id><![CDATA[a<b]]></i:message-id><i:datetime>d</i:datetime><i:display-notification><i:status><i:displayed/><x:r/></i:status></i:display-notification></i:imdn>')
+put("imdn_parse", "lolz", b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]><imdn xmlns="urn:ietf:params:xml:ns:imdn"><message-id>&lol2;</message-id></imdn>')
+put("imdn_parse", "xxe", b'<!DOCTYPE imdn [<!ENTITY x SYSTEM "file:///etc/passwd">]><imdn xmlns="urn:ietf:params:xml:ns:imdn"><message-id>&x;</message-id></imdn>')
+put("imdn_parse", "deep", b'<imdn xmlns="urn:ietf:params:xml:ns:imdn">' + b"<a>" * 20 + b"</a>" * 20 + b"</imdn>")
+
+# mail_report_parse: the DSN / MDN fixtures (Postfix, Exim, MMS, RFC examples, MDNs).
+for p in sorted((ROOT / "tests" / "fixtures" / "reports").glob("*.eml")):
+    put("mail_report_parse", p.stem, p.read_bytes())

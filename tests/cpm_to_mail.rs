@@ -33,7 +33,7 @@ fn run(rules: &RuleSet, wire: &[u8], caps: &Caps) -> DryRun {
 }
 
 /// Fixture files are written with LF: the head becomes CRLF as a UA sends it.
-fn wire(text: &[u8]) -> Vec<u8> {
+pub(crate) fn wire(text: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(text).replace("\r\n", "\n");
     let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
     format!("{}\r\n\r\n{}", head.replace('\n', "\r\n"), body).into_bytes()

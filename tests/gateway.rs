@@ -41,6 +41,8 @@ struct Harness {
     lmtp: SocketAddr,
     seen: Arc<Mutex<Vec<ReceivedRequest>>>,
     smarthost: Arc<Smarthost>,
+    reports: Arc<iwf::reports::Reports>,
+    rules: Arc<ArcSwap<iwf::ruleset::RuleSet>>,
     _answerer: Answerer,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -107,6 +109,12 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
     });
     let store = Arc::new(MemoryStore::default());
     let sip: Arc<dyn iwf::sip::SipBackend> = Arc::new(backend);
+    let reports = Arc::new(iwf::reports::Reports::new(
+        store.clone(),
+        Some(sh_addr.to_string()),
+        "iwf.example.net".into(),
+        std::time::Duration::from_secs(3600),
+    ));
     let mut addrs = Vec::new();
     for protocol in [Protocol::Smtp, Protocol::Lmtp] {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -121,12 +129,7 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
             large: iwf::large::LargeConfig::default(),
             smarthost: Some(sh_addr.to_string()),
             hostname: "iwf.example.net".into(),
-            reports: Some(Arc::new(iwf::reports::Reports::new(
-                store.clone(),
-                Some(sh_addr.to_string()),
-                "iwf.example.net".into(),
-                std::time::Duration::from_secs(3600),
-            ))),
+            reports: Some(reports.clone()),
         });
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -145,6 +148,8 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
         lmtp: addrs[1],
         seen,
         smarthost,
+        reports,
+        rules,
         _answerer: answerer,
         _stop: stop_tx,
     }
@@ -152,6 +157,19 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
 
 /// Runs one mail transaction; returns every reply line after DATA's end.
 async fn send(addr: SocketAddr, lmtp: bool, rcpts: &[&str], mail: &str) -> Vec<String> {
+    let rcpts: Vec<String> = rcpts.iter().map(|r| format!("<{r}>")).collect();
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    send_with(addr, lmtp, "<alice@mail.example.org>", &rcpts, mail).await
+}
+
+/// [`send`] with MAIL FROM / RCPT TO arguments as written (`<a@b> ENVID=x`).
+async fn send_with(
+    addr: SocketAddr,
+    lmtp: bool,
+    mail_from: &str,
+    rcpts: &[&str],
+    mail: &str,
+) -> Vec<String> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
@@ -178,12 +196,12 @@ async fn send(addr: SocketAddr, lmtp: bool, rcpts: &[&str], mail: &str) -> Vec<S
     .await
     .unwrap();
     reply(&mut r).await;
-    w.write_all(b"MAIL FROM:<alice@mail.example.org>\r\n")
+    w.write_all(format!("MAIL FROM:{mail_from}\r\n").as_bytes())
         .await
         .unwrap();
     assert!(reply(&mut r).await.starts_with("250"));
     for rc in rcpts {
-        w.write_all(format!("RCPT TO:<{rc}>\r\n").as_bytes())
+        w.write_all(format!("RCPT TO:{rc}\r\n").as_bytes())
             .await
             .unwrap();
         let rep = reply(&mut r).await;
@@ -323,4 +341,125 @@ async fn lmtp_replies_per_recipient() {
     .await;
     assert!(r[0].starts_with("250"), "{r:?}");
     assert!(r[1].starts_with("450 4.2.1"), "{r:?}");
+}
+
+/// The IMDN XML a CPM device sends for the message with `imdn.Message-ID` `id`.
+fn imdn_xml(id: &str, kind: &str, status: &str) -> Vec<u8> {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<imdn xmlns=\"urn:ietf:params:xml:ns:imdn\">\n  <message-id>{id}</message-id>\n  <datetime>2025-11-21T14:03:07Z</datetime>\n  <recipient-uri>tel:+15550000001</recipient-uri>\n  <{kind}-notification><status><{status}/></status></{kind}-notification>\n</imdn>\n"
+    )
+    .into_bytes()
+}
+
+/// Issue 11, mail → CPM → mail in one process: the MESSAGE asks for the reports the mail
+/// asked for, its record is kept once the 2xx came, and the IMDNs that come back become a
+/// DSN (delivered, with ENVID and ORCPT) and an MDN — each once, however often it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imdns_come_back_as_one_dsn_and_one_mdn() {
+    let h = start(|_, _| 200).await;
+    let mail = "From: Alice <alice@mail.example.org>\nTo: +15550000001@cpm.example.net\nMessage-ID: <r1@mail.example.org>\nSubject: lunch\nDisposition-Notification-To: alice@mail.example.org\n\nhello\n";
+    let r = send_with(
+        h.smtp,
+        false,
+        "<alice@mail.example.org> ENVID=QQ314159 RET=HDRS",
+        &["<+15550000001@cpm.example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;+2B15550000001@cpm.example.net"],
+        mail,
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    let req = h.seen.lock().unwrap()[0].clone();
+    let body = String::from_utf8_lossy(&req.body).into_owned();
+    assert!(
+        body.contains(
+            "imdn.Disposition-Notification: positive-delivery, negative-delivery, display"
+        ),
+        "{body}"
+    );
+    let id = body
+        .lines()
+        .find_map(|l| l.strip_prefix("imdn.Message-ID: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let rules = h.rules.load_full();
+    let ids = iwf::ids::SequentialIds::new();
+    for _ in 0..3 {
+        let a = iwf::reports::imdn_from_cpm(
+            &h.reports,
+            &rules,
+            &ids,
+            &imdn_xml(&id, "delivery", "delivered"),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+    let a = iwf::reports::imdn_from_cpm(
+        &h.reports,
+        &rules,
+        &ids,
+        &imdn_xml(&id, "display", "displayed"),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let got = h.smarthost.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "one DSN and one MDN");
+    let (env, dsn) = &got[0];
+    assert_eq!(env.mail_from.address, "", "reports go from the null path");
+    assert_eq!(env.rcpts[0].address, "alice@mail.example.org");
+    let dsn = String::from_utf8_lossy(dsn);
+    for want in [
+        "report-type=\"delivery-status\"",
+        "Original-Envelope-Id: QQ314159",
+        "Original-Recipient: rfc822;+15550000001@cpm.example.net",
+        "Final-Recipient: rfc822;+15550000001@cpm.example.net",
+        "Action: delivered",
+        "Status: 2.0.0",
+        "text/rfc822-headers",
+    ] {
+        assert!(dsn.contains(want), "{want} missing in\n{dsn}");
+    }
+    let mdn = String::from_utf8_lossy(&got[1].1);
+    for want in [
+        "report-type=\"disposition-notification\"",
+        "Original-Message-ID: <r1@mail.example.org>",
+        "Disposition: manual-action/MDN-sent-automatically; displayed",
+    ] {
+        assert!(mdn.contains(want), "{want} missing in\n{mdn}");
+    }
+    // An IMDN about nothing of ours: 200, nothing sent; a malformed one: 400.
+    let a = iwf::reports::imdn_from_cpm(
+        &h.reports,
+        &rules,
+        &ids,
+        &imdn_xml("unknown1", "delivery", "failed"),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = iwf::reports::imdn_from_cpm(
+        &h.reports,
+        &rules,
+        &ids,
+        b"<!DOCTYPE x [<!ENTITY a \"b\">]><imdn/>",
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(h.smarthost.0.lock().unwrap().len(), 2);
+}
+
+/// A mail refused by CPM keeps no record: a later IMDN about it sends nothing (no second
+/// report after the SMTP refusal, RFC 5438 §12.1.3.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_report_after_a_refusal() {
+    let h = start(|_, _| 486).await;
+    let r = send_with(
+        h.smtp,
+        false,
+        "<alice@mail.example.org>",
+        &["<+15550000001@cpm.example.net> NOTIFY=FAILURE"],
+        MAIL,
+    )
+    .await;
+    assert!(r[0].starts_with("450"), "{r:?}");
+    assert!(h.seen.lock().unwrap().is_empty());
+    assert!(h.smarthost.0.lock().unwrap().is_empty());
 }

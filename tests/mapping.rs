@@ -8,7 +8,7 @@ use iwf::envelope::{Client, MailFrom, Rcpt};
 use iwf::ids::{SequentialIds, fixed_now};
 use iwf::ruleset::{self, RuleSet, diag};
 
-fn rules() -> RuleSet {
+pub(crate) fn rules() -> RuleSet {
     ruleset::load(Path::new("rules"), 1).unwrap_or_else(|d| panic!("{}", diag::render_all(&d)))
 }
 
@@ -21,7 +21,7 @@ fn settings() -> insta::Settings {
 
 /// Fixture mails may start with `#! mail-from: ...` / `#! rcpt: ...` lines (the envelope);
 /// the rest is the mail, with LF line ends turned into CRLF as SMTP would carry it.
-fn split_fixture(text: &[u8]) -> (Option<MailFrom>, Vec<Rcpt>, Vec<u8>) {
+pub(crate) fn split_fixture(text: &[u8]) -> (Option<MailFrom>, Vec<Rcpt>, Vec<u8>) {
     let mut mail_from = None;
     let mut rcpts = Vec::new();
     let mut rest = text;
@@ -39,7 +39,12 @@ fn split_fixture(text: &[u8]) -> (Option<MailFrom>, Vec<Rcpt>, Vec<u8>) {
     (mail_from, rcpts, raw)
 }
 
-fn dry_run(rules: &RuleSet, mail_from: Option<MailFrom>, rcpts: Vec<Rcpt>, raw: &[u8]) -> DryRun {
+pub(crate) fn dry_run(
+    rules: &RuleSet,
+    mail_from: Option<MailFrom>,
+    rcpts: Vec<Rcpt>,
+    raw: &[u8],
+) -> DryRun {
     let ids = SequentialIds::new();
     dryrun::run(
         rules,
@@ -188,6 +193,7 @@ fn snapshots() {
     corpus_mails();
     rule_diagnostics();
     crate::cpm_to_mail::sip_fixtures();
+    crate::reports::report_flows();
 }
 
 #[test]

@@ -10,3 +10,4 @@ mod mapping;
 mod ops;
 mod peers;
 mod properties;
+mod reports;

@@ -15,7 +15,8 @@ use crate::mapper::run::Fired;
 use crate::reverse::SipAnswer;
 use crate::ruleset::RuleSet;
 
-use super::glue::{self, Imdn};
+use super::glue;
+use super::imdn::Imdn;
 use super::phases::{self, ImdnFacts};
 use super::records::{SentRecipient, SentRecord, sent_key};
 use super::service::{Once, Reports};
@@ -61,13 +62,15 @@ pub fn plan(
     imdn: &Imdn,
     rec: &SentRecord,
     reporting: &str,
+    ids: &dyn crate::ids::Ids,
     now: DateTime<Utc>,
     explain: Option<&mut Vec<Fired>>,
 ) -> Result<Vec<ReportMail>, String> {
+    let message_id = || format!("{}@{reporting}", ids.token());
     let rcpt = recipient_for(rec, imdn);
     let facts = ImdnFacts {
-        kind: imdn.kind.as_str(),
-        status: imdn.status.as_str(),
+        kind: imdn.notification.kind.as_str(),
+        status: imdn.notification.status.as_str(),
         message_id: &imdn.message_id,
         recipient_uri: imdn.recipient_uri.as_deref(),
         now: now.timestamp(),
@@ -91,6 +94,7 @@ pub fn plan(
                     "2.0.0"
                 }),
                 d.diagnostic.as_deref(),
+                &message_id(),
                 now,
             ),
         });
@@ -99,7 +103,7 @@ pub fn plan(
         out.push(ReportMail {
             what: format!("mdn:{}", rcpt.address.to_ascii_lowercase()),
             to: dnt.clone(),
-            message: glue::mdn(reporting, rec, rcpt, disposition, now),
+            message: glue::mdn(reporting, rec, rcpt, disposition, &message_id(), now),
         });
     }
     Ok(out)
@@ -107,7 +111,12 @@ pub fn plan(
 
 /// Answers an IMDN (the CPIM document's inner entity is `xml`) after handing over the
 /// reports it owes.
-pub async fn imdn_from_cpm(reports: &Reports, rules: &RuleSet, xml: &[u8]) -> SipAnswer {
+pub async fn imdn_from_cpm(
+    reports: &Reports,
+    rules: &RuleSet,
+    ids: &dyn crate::ids::Ids,
+    xml: &[u8],
+) -> SipAnswer {
     let imdn = match glue::parse_imdn(xml) {
         Ok(i) => i,
         Err(e) => {
@@ -142,13 +151,13 @@ pub async fn imdn_from_cpm(reports: &Reports, rules: &RuleSet, xml: &[u8]) -> Si
             return SipAnswer::new(200, "OK");
         }
     };
-    let mails = match plan(rules, &imdn, &rec, &reports.hostname, Utc::now(), None) {
+    let mails = match plan(rules, &imdn, &rec, &reports.hostname, ids, Utc::now(), None) {
         Ok(m) => m,
         Err(e) => return unavailable(format!("rules: {e}")),
     };
     if mails.is_empty() {
         crate::metrics::report(DIRECTION, "not_asked");
-        tracing::info!(imdn = %imdn.message_id, kind = imdn.kind.as_str(), status = imdn.status.as_str(), "IMDN owes no mail report");
+        tracing::info!(imdn = %imdn.message_id, kind = imdn.notification.kind.as_str(), status = imdn.notification.status.as_str(), "IMDN owes no mail report");
         return SipAnswer::new(200, "OK");
     }
     let Some(smarthost) = reports.smarthost.clone() else {

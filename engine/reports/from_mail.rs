@@ -122,11 +122,77 @@ pub fn plan(
     }
 }
 
+/// How a report mail ended, and so the reply to it.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Uncorrelated,
+    DamagedRecord,
+    StoreUnavailable(String),
+    NotAsked,
+    NotAReport(String),
+    RuleError,
+    Sent,
+    Duplicate,
+    /// The IMDN could not go now: the reply CPM's outcome mapped to.
+    Temporary(Reply),
+    /// CPM refused the IMDN for good.
+    Permanent(Reply),
+}
+
+impl Verdict {
+    /// The SMTP reply for the report address `rcpt`: 451 only where a retry can help;
+    /// everything else is 250 (a report is never bounced).
+    pub fn reply(&self, rcpt: &str) -> Reply {
+        let ok = |text: String| Reply::new(250, "2.0.0", format!("<{rcpt}>: {text}"));
+        match self {
+            Verdict::Uncorrelated => {
+                ok("report accepted; no message of ours to report on (dropped)".into())
+            }
+            Verdict::DamagedRecord => ok("report accepted; its record is damaged (dropped)".into()),
+            Verdict::StoreUnavailable(e) => Reply::new(
+                451,
+                "4.3.0",
+                format!("report state unavailable ({e}); try again later"),
+            ),
+            Verdict::NotAsked => ok("report accepted; it owes no IMDN (not asked for, or not a notification the rules map)".into()),
+            Verdict::NotAReport(why) => ok(format!(
+                "accepted and dropped: not a delivery or disposition report ({why})"
+            )),
+            Verdict::RuleError => {
+                Reply::new(451, "4.3.0", "report could not be mapped; try again later")
+            }
+            Verdict::Sent => ok("report delivered to CPM as an IMDN".into()),
+            Verdict::Duplicate => ok("report already delivered to CPM".into()),
+            Verdict::Temporary(r) => Reply::new(
+                451,
+                "4.4.0",
+                format!("the IMDN could not be delivered now ({r})"),
+            ),
+            Verdict::Permanent(r) => ok(format!(
+                "report accepted; CPM refused the IMDN ({r}), dropped"
+            )),
+        }
+    }
+
+    /// The `result` label of `iwf_reports_total`.
+    fn metric(&self) -> &'static str {
+        match self {
+            Verdict::Uncorrelated => "uncorrelated",
+            Verdict::DamagedRecord | Verdict::NotAReport(_) => "malformed",
+            Verdict::NotAsked => "not_asked",
+            Verdict::Sent => "sent",
+            Verdict::Duplicate => "duplicate",
+            Verdict::StoreUnavailable(_)
+            | Verdict::RuleError
+            | Verdict::Temporary(_)
+            | Verdict::Permanent(_) => "failed",
+        }
+    }
+}
+
 /// Why an IMDN did not go.
 enum NotSent {
-    /// Try again later (451).
     Temporary(Reply),
-    /// CPM refused it for good: dropped (250), never bounced.
     Permanent(Reply),
 }
 
@@ -148,57 +214,60 @@ pub async fn inbound_mail(
     token: &str,
     raw: &[u8],
 ) -> Reply {
-    let ok = |text: &str| Reply::new(250, "2.0.0", format!("<{}>: {text}", rcpt.address));
+    let verdict = handle(reports, rules, sip, ids, envelope, rcpt, token, raw).await;
+    crate::metrics::report(DIRECTION, verdict.metric());
+    match &verdict {
+        Verdict::Sent => tracing::info!(token, "report sent to CPM as an IMDN"),
+        Verdict::Permanent(r) => {
+            tracing::warn!(token, reply = %r, "IMDN refused by CPM: report dropped")
+        }
+        Verdict::Temporary(r) => tracing::info!(token, reply = %r, "IMDN not delivered now"),
+        Verdict::Duplicate => {}
+        other => {
+            tracing::info!(token, from = %envelope.mail_from.address, "report for a b+ address: {other:?}")
+        }
+    }
+    verdict.reply(&rcpt.address)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    reports: &Reports,
+    rules: &RuleSet,
+    sip: &dyn SipBackend,
+    ids: &dyn Ids,
+    envelope: &Envelope,
+    rcpt: &Rcpt,
+    token: &str,
+    raw: &[u8],
+) -> Verdict {
     let key = mailed_key(token);
     let fields = match reports.mailed(token, Duration::from_millis(500)).await {
         Ok(Some(f)) => f,
-        Ok(None) => {
-            crate::metrics::report(DIRECTION, "uncorrelated");
-            tracing::info!(token, from = %envelope.mail_from.address, "report for an unknown token: accepted and dropped");
-            return ok("report accepted; no message of ours to report on (dropped)");
-        }
-        Err(e) => {
-            crate::metrics::report(DIRECTION, "failed");
-            return Reply::new(
-                451,
-                "4.3.0",
-                format!("report state unavailable ({e}); try again later"),
-            );
-        }
+        Ok(None) => return Verdict::Uncorrelated,
+        Err(e) => return Verdict::StoreUnavailable(e.to_string()),
     };
     let rec = match MailedRecord::from_fields(&key, &fields) {
         Ok(r) => r,
         Err(e) => {
-            crate::metrics::report(DIRECTION, "malformed");
-            tracing::warn!("{e}: report dropped");
-            return ok("report accepted; its record is damaged (dropped)");
+            tracing::warn!("{e}");
+            return Verdict::DamagedRecord;
         }
     };
-    let now = Utc::now();
-    let (what, delivery) = match plan(rules, &rec, &rcpt.address, raw, ids, now, None) {
+    let (what, delivery) = match plan(rules, &rec, &rcpt.address, raw, ids, Utc::now(), None) {
         ImdnPlan::Send { what, delivery } => (what, delivery),
-        ImdnPlan::Nothing => {
-            crate::metrics::report(DIRECTION, "not_asked");
-            tracing::info!(token, "report needs no IMDN (not asked for)");
-            return ok("report accepted; no IMDN was asked for it");
-        }
-        ImdnPlan::NotAReport(why) => {
-            crate::metrics::report(DIRECTION, "malformed");
-            tracing::info!(token, "mail for a report address is not a report: {why}");
-            return ok(&format!(
-                "accepted and dropped: not a delivery or disposition report ({why})"
-            ));
-        }
+        ImdnPlan::Nothing => return Verdict::NotAsked,
+        ImdnPlan::NotAReport(why) => return Verdict::NotAReport(why),
         ImdnPlan::RuleError(e) => {
-            crate::metrics::report(DIRECTION, "failed");
             tracing::warn!(token, "report not mapped: {e}");
-            return Reply::new(451, "4.3.0", "report could not be mapped; try again later");
+            return Verdict::RuleError;
         }
     };
     let uri = delivery.request_uri.clone();
     let sent = reports
         .once(&key, &what, async {
             let outcome = sip.send_message(&delivery).await;
+            // No retry in another form for an IMDN: every form counts as tried.
             let spent = ["large".to_string(), "text".to_string(), "pager".to_string()];
             let input = crate::mapper::ResponseInput {
                 envelope,
@@ -223,30 +292,9 @@ pub async fn inbound_mail(
         })
         .await;
     match sent {
-        Once::Sent => {
-            crate::metrics::report(DIRECTION, "sent");
-            tracing::info!(token, imdn = %what, to = %uri, "report sent to CPM as an IMDN");
-            ok("report delivered to CPM as an IMDN")
-        }
-        Once::Duplicate => {
-            crate::metrics::report(DIRECTION, "duplicate");
-            ok("report already delivered to CPM")
-        }
-        Once::Failed(NotSent::Temporary(r)) => {
-            crate::metrics::report(DIRECTION, "failed");
-            tracing::info!(token, reply = %r, "IMDN not delivered now");
-            Reply::new(
-                451,
-                "4.4.0",
-                format!("the IMDN could not be delivered now ({r})"),
-            )
-        }
-        Once::Failed(NotSent::Permanent(r)) => {
-            crate::metrics::report(DIRECTION, "failed");
-            tracing::warn!(token, reply = %r, "IMDN refused by CPM: report dropped");
-            ok(&format!(
-                "report accepted; CPM refused the IMDN ({r}), dropped"
-            ))
-        }
+        Once::Sent => Verdict::Sent,
+        Once::Duplicate => Verdict::Duplicate,
+        Once::Failed(NotSent::Temporary(r)) => Verdict::Temporary(r),
+        Once::Failed(NotSent::Permanent(r)) => Verdict::Permanent(r),
     }
 }

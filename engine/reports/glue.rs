@@ -1,68 +1,172 @@
-//! TEMPORARY until the codecs branch is merged: the calls into the IMDN / mail-report
-//! parsers and the DSN / MDN / IMDN writers.
+//! The report loop's use of the codecs: from parsed reports to the facts the phases read,
+//! and from the phases' decisions to the DSN, MDN and IMDN documents.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::from_mail::ReportBlock;
+use super::imdn::{self, Imdn, Kind, Notification, Status};
+use super::mail_report::{self, Report, Typed};
 use super::records::{MailedRecord, SentRecipient, SentRecord};
 
-#[derive(Debug, Clone)]
-pub struct Kind(pub String);
-impl Kind {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Imdn {
-    pub message_id: String,
-    pub recipient_uri: Option<String>,
-    pub original_recipient_uri: Option<String>,
-    pub kind: Kind,
-    pub status: Kind,
-}
-
-pub fn parse_imdn(_xml: &[u8]) -> Result<Imdn, String> {
-    Err("IMDN parser not merged".into())
-}
-
-pub fn report_blocks(_raw: &[u8]) -> Result<Vec<ReportBlock>, String> {
-    Err("report parser not merged".into())
-}
-
-pub fn imdn_document(
-    _rec: &MailedRecord,
-    _kind: &str,
-    _status: &str,
-    _id: &str,
-    _now: DateTime<Utc>,
-) -> Result<Vec<u8>, String> {
-    Err("IMDN writer not merged".into())
-}
-
-pub fn dsn(
-    _reporting: &str,
-    _rec: &SentRecord,
-    _rcpt: &SentRecipient,
-    _action: &str,
-    _status: &str,
-    _diagnostic: Option<&str>,
-    _now: DateTime<Utc>,
-) -> Vec<u8> {
-    Vec::new()
-}
-
-pub fn mdn(
-    _reporting: &str,
-    _rec: &SentRecord,
-    _rcpt: &SentRecipient,
-    _disposition: &str,
-    _now: DateTime<Utc>,
-) -> Vec<u8> {
-    Vec::new()
-}
-
+/// Whether a MESSAGE body is an IMDN: a CPIM document whose inner entity is
+/// `message/imdn+xml` with `Content-Disposition: notification` (RFC 5438 §7.1.2).
 pub fn is_imdn(c: &crate::reverse::content::Content) -> bool {
-    c.cpim.is_some() && c.media_type == "message/imdn+xml"
+    c.cpim.is_some() && imdn::is_imdn(&c.inner_headers)
+}
+
+pub fn parse_imdn(xml: &[u8]) -> Result<Imdn, String> {
+    imdn::parse(xml).map_err(|e| e.to_string())
+}
+
+fn address(t: &Option<Typed>) -> Option<String> {
+    t.as_ref().map(|t| t.value.trim().to_string())
+}
+
+/// The report blocks of a DSN (one per recipient) or the one of an MDN.
+pub fn report_blocks(raw: &[u8]) -> Result<Vec<ReportBlock>, String> {
+    let r = mail_report::parse(raw).map_err(|e| e.to_string())?;
+    Ok(match r.report {
+        Report::Delivery(d) => d
+            .recipients
+            .iter()
+            .map(|b| ReportBlock {
+                report_type: "delivery-status".into(),
+                action: b.action.as_ref().map(|a| a.trim().to_ascii_lowercase()),
+                status: b.status.clone(),
+                disposition: None,
+                final_recipient: address(&b.final_recipient),
+                original_recipient: address(&b.original_recipient),
+            })
+            .collect(),
+        Report::Disposition(m) => vec![ReportBlock {
+            report_type: "disposition-notification".into(),
+            action: None,
+            status: None,
+            disposition: m.disposition.as_ref().map(|d| d.kind.to_ascii_lowercase()),
+            final_recipient: address(&m.final_recipient),
+            original_recipient: address(&m.original_recipient),
+        }],
+    })
+}
+
+/// The message/cpim body of the IMDN `kind status` about the CPM message of `rec`
+/// (RFC 5438 §7.2.1): from the mail user's URI to the CPM sender, a fresh `imdn.Message-ID`,
+/// `DateTime` now; the XML carries the original's message-id and DateTime.
+pub fn imdn_document(
+    rec: &MailedRecord,
+    kind: &str,
+    status: &str,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<u8>, String> {
+    let kind = [Kind::Delivery, Kind::Display, Kind::Processing]
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .ok_or_else(|| format!("`{kind}` is not an IMDN notification"))?;
+    let status =
+        Status::from_name(status).ok_or_else(|| format!("`{status}` is not an IMDN status"))?;
+    let notification = Notification::new(kind, status).ok_or_else(|| {
+        format!(
+            "`{}` is not a status of {} notifications",
+            status.as_str(),
+            kind.as_str()
+        )
+    })?;
+    let xml = imdn::render(&Imdn {
+        message_id: rec.imdn_message_id.clone(),
+        datetime: rec.datetime.clone(),
+        recipient_uri: Some(rec.recipient_uri.clone()),
+        original_recipient_uri: rec.original_to.clone(),
+        subject: None,
+        notification,
+    });
+    imdn::cpim_document(
+        &rec.recipient_uri,
+        &rec.sender_uri,
+        id,
+        &now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        &xml,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The DSN about `rcpt` of the mail of `rec` (RFC 3464; RFC 4356 §2.1.4 layout), returning
+/// what the record kept of the original per RET.
+#[allow(clippy::too_many_arguments)]
+pub fn dsn(
+    reporting: &str,
+    rec: &SentRecord,
+    rcpt: &SentRecipient,
+    action: &str,
+    status: &str,
+    diagnostic: Option<&str>,
+    message_id: &str,
+    now: DateTime<Utc>,
+) -> Vec<u8> {
+    use crate::dsn::{DsnInput, DsnRecipient, Returned, build_dsn};
+    let diagnostic = diagnostic.map(|d| match d.split_once(';') {
+        Some((kind, text)) => (kind.trim(), text.trim()),
+        None => ("X-IMDN", d.trim()),
+    });
+    let returned = if rec.returned.is_empty() {
+        Returned::None
+    } else if rec.returned_full {
+        Returned::Full(&rec.returned)
+    } else {
+        Returned::Headers(&rec.returned)
+    };
+    build_dsn(&DsnInput {
+        reporting_mta: reporting,
+        reverse_path: &rec.mail_from,
+        envid: rec.envid.as_deref(),
+        arrival_date: DateTime::from_timestamp(rec.arrival, 0),
+        recipients: vec![DsnRecipient {
+            orcpt: rcpt.orcpt.as_deref(),
+            final_rcpt: &rcpt.address,
+            action,
+            status,
+            diagnostic,
+        }],
+        returned,
+        now,
+        message_id: Some(message_id),
+    })
+}
+
+/// The MDN about `rcpt` of the mail of `rec` (RFC 3798 §3), to its
+/// Disposition-Notification-To address.
+pub fn mdn(
+    reporting: &str,
+    rec: &SentRecord,
+    rcpt: &SentRecipient,
+    disposition: &str,
+    message_id: &str,
+    now: DateTime<Utc>,
+) -> Vec<u8> {
+    let subject = match &rec.subject {
+        Some(s) => format!("Displayed: {s}"),
+        None => String::new(),
+    };
+    super::mdn::build(&super::mdn::MdnInput {
+        from: rcpt.address.clone(),
+        from_name: None,
+        to: rec.dnt.clone().unwrap_or_default(),
+        subject,
+        reporting_ua: reporting.to_string(),
+        original_message_id: rec.message_id.clone().unwrap_or_default(),
+        original_recipient: rcpt.orcpt.clone(),
+        final_recipient: rcpt.address.clone(),
+        disposition: disposition.to_string(),
+        text: format!(
+            "The message you sent to <{}> was displayed on the recipient's CPM device.\r\n\
+             This is no guarantee that the message has been read or understood.\r\n",
+            rcpt.address
+        ),
+        original_headers: (!rec.returned.is_empty()).then(|| {
+            let (h, _) = super::records::returned_part(&rec.returned, false);
+            h
+        }),
+        message_id: Some(message_id.to_string()),
+        date: now,
+    })
 }

@@ -9,10 +9,28 @@
 //!
 //! Uncorrelated reports are accepted and dropped (never a report about a report); each
 //! report is sent at most once however often its trigger arrives ([`service::Reports::once`]).
+//!
+//! | file | what |
+//! |---|---|
+//! | [`imdn`] | the IMDN XML document (RFC 5438 §7.2.1.1, schema §10): parse, render, and the message/cpim body that carries it |
+//! | [`mail_report`] | a `multipart/report` mail (DSN, RFC 3464; MDN, RFC 3798) parsed into plain fields |
+//! | [`mdn`] | an MDN mail (RFC 3798 §3); DSNs are built by [`crate::dsn::build_dsn`] |
+//! | [`records`] | the correlation records and their store fields |
+//! | [`phases`] | the `cpm_report` and `mail_report` phases (pure) |
+//! | [`from_cpm`] / [`from_mail`] | an IMDN → DSN/MDN mails; a DSN/MDN mail → an IMDN (plan pure, send async) |
+//! | [`service`] | store access, the once-only guard |
+//! | [`dryrun`] | `iwf map --record`, snapshots |
+//!
+//! The codecs are pure functions (no I/O, no clock: times are passed in), bounded, and
+//! never panic on any input; which report becomes which is decided by the rules.
 
+pub mod dryrun;
 pub mod from_cpm;
 pub mod from_mail;
 mod glue;
+pub mod imdn;
+pub mod mail_report;
+pub mod mdn;
 pub mod phases;
 pub mod records;
 pub mod service;

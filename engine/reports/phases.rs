@@ -273,6 +273,369 @@ pub fn map_mail_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reports::records::SentRecipient;
+
+    fn shipped() -> RuleSet {
+        crate::ruleset::load(std::path::Path::new("rules"), 1).expect("shipped rules load")
+    }
+
+    fn sent(notify: &[&str], dnt: bool, mail_from: &str, status: Option<u16>) -> SentRecord {
+        SentRecord {
+            imdn_message_id: "m1".into(),
+            mail_from: mail_from.into(),
+            dnt: dnt.then(|| "alice@mail.example.org".to_string()),
+            dispositions: vec!["positive-delivery".into(), "display".into()],
+            recipients: vec![SentRecipient {
+                address: "+15551234567@cpm.example.net".into(),
+                notify: notify.iter().map(|n| n.to_string()).collect(),
+                uri: "tel:+15551234567".into(),
+                ..Default::default()
+            }],
+            sip_status: status,
+            ..Default::default()
+        }
+    }
+
+    /// Mapping reference §5.2, row by row, with the shipped rules.
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn section_5_2_imdn_to_mail_report() {
+        let rules = shipped();
+        let alice = "alice@mail.example.org";
+        // (kind, status, NOTIFY, DNT, reverse-path, SIP status) -> (DSN action+status, MDN?)
+        let rows: &[(
+            &str,
+            &str,
+            &[&str],
+            bool,
+            &str,
+            Option<u16>,
+            Option<(&str, &str)>,
+            bool,
+        )] = &[
+            (
+                "delivery",
+                "delivered",
+                &["SUCCESS", "FAILURE"],
+                false,
+                alice,
+                Some(200),
+                Some(("delivered", "2.0.0")),
+                false,
+            ),
+            (
+                "delivery",
+                "delivered",
+                &["FAILURE"],
+                false,
+                alice,
+                Some(200),
+                None,
+                false,
+            ),
+            (
+                "delivery",
+                "delivered",
+                &[],
+                false,
+                alice,
+                Some(200),
+                None,
+                false,
+            ),
+            (
+                "delivery",
+                "delivered",
+                &["SUCCESS"],
+                false,
+                "",
+                Some(200),
+                None,
+                false,
+            ),
+            (
+                "delivery",
+                "failed",
+                &["FAILURE"],
+                false,
+                alice,
+                Some(200),
+                Some(("failed", "5.0.0")),
+                false,
+            ),
+            (
+                "delivery",
+                "failed",
+                &[],
+                false,
+                alice,
+                Some(202),
+                Some(("failed", "5.0.0")),
+                false,
+            ),
+            (
+                "delivery",
+                "failed",
+                &["SUCCESS"],
+                false,
+                alice,
+                Some(200),
+                None,
+                false,
+            ),
+            (
+                "delivery",
+                "failed",
+                &["NEVER"],
+                false,
+                alice,
+                Some(200),
+                None,
+                false,
+            ),
+            (
+                "delivery",
+                "failed",
+                &["FAILURE"],
+                false,
+                alice,
+                Some(480),
+                None,
+                false,
+            ),
+            (
+                "delivery",
+                "failed",
+                &["FAILURE"],
+                false,
+                alice,
+                None,
+                Some(("failed", "5.0.0")),
+                false,
+            ),
+            (
+                "delivery",
+                "forbidden",
+                &["SUCCESS"],
+                false,
+                alice,
+                Some(200),
+                Some(("relayed", "2.0.0")),
+                false,
+            ),
+            (
+                "delivery",
+                "error",
+                &["SUCCESS", "FAILURE"],
+                false,
+                alice,
+                Some(200),
+                Some(("relayed", "2.0.0")),
+                false,
+            ),
+            (
+                "delivery",
+                "forbidden",
+                &["FAILURE"],
+                false,
+                alice,
+                Some(200),
+                None,
+                false,
+            ),
+            (
+                "display",
+                "displayed",
+                &["SUCCESS"],
+                true,
+                alice,
+                Some(200),
+                None,
+                true,
+            ),
+            (
+                "display",
+                "displayed",
+                &["SUCCESS"],
+                false,
+                alice,
+                Some(200),
+                None,
+                false,
+            ),
+            (
+                "display",
+                "forbidden",
+                &[],
+                true,
+                alice,
+                Some(200),
+                None,
+                false,
+            ),
+            ("display", "error", &[], true, alice, Some(200), None, false),
+            (
+                "processing",
+                "processed",
+                &["SUCCESS"],
+                true,
+                alice,
+                Some(200),
+                None,
+                false,
+            ),
+        ];
+        for (kind, status, notify, dnt, from, sip, dsn, mdn) in rows {
+            let rec = sent(notify, *dnt, from, *sip);
+            let d = map_cpm_report(
+                &rules,
+                ImdnFacts {
+                    kind,
+                    status,
+                    message_id: "m1",
+                    recipient_uri: None,
+                    now: 0,
+                },
+                &rec,
+                &rec.recipients[0],
+                None,
+            )
+            .unwrap();
+            let got = d.dsn_action.as_deref().zip(d.dsn_status.as_deref());
+            assert_eq!(
+                got, *dsn,
+                "{kind} {status} NOTIFY={notify:?} from={from:?} sip={sip:?}"
+            );
+            assert_eq!(
+                d.mdn_disposition.is_some(),
+                *mdn,
+                "{kind} {status} dnt={dnt}"
+            );
+            if *mdn {
+                assert_eq!(
+                    d.mdn_disposition.as_deref(),
+                    Some("manual-action/MDN-sent-automatically; displayed")
+                );
+            }
+        }
+    }
+
+    fn mailed(dispositions: &[&str], status: Option<u16>, route: Option<&str>) -> MailedRecord {
+        MailedRecord {
+            token: "tok".into(),
+            imdn_message_id: "Zq81mK0pR2".into(),
+            datetime: "2025-11-21T14:03:07Z".into(),
+            dispositions: dispositions.iter().map(|d| d.to_string()).collect(),
+            sender_uri: "sip:+15551234567@ims.example.net".into(),
+            imdn_route: route.map(str::to_string),
+            sip_from_uri: "sip:+15551234567@ims.example.net".into(),
+            recipient_uri: "sip:alice%40mail.example.org@iwf.example.net".into(),
+            mail_rcpt: "alice@mail.example.org".into(),
+            sip_status: status,
+            ..Default::default()
+        }
+    }
+
+    /// Mapping reference §5.3, row by row, with the shipped rules.
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn section_5_3_mail_report_to_imdn() {
+        let rules = shipped();
+        let all = [
+            "positive-delivery",
+            "negative-delivery",
+            "display",
+            "processing",
+        ];
+        let dsn = "delivery-status";
+        let mdn = "disposition-notification";
+        // (type, action/disposition, asked, SIP status answered) -> IMDN
+        let rows: &[(&str, &str, &[&str], Option<u16>, Option<&str>)] = &[
+            (
+                dsn,
+                "delivered",
+                &all,
+                Some(202),
+                Some("delivery delivered"),
+            ),
+            (
+                dsn,
+                "delivered",
+                &["negative-delivery", "display"],
+                Some(202),
+                None,
+            ),
+            (dsn, "failed", &all, Some(202), Some("delivery failed")),
+            (dsn, "failed", &all, None, Some("delivery failed")),
+            (dsn, "failed", &all, Some(408), None),
+            (dsn, "failed", &["positive-delivery"], Some(202), None),
+            (dsn, "relayed", &all, Some(202), None),
+            (dsn, "expanded", &all, Some(202), None),
+            (dsn, "delayed", &all, Some(202), Some("processing stored")),
+            (
+                dsn,
+                "delayed",
+                &["positive-delivery", "negative-delivery"],
+                Some(202),
+                None,
+            ),
+            (mdn, "displayed", &all, Some(202), Some("display displayed")),
+            (mdn, "displayed", &["positive-delivery"], Some(202), None),
+            (mdn, "denied", &all, Some(202), Some("display forbidden")),
+            (mdn, "failed", &all, Some(202), Some("display error")),
+            (mdn, "deleted", &all, Some(202), None),
+            (mdn, "dispatched", &all, Some(202), None),
+            (mdn, "processed", &all, Some(202), None),
+        ];
+        for (ty, what, asked, status, want) in rows {
+            let rec = mailed(asked, *status, None);
+            let facts = MailReportFacts {
+                report_type: ty,
+                action: (*ty == dsn).then_some(*what),
+                disposition: (*ty == mdn).then_some(*what),
+                ..Default::default()
+            };
+            let d = map_mail_report(&rules, facts, &rec, None).unwrap();
+            let got = d.imdn.as_ref().map(|(k, s)| format!("{k} {s}"));
+            assert_eq!(
+                got.as_deref(),
+                *want,
+                "{ty} {what} asked={asked:?} sip={status:?}"
+            );
+            assert_eq!(
+                d.request_uri.as_deref(),
+                Some("sip:+15551234567@ims.example.net")
+            );
+            let h = |n: &str| {
+                d.headers
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.as_str())
+            };
+            assert_eq!(
+                h("From"),
+                Some("<sip:alice%40mail.example.org@iwf.example.net>")
+            );
+            assert_eq!(h("To"), Some("<sip:+15551234567@ims.example.net>"));
+        }
+        // RFC 5438 §9: with IMDN-Record-Route the IMDN goes to its top entry.
+        let rec = mailed(&all, Some(202), Some("sip:imdn-as@ims.example.net"));
+        let d = map_mail_report(
+            &rules,
+            MailReportFacts {
+                report_type: dsn,
+                action: Some("delivered"),
+                ..Default::default()
+            },
+            &rec,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            d.request_uri.as_deref(),
+            Some("sip:imdn-as@ims.example.net")
+        );
+    }
 
     #[test]
     fn status_codes() {

@@ -30,6 +30,11 @@ pub struct Content {
     pub bytes: Vec<u8>,
     /// The content as UTF-8 text (text/* in UTF-8, US-ASCII or a charset mail-parser knows).
     pub text: Option<String>,
+    /// The header fields of the entity a CPIM message encapsulates (`Content-Type`,
+    /// `Content-Disposition`, ...), unfolded, names and values trimmed, at most
+    /// [`MAX_CPIM_HEADERS`]; empty when the body is not message/cpim. An IMDN is told apart
+    /// by these (RFC 5438 §7.1.2, [`crate::reports::imdn::is_imdn`]).
+    pub inner_headers: Vec<(String, String)>,
 }
 
 /// Why a body cannot be taken.
@@ -147,6 +152,7 @@ fn cpim(body: &[u8]) -> Result<Content, ContentError> {
     }
     let mut c = inner_entity(rest).map_err(|m| bad(&m))?;
     c.cpim = Some(headers);
+    c.inner_headers = entity_headers(rest);
     Ok(c)
 }
 
@@ -184,6 +190,30 @@ fn inner_entity(raw: &[u8]) -> Result<Content, String> {
         ct
     };
     Ok(entity(&ct, bytes, text))
+}
+
+/// The header fields of an encapsulated entity (before its blank line), unfolded.
+fn entity_headers(raw: &[u8]) -> Vec<(String, String)> {
+    let Some((head, _)) = split_blank(raw) else {
+        return Vec::new();
+    };
+    let head = String::from_utf8_lossy(head);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in head.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = out.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+        } else if let Some((n, v)) = line.split_once(':') {
+            if out.len() == MAX_CPIM_HEADERS {
+                break;
+            }
+            out.push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
 }
 
 /// RFC 5365 §4.2: a multipart/mixed with the message and a `recipient-list-history` part.

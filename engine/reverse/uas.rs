@@ -128,7 +128,7 @@ impl Uas {
             && crate::reports::is_imdn(c)
         {
             return match &self.reports {
-                Some(r) => crate::reports::imdn_from_cpm(r, rules, &c.bytes).await,
+                Some(r) => crate::reports::imdn_from_cpm(r, rules, &*self.ids, &c.bytes).await,
                 None => {
                     tracing::info!(uri = %inc.request_uri, "IMDN without the report loop: answered 200 and dropped");
                     SipAnswer::new(200, "OK")
@@ -355,6 +355,9 @@ pub struct DryRun {
     /// would give.
     pub response: String,
     pub explain: Vec<Fired>,
+    /// An IMDN (a report about a message iwf sent): what it becomes (engine/reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::reports::dryrun::ReportDryRun>,
 }
 
 /// Maps a SIP request (wire text) as the UAS would, for a next hop with `caps`, assuming the
@@ -367,6 +370,20 @@ pub fn dry_run(
     now: chrono::DateTime<Utc>,
     explain: bool,
 ) -> DryRun {
+    dry_run_with_record(rules, wire, caps, token, now, explain, None)
+}
+
+/// [`dry_run`]; an IMDN is mapped against `record`, the correlation record of the message
+/// it reports on (as `iwf store get` shows it).
+pub fn dry_run_with_record(
+    rules: &RuleSet,
+    wire: &[u8],
+    caps: &Caps,
+    token: String,
+    now: chrono::DateTime<Utc>,
+    explain: bool,
+    record: Option<&crate::store::Fields>,
+) -> DryRun {
     let inc = match Incoming::parse(wire) {
         Ok(i) => i,
         Err(e) => {
@@ -375,6 +392,7 @@ pub fn dry_run(
                 mail: None,
                 response: format!("(not a SIP request: {e})\r\nSIP/2.0 400 Bad Request\r\n"),
                 explain: vec![],
+                report: None,
             };
         }
     };
@@ -389,6 +407,7 @@ pub fn dry_run(
                 Err(a) => super::complete(a, rules).summary(),
             },
             explain: vec![],
+            report: None,
         };
     }
     if !inc.method.eq_ignore_ascii_case("MESSAGE") {
@@ -399,6 +418,22 @@ pub fn dry_run(
                 .map(|a| a.summary())
                 .unwrap_or_else(|| "(no response to ACK)\r\n".into()),
             explain: vec![],
+            report: None,
+        };
+    }
+    if let Ok(c) = super::content::parse(inc.header("Content-Type"), &inc.body, &accept(rules))
+        && crate::reports::is_imdn(&c)
+    {
+        let host = rules.setting_str("iwf_domain", "iwf.example.net");
+        let ids = crate::ids::SequentialIds::new();
+        let report =
+            crate::reports::dryrun::imdn(rules, &c.bytes, record, &host, &ids, now, explain);
+        return DryRun {
+            envelope: None,
+            mail: None,
+            response: report.answer.clone(),
+            explain: vec![],
+            report: Some(report),
         };
     }
     let ctx = Ctx {
@@ -415,6 +450,7 @@ pub fn dry_run(
             mail: None,
             response: a.summary(),
             explain,
+            report: None,
         },
         Ok(p) => {
             let e = &p.envelope;
@@ -452,6 +488,7 @@ pub fn dry_run(
                 mail: Some(String::from_utf8_lossy(&p.message).into_owned()),
                 response: a.summary(),
                 explain,
+                report: None,
             }
         }
     }
