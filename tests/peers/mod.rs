@@ -17,7 +17,7 @@
 //! | [`baresip`] | smtplib → `iwf serve` → baresip, a real text-only SIP UA (415 to CPIM, 488 to MSRP); DSNs at an aiosmtpd sink |
 //! | [`concurrency`] | 64 raw SMTP sessions → `iwf serve` → SIPp or the in-process answerer |
 //! | [`store`] | raw SMTP and Postfix → `iwf serve` (SQLite / redis-server) → in-process answerer; kill -9 |
-//! | [`reports`] | smtplib → `iwf serve` (SQLite) → SIPp sending IMDNs back → DSN/MDN through a Postfix mailbox; SIPp UAC → iwf → Postfix (its own DSN back to iwf) and smtplib DSN/MDN → iwf → SIPp receiving the IMDNs; kill -9 |
+//! | [`reports`] | smtplib → `iwf serve` (SQLite) → SIPp sending IMDNs back → DSN/MDN through a Postfix mailbox; SIPp UAC → iwf → Postfix (its own DSN back to iwf) and smtplib DSN/MDN → iwf → SIPp receiving the IMDNs; kill -9; a Python UAS whose IMDN overtakes its 200 |
 //! | [`fault_matrix`] | smtplib → Postfix → `iwf serve` → a misbehaving SIP peer per row (bench/fault_matrix.sh, small) |
 
 mod baresip;

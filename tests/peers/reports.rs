@@ -16,6 +16,11 @@
 //! * The same with `kill -9` of iwf between the message and its report, restarted on the
 //!   same state directory.
 //! * Reports that correlate with nothing are accepted and dropped.
+//! * A report that cannot go on now is refused for a retry (IMDN 503 while the smarthost is
+//!   down, DSN 4xx while the CPM side answers 480), and the retry goes; the IMDN follows
+//!   the IM's IMDN-Record-Route.
+//! * (ignored until the mechanism keeps the record before the MESSAGE leaves) an IMDN that
+//!   overtakes the 200 of its MESSAGE, played by `imdn_first_uas.py`.
 //!
 //! Every wait is bounded; every process is stopped by its guard.
 
