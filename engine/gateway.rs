@@ -195,7 +195,7 @@ impl Gateway {
                 (reply, relayed, recorded)
             }
         });
-        let results = futures_join_all(sends).await;
+        let results = futures::future::join_all(sends).await;
         // Recipients owed a `relayed` DSN (report: relayed, and NOTIFY asks for SUCCESS).
         let mut relayed = vec![false; envelope.rcpts.len()];
         let mut recorded: Vec<String> = Vec::new();
@@ -580,42 +580,6 @@ fn inner_text(cpim: &[u8]) -> Option<Vec<u8>> {
     let after_cpim = find(cpim, 0)?;
     let after_inner = find(cpim, after_cpim)?;
     Some(cpim[after_inner..].to_vec())
-}
-
-/// Runs futures concurrently and collects their results in order.
-async fn futures_join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out = Vec::with_capacity(futs.len());
-    // Poll all together: tokio::join! needs a fixed count, so drive them with a JoinSet-free
-    // select loop over pinned futures.
-    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = futs.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    for r in results {
-        out.extend(r);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -156,6 +156,7 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
         errs.push("`expect` needs a `mail`".into());
     }
     errs.extend(crate::reverse::selftest::run(rules, t, now));
+    errs.extend(crate::reports::selftest::run(rules, t, now));
     for (i, case) in t.response.iter().enumerate() {
         let mode = if case.mode.as_deref() == Some("large") {
             Mode::Large

@@ -33,6 +33,7 @@ pub mod mail_report;
 pub mod mdn;
 pub mod phases;
 pub mod records;
+pub mod selftest;
 pub mod service;
 
 pub use from_cpm::imdn_from_cpm;

@@ -126,6 +126,52 @@ pub struct SelfTest {
     /// CPM → e-mail: smarthost outcome → expected SIP response.
     #[serde(default)]
     pub cpm_response: Vec<CpmResponseCase>,
+    /// Reports: an IMDN from CPM → the DSN/MDN owed (phase cpm_report).
+    #[serde(default)]
+    pub cpm_report: Vec<CpmReportCase>,
+    /// Reports: a DSN/MDN mail → the IMDN owed (phase mail_report).
+    #[serde(default)]
+    pub mail_report: Vec<MailReportCase>,
+}
+
+/// A cpm_report self-test: an IMDN about a mail iwf sent to CPM → the mail reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpmReportCase {
+    /// `<notification> <status>`, e.g. `delivery delivered`, `display displayed`.
+    pub imdn: String,
+    /// The original recipient's NOTIFY keywords (empty: absent).
+    #[serde(default)]
+    pub notify: Vec<String>,
+    /// The original mail's reverse-path (default `sender@mail.example.org`; "" for <>).
+    #[serde(default)]
+    pub mail_from: Option<String>,
+    /// The mail had a Disposition-Notification-To and display was asked.
+    #[serde(default)]
+    pub dnt: bool,
+    /// The SIP status the message got (default 200).
+    #[serde(default)]
+    pub sip_status: Option<u16>,
+    /// Expected DSN: `<action> <status>`, e.g. `delivered 2.0.0`, or `none`.
+    pub dsn: String,
+    /// Expected MDN Disposition: value, or `none`.
+    pub mdn: String,
+}
+
+/// A mail_report self-test: a DSN/MDN mail about a mail iwf sent for CPM → the IMDN.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailReportCase {
+    /// `delivery-status <action>` or `disposition-notification <disposition type>`.
+    pub report: String,
+    /// The dispositions the CPM message asked for.
+    #[serde(default)]
+    pub asked: Vec<String>,
+    /// The SIP status iwf answered the message with (default: none yet, i.e. 202 assumed).
+    #[serde(default)]
+    pub sip_status: Option<u16>,
+    /// Expected IMDN `<notification> <status>`, or `none`.
+    pub imdn: String,
 }
 
 /// What a CPM → e-mail self-test expects.
