@@ -1395,7 +1395,7 @@ fn reports_that_cannot_go_on_now_are_refused_for_a_retry() {
 /// report can overtake the answer)" (engine/reports/records.rs), so the IMDN still becomes a
 /// DSN.
 #[test]
-#[ignore = "fails on main at f9e66d0: the mail -> CPM record is written only after the 2xx (engine/gateway.rs), so an IMDN more than 500 ms ahead of the 200 is answered 200 and dropped as uncorrelated; see the reportpeers report"]
+#[ignore = "fails on main (f9e66d0 to a6a6272): the mail -> CPM record is written only after the 2xx (engine/gateway.rs), so an IMDN more than 500 ms ahead of the 200 is answered 200 and dropped as uncorrelated; see the reportpeers report"]
 fn an_imdn_that_overtakes_the_200_still_becomes_a_dsn() {
     if !peers() {
         return;
