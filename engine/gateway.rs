@@ -120,6 +120,9 @@ impl Gateway {
                 replies[i] = Some(reply);
             }
         }
+        // A report mail (DSN/MDN to b+<token>) has only report recipients: its DATA reply
+        // is what became of the report, not the count of CPM recipients.
+        let only_reports = !to_reports.is_empty() && to_reports.len() == envelope.rcpts.len();
         for (i, token) in to_reports {
             let reply = match &self.reports {
                 Some(reports) => {
@@ -167,29 +170,62 @@ impl Gateway {
             );
             let about = about.as_ref();
             async move {
-                let (reply, relayed, sent) = self.deliver_one(&rules, envelope, raw, d).await;
-                // Recorded as soon as the CPM side has it, not when the whole transaction is
-                // done: a crash while other recipients are still pending then cannot make
-                // the retry deliver this one again. The report record (when the message
-                // asked for an IMDN) goes with it, in the same group commit.
-                let recorded = if reply.is_positive() {
-                    let report_record = async {
-                        match (&self.reports, about, sent) {
-                            (Some(reports), Some(about), Some((ref delivery, status)))
-                                if delivery.imdn_message_id.is_some() =>
-                            {
-                                let rec = crate::reports::records::SentRecord::of(
-                                    about, envelope, delivery, &who, status,
-                                );
+                // The report record goes to the store as the request leaves (an IMDN can
+                // overtake the 200), written concurrently with the SIP transaction.
+                let pending = match (&self.reports, about) {
+                    (Some(_), Some(about)) if d.imdn_message_id.is_some() => Some(
+                        crate::reports::records::SentRecord::of(about, envelope, d, &who, None),
+                    ),
+                    _ => None,
+                };
+                let keep_pending = async {
+                    if let (Some(reports), Some(rec)) = (&self.reports, &pending)
+                        && let Err(e) = reports.keep_sent(rec).await
+                    {
+                        tracing::warn!(imdn = ?d.imdn_message_id, "report record not kept: {e}");
+                    }
+                };
+                let ((), (reply, relayed, sent)) =
+                    tokio::join!(keep_pending, self.deliver_one(&rules, envelope, raw, d));
+                // The record again with the status: after a 2xx with the delivery record (one
+                // group commit, before the 250 — a crash then loses neither); after a
+                // failure so that no negative report follows the SMTP refusal.
+                let report_record = async {
+                    let (Some(reports), Some(about)) = (&self.reports, about) else {
+                        return Ok(());
+                    };
+                    match &sent {
+                        Some((delivery, status)) if delivery.imdn_message_id.is_some() => {
+                            let rec = crate::reports::records::SentRecord::of(
+                                about,
+                                envelope,
+                                delivery,
+                                &who,
+                                Some(*status),
+                            );
+                            reports.keep_sent(&rec).await
+                        }
+                        _ => match pending {
+                            Some(mut rec) if !reply.is_positive() => {
+                                // No final response at all: counted as 408 (RFC 3261 §8.1.3.1).
+                                rec.sip_status = Some(sent.as_ref().map_or(408, |(_, s)| *s));
                                 reports.keep_sent(&rec).await
                             }
                             _ => Ok(()),
-                        }
-                    };
+                        },
+                    }
+                };
+                // Recorded as soon as the CPM side has it, not when the whole transaction is
+                // done: a crash while other recipients are still pending then cannot make
+                // the retry deliver this one again.
+                let recorded = if reply.is_positive() {
                     let (kept, reported) =
                         tokio::join!(self.store.record_delivered(key, &who), report_record);
                     Some(kept.and(reported).map(|()| who))
                 } else {
+                    if let Err(e) = report_record.await {
+                        tracing::warn!("report record not updated: {e}");
+                    }
                     None
                 };
                 (reply, relayed, recorded)
@@ -230,6 +266,14 @@ impl Gateway {
             .collect();
         let (mut transaction, dsn) =
             mapper::aggregate(&rules, &envelope, &per_recipient, now, None);
+        if only_reports
+            && let Some(first) = per_recipient.first()
+            && per_recipient
+                .iter()
+                .all(|r| r.code / 100 == first.code / 100)
+        {
+            transaction = first.clone();
+        }
         // Every recipient delivered now is recorded (durably) before any reply: a retry
         // after a 4xx, or after a 250 the sender never saw, then reaches only the rest.
         let delivered_now: Vec<String> = envelope

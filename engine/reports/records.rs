@@ -162,14 +162,15 @@ impl MailFacts {
 }
 
 impl SentRecord {
-    /// The record of `delivery` (which carried an imdn.Message-ID), answered `status`, for
+    /// The record of `delivery` (which carried an imdn.Message-ID), answered `status` (none
+    /// yet while it is on its way), for
     /// the envelope recipients `who` (its own first, then those it covers).
     pub fn of(
         about: &MailFacts,
         envelope: &crate::envelope::Envelope,
         delivery: &crate::plan::Delivery,
         who: &[String],
-        status: u16,
+        status: Option<u16>,
     ) -> SentRecord {
         let recipients = who
             .iter()
@@ -203,7 +204,7 @@ impl SentRecord {
             recipients,
             returned: about.returned.clone(),
             returned_full: about.returned_full,
-            sip_status: Some(status),
+            sip_status: status,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! mails for `b+<token>` addresses) and the SIP UAS (which records the mails it sent for
 //! CPM users and receives IMDNs).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,9 +22,10 @@ pub struct Reports {
     pub hostname: String,
     /// How long a correlation record lives.
     pub ttl: Duration,
-    /// Reports being sent now (key `record|what`), so that two copies of one report that
-    /// arrive together send one.
-    in_flight: Mutex<HashSet<String>>,
+    /// Reports being sent now (key `record|what`): a copy of a report that arrives while
+    /// the first is on its way waits for it, then finds it sent (or tries itself if the
+    /// first failed) — so no copy is answered 2xx before the report was handed over.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Whether a report was sent by this call.
@@ -48,7 +49,7 @@ impl Reports {
             smarthost,
             hostname,
             ttl,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -102,35 +103,37 @@ impl Reports {
     {
         let id = format!("{record}|{what}");
         let marker = format!("sent:{record}:{what}");
-        {
+        let gate = {
             let Ok(mut g) = self.in_flight.lock() else {
                 return Once::Failed(E::from(StoreError::Unavailable("lock poisoned".into())));
             };
-            if !g.insert(id.clone()) {
-                return Once::Duplicate;
-            }
-        }
-        let result = async {
+            g.entry(id.clone()).or_default().clone()
+        };
+        let result = {
+            let _turn = gate.lock().await;
             match self.store.get(&marker).await {
-                Ok(Some(_)) => return Once::Duplicate,
-                Ok(None) => {}
-                Err(e) => return Once::Failed(E::from(e)),
+                Ok(Some(_)) => Once::Duplicate,
+                Err(e) => Once::Failed(E::from(e)),
+                Ok(None) => match send.await {
+                    Err(e) => Once::Failed(e),
+                    Ok(()) => {
+                        let mut f = Fields::new();
+                        f.insert("sent".into(), "1".into());
+                        if let Err(e) = self.store.put(&marker, &f, self.ttl).await {
+                            // Sent, but not remembered: a later copy could send it again.
+                            tracing::warn!(record, what, "report sent, marker not kept: {e}");
+                        }
+                        Once::Sent
+                    }
+                },
             }
-            if let Err(e) = send.await {
-                return Once::Failed(e);
-            }
-            let mut f = Fields::new();
-            f.insert("sent".into(), "1".into());
-            if let Err(e) = self.store.put(&marker, &f, self.ttl).await {
-                // Sent, but not remembered: a copy of this report could send it again.
-                tracing::warn!(record, what, "report sent, marker not kept: {e}");
-            }
-            Once::Sent
-        }
-        .await;
-        if let Ok(mut g) = self.in_flight.lock() {
+        };
+        if let Ok(mut g) = self.in_flight.lock()
+            && g.get(&id).is_some_and(|a| Arc::strong_count(a) <= 2)
+        {
             g.remove(&id);
         }
+        drop(gate);
         result
     }
 }

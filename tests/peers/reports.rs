@@ -19,7 +19,7 @@
 //! * A report that cannot go on now is refused for a retry (IMDN 503 while the smarthost is
 //!   down, DSN 4xx while the CPM side answers 480), and the retry goes; the IMDN follows
 //!   the IM's IMDN-Record-Route.
-//! * (ignored until the mechanism keeps the record before the MESSAGE leaves) an IMDN that
+//! * An IMDN that
 //!   overtakes the 200 of its MESSAGE, played by `imdn_first_uas.py`.
 //!
 //! Every wait is bounded; every process is stopped by its guard.
@@ -1395,7 +1395,6 @@ fn reports_that_cannot_go_on_now_are_refused_for_a_retry() {
 /// report can overtake the answer)" (engine/reports/records.rs), so the IMDN still becomes a
 /// DSN.
 #[test]
-#[ignore = "fails on main (f9e66d0 to a6a6272): the mail -> CPM record is written only after the 2xx (engine/gateway.rs), so an IMDN more than 500 ms ahead of the 200 is answered 200 and dropped as uncorrelated; see the reportpeers report"]
 fn an_imdn_that_overtakes_the_200_still_becomes_a_dsn() {
     if !peers() {
         return;
