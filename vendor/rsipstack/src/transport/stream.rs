@@ -118,6 +118,11 @@ impl Decoder for SipCodec {
                 start = if end < headers.len() { end + 1 } else { end };
             }
 
+            // A declared body past the message size limit can never be framed: a framing
+            // error, before the sum can overflow (`Content-Length: 18446744073709551615`).
+            if content_length > MAX_SIP_MESSAGE_SIZE {
+                return Err(crate::Error::Error("Content-Length too large".to_string()));
+            }
             let total_len = headers_end + 4 + content_length;
 
             if src.len() >= total_len {
@@ -522,5 +527,15 @@ mod tests {
         let mut buf = BytesMut::from(vec![b'X'; MAX_SIP_MESSAGE_SIZE + 1].as_slice());
         let result = codec.decode(&mut buf);
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn decode_rejects_a_content_length_past_the_limit_without_overflow() {
+        for cl in ["18446744073709551615", "18446744073709551612", "65536"] {
+            let mut codec = make_codec();
+            let raw = format!("SIP/2.0 200 OK\r\nContent-Length: {cl}\r\n\r\n");
+            let mut buf = BytesMut::from(raw.as_bytes());
+            assert!(codec.decode(&mut buf).is_err(), "{cl}");
+        }
     }
 }

@@ -200,6 +200,9 @@ fn frame(buf: &[u8]) -> Result<Option<Frame>> {
         return Ok(None);
     };
     let content_length = content_length(&buf[..headers_end]).unwrap_or(0);
+    if content_length > MAX_SIP_MESSAGE_SIZE {
+        return Err(Error::Error("Content-Length too large".to_string()));
+    }
     let total = headers_end + 4 + content_length;
     if buf.len() < total {
         return Ok(None);
