@@ -1061,7 +1061,9 @@ async fn slowloris_and_per_ip_limits_leave_room_for_normal_mail() {
     let limits = smtp::Limits {
         connections: 320,
         connections_per_ip: PER_IP,
-        stress_timeout: Duration::from_secs(15),
+        // Long enough for 300 connections to be set up on a loaded machine: an idle or
+        // trickling session under stress is cut this long after its last whole command.
+        stress_timeout: Duration::from_secs(30),
         ..smtp::Limits::default()
     };
     let h = start_with(None, limits).await;
@@ -1109,10 +1111,12 @@ async fn slowloris_and_per_ip_limits_leave_room_for_normal_mail() {
             .await
             .unwrap_or_else(|| panic!("trickler {i} never got its EHLO reply"));
     }
-    assert!(
-        rx.try_recv().is_err(),
-        "every trickler got 220 and 250 for EHLO"
-    );
+    // (On a slow machine the first ones may already have been cut under stress.)
+    let mut cut = 0;
+    while let Ok((id, r)) = rx.try_recv() {
+        expect(&format!("trickler {id} during setup"), &r, &["421 4.4.2"]);
+        cut += 1;
+    }
     // The per-IP limit: the 51st connection from each trickling address.
     for a in 1..=ADDRESSES {
         let s = connect_from([127, 0, 1, a], h.smtp).await;
@@ -1123,18 +1127,23 @@ async fn slowloris_and_per_ip_limits_leave_room_for_normal_mail() {
             &["421 4.7.0"],
         );
     }
-    // Normal mail from another address while all 300 tricklers hold their slots.
+    // Normal mail from another address while the tricklers hold their slots: the
+    // listener is under stress (at least 240 of 320 in use) when it gets its 250.
     still_serving(&h, "300 trickling connections").await;
+    while let Ok((id, r)) = rx.try_recv() {
+        expect(&format!("trickler {id}"), &r, &["421 4.4.2"]);
+        cut += 1;
+    }
+    let holding = n - cut;
     assert!(
-        rx.try_recv().is_err(),
-        "the normal mail was served before any trickler was let go"
+        holding >= 320 * 3 / 4,
+        "only {holding} tricklers held a slot when the normal mail was served"
     );
     // Under stress (at least 240 of 320 slots in use) the tricklers' command budget is
     // `stress_timeout`: they are cut off with 421 4.4.2 until the listener is out of
     // stress (fewer than 240 in use, i.e. at least 61 cut); the rest keep their normal
     // budget (command_timeout, 5 min), as Postfix's stress mode does.
     let need = ADDRESSES as usize * PER_IP - (320 * 3 / 4 - 1);
-    let mut cut = 0;
     loop {
         let wait = if cut < need { 60 } else { 3 };
         match tokio::time::timeout(Duration::from_secs(wait), rx.recv()).await {
@@ -1152,6 +1161,8 @@ async fn slowloris_and_per_ip_limits_leave_room_for_normal_mail() {
             }
         }
     }
-    println!("{cut} of 300 tricklers cut off under stress");
+    println!(
+        "{cut} of 300 tricklers cut off under stress; {holding} held a slot while a normal mail got its 250"
+    );
     still_serving(&h, "the stress ended").await;
 }
