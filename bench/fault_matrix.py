@@ -48,12 +48,24 @@ class Peer:
         self.port = self.sock.getsockname()[1]
         self.conns = []
         threading.Thread(target=self.accept, daemon=True).start()
+        # The MSRP side of the "msrp" row: answers INVITE with this path; the first attempt
+        # of every mail dies mid-message (RST after its first chunk), later attempts complete.
+        self.msrp_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.msrp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.msrp_sock.bind(("127.0.0.1", 0))
+        self.msrp_sock.listen(128)
+        self.msrp_port = self.msrp_sock.getsockname()[1]
+        self.msrp_seen = set()  # tokens whose first MSRP attempt was cut
+        self.msrp_cut = 0
+        threading.Thread(target=self.msrp_accept, daemon=True).start()
 
     def reset(self, mode):
         with self.lock:
             self.mode = mode
             self.ok = {}
             self.requests = 0
+            self.msrp_seen = set()
+            self.msrp_cut = 0
             for c in self.conns:
                 try:
                     c.close()
@@ -124,7 +136,19 @@ class Peer:
         if method == "INVITE" and mode in ("ok", "slow5"):
             respond(488, "Not Acceptable Here")  # no MSRP here: pager mode only
             return
-        if mode == "ok":
+        if method == "INVITE" and mode == "msrp":
+            sess = os.urandom(6).hex()
+            sdp = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                   "m=message %d TCP/MSRP *\r\na=accept-types:*\r\n"
+                   "a=path:msrp://127.0.0.1:%d/%s;tcp\r\na=recvonly\r\n" % (self.msrp_port, self.msrp_port, sess))
+            out = self.response(head, 200, "OK", sdp.encode(), self.port)
+            with send_lock:
+                try:
+                    c.sendall(out)
+                except OSError:
+                    pass
+            return
+        if mode in ("ok", "msrp"):
             respond(200, "OK")
         elif mode == "silent":
             pass
@@ -163,8 +187,91 @@ class Peer:
                 except OSError:
                     pass
 
+    def msrp_accept(self):
+        while True:
+            try:
+                c, _ = self.msrp_sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns.append(c)
+            threading.Thread(target=self.msrp_serve, args=(c,), daemon=True).start()
+
+    def msrp_serve(self, c):
+        """MSRP SEND receiver (RFC 4975): 200 per chunk, REPORT when asked; the first attempt
+        of each token is cut by an abortive close once its first chunk arrived."""
+        buf = b""
+        msgs = {}  # Message-ID -> bytes so far
+        while True:
+            m = re.match(rb"MSRP (\S+) (\S+)\r\n", buf)
+            end = None
+            if m:
+                tid = m.group(1)
+                idx = buf.find(b"-------" + tid, m.end())
+                if idx >= 0 and len(buf) >= idx + 7 + len(tid) + 3:
+                    end = idx
+            if end is None:
+                try:
+                    data = c.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                continue
+            flag = buf[end + 7 + len(tid):end + 8 + len(tid)]
+            frame = buf[:end]
+            buf = buf[end + 7 + len(tid) + 3:]
+            if m.group(2) != b"SEND":
+                continue  # a response or REPORT
+            hend = frame.find(b"\r\n\r\n")
+            head = frame[:hend] if hend >= 0 else frame
+            body = frame[hend + 4:-2] if hend >= 0 else b""
+            hdr = {}
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                hdr[k.strip().lower()] = v.strip()
+            mid = hdr.get(b"message-id", b"")
+            got = msgs.get(mid, b"") + body
+            msgs[mid] = got
+            t = TOKEN.search(got)
+            token = t.group(0).decode() if t else None
+            if token and flag != b"$":
+                with self.lock:
+                    first = token not in self.msrp_seen
+                    self.msrp_seen.add(token)
+                    if first:
+                        self.msrp_cut += 1
+                if first:
+                    try:
+                        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        c.close()
+                    except OSError:
+                        pass
+                    return
+            out = (b"MSRP %s 200 OK\r\nTo-Path: %s\r\nFrom-Path: %s\r\n-------%s$\r\n"
+                   % (tid, hdr.get(b"from-path", b""), hdr.get(b"to-path", b""), tid))
+            if flag == b"$":
+                br = hdr.get(b"byte-range", b"1-*/*")
+                if token:
+                    with self.lock:
+                        self.ok[token] = self.ok.get(token, 0) + 1
+                if hdr.get(b"success-report", b"").lower() == b"yes":
+                    rtid = os.urandom(6).hex().encode()
+                    total = len(got)
+                    out += (b"MSRP %s REPORT\r\nTo-Path: %s\r\nFrom-Path: %s\r\nMessage-ID: %s\r\n"
+                            b"Byte-Range: 1-%d/%d\r\nStatus: 000 200 OK\r\n-------%s$\r\n"
+                            % (rtid, hdr.get(b"from-path", b""), hdr.get(b"to-path", b""), mid,
+                               total, total, rtid))
+                msgs.pop(mid, None)
+                del br
+            try:
+                c.sendall(out)
+            except OSError:
+                return
+
     @staticmethod
-    def response(head, code, reason):
+    def response(head, code, reason, body=b"", contact_port=None):
         lines = head.split("\r\n")
         keep = []
         for l in lines[1:]:
@@ -173,8 +280,11 @@ class Peer:
                 keep.append(l)
             elif name in ("to", "t"):
                 keep.append(l if ";tag=" in l else l + ";tag=peer1")
-        out = "SIP/2.0 %d %s\r\n%s\r\nContent-Length: 0\r\n\r\n" % (code, reason, "\r\n".join(keep))
-        return out.encode()
+        if body:
+            keep.append("Contact: <sip:peer@127.0.0.1:%d;transport=tcp>" % contact_port)
+            keep.append("Content-Type: application/sdp")
+        out = "SIP/2.0 %d %s\r\n%s\r\nContent-Length: %d\r\n\r\n" % (code, reason, "\r\n".join(keep), len(body))
+        return out.encode() + body
 
 
 # ---- the sender's mailbox (bounce sink) -----------------------------------------------------
@@ -225,11 +335,14 @@ def listening(port):
 
 
 class Iwf:
-    def __init__(self, binary, port, peer_port, logdir, t1_ms):
+    def __init__(self, binary, port, peer_port, logdir, t1_ms, store):
         self.binary, self.port, self.peer_port, self.logdir, self.t1 = binary, port, peer_port, logdir, t1_ms
         self.conf = os.path.join(logdir, "iwf.yaml")
+        # The durable store (default sqlite) lives in the run's directory and survives the
+        # restart row's kill: a mail whose 2xx was recorded is not sent to CPM again.
         with open(self.conf, "w") as f:
-            f.write("timers:\n  t1_ms: %d\n" % t1_ms)
+            f.write("timers:\n  t1_ms: %d\nstore: %s\nstate_dir: %s\n"
+                    % (t1_ms, store, os.path.join(logdir, "state")))
         self.proc = None
         self.starts = 0
 
@@ -280,21 +393,29 @@ class Postfix:
     def stop(self):
         self.run("stop")
 
-    def queue(self):
-        """(entries for cpm.example.net, all entries)"""
+    def queue(self, row=None):
+        """(this row's entries, all entries). A row's mails go to +1555<row*100000+i>; one the
+        queue manager is working on may list no recipients: then the sender decides."""
         r = subprocess.run(["timeout", "20", "/usr/sbin/postqueue", "-c", self.conf, "-j"],
                            capture_output=True, text=True)
         cpm = total = 0
+        seen = set()
         for line in r.stdout.splitlines():
             try:
                 q = json.loads(line)
             except ValueError:
                 continue
+            # A message moving between queues while postqueue walks them can be listed
+            # twice; its queue ID stays the same.
+            if q.get("queue_id") in seen:
+                continue
+            seen.add(q.get("queue_id"))
             total += 1
-            # The row's own mails (bounces have the null sender); a message the queue
-            # manager is working on may list no recipients, so the sender decides.
-            if q.get("sender") == "sender@bounce.test" or any(
-                    rc.get("address", "").endswith("@cpm.example.net") for rc in q.get("recipients", [])):
+            rcpts = [rc.get("address", "") for rc in q.get("recipients", [])]
+            if row is not None and rcpts:
+                if any(a.startswith("+1555%02d" % row) and a.endswith("@cpm.example.net") for a in rcpts):
+                    cpm += 1
+            elif q.get("sender") == "sender@bounce.test" or any(a.endswith("@cpm.example.net") for a in rcpts):
                 cpm += 1
         return cpm, total
 
@@ -302,25 +423,34 @@ class Postfix:
         subprocess.run(["timeout", "10", "/usr/sbin/postqueue", "-c", self.conf, "-f"], capture_output=True)
 
     def clear(self):
-        subprocess.run(["timeout", "20", "/usr/sbin/postsuper", "-c", self.conf, "-d", "ALL"], capture_output=True)
+        """Deletes every queued message and waits (up to 60 s) until the queue is empty: a
+        message the queue manager holds is deleted only when it lets go of it, and would
+        otherwise be counted in the next row."""
+        for _ in range(60):
+            subprocess.run(["timeout", "20", "/usr/sbin/postsuper", "-c", self.conf, "-d", "ALL"], capture_output=True)
+            if self.queue()[1] == 0:
+                return
+            time.sleep(1)
 
 
-def send(port, row, n):
+def send(port, row, n, large=False):
     import smtplib
     s = smtplib.SMTP("127.0.0.1", port, timeout=60)
     s.ehlo("client.iwf.test")
+    # Large Message Mode (MSRP) for mails over 4 * pager_max_bytes: ~20 KB, ten chunks.
+    filler = "".join("line %03d of a mail that goes by MSRP, in chunks\r\n" % k for k in range(400)) if large else ""
     for i in range(n):
         tok = "tok-%d-%d" % (row, i)
         rcpt = "+1555%07d@cpm.example.net" % (row * 100000 + i)
         msg = ("From: sender@bounce.test\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s@bounce.test>\r\n\r\n"
-               "fault matrix %s\r\n" % (rcpt, tok, tok, tok))
+               "fault matrix %s\r\n%s" % (rcpt, tok, tok, tok, filler))
         s.sendmail("sender@bounce.test", [rcpt], msg)
     s.quit()
 
 
 # ---- the matrix -----------------------------------------------------------------------------
 
-ROWS = ["ok", "silent", "5xx", "404", "6xx", "4xx", "rst", "slow5", "garbage", "413", "restart"]
+ROWS = ["ok", "silent", "5xx", "404", "6xx", "4xx", "rst", "slow5", "garbage", "413", "msrp", "restart"]
 
 
 def main():
@@ -332,6 +462,9 @@ def main():
     ap.add_argument("--tolerate-restart-dups", action="store_true",
                     help="do not fail on duplicates in the restart row (known: no durable dedup yet)")
     ap.add_argument("--t1-ms", type=int, default=100, help="iwf SIP T1 (Timer F = 64*T1), default 100")
+    ap.add_argument("--slow-settle", type=float, default=300,
+                    help="the slow5 row's settle time (Postfix's 20 connections x 5 s a mail: 4 mails/s)")
+    ap.add_argument("--store", default="sqlite", help="iwf store: sqlite (default, in the run directory) or memory")
     a = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="iwf-fault-")
@@ -339,7 +472,7 @@ def main():
     peer = Peer()
     sink = Sink()
     gw_port, pf_port = free_port(), free_port()
-    iwf = Iwf(a.iwf, gw_port, peer.port, work, a.t1_ms)
+    iwf = Iwf(a.iwf, gw_port, peer.port, work, a.t1_ms, a.store)
     pf = Postfix(os.path.join(work, "pf"), pf_port, gw_port, sink.port)
     results = []
     try:
@@ -349,10 +482,10 @@ def main():
             pf.clear()
             iwf.start()
             t0 = time.time()
-            sender = threading.Thread(target=send, args=(pf.port, row_no, a.n))
+            sender = threading.Thread(target=send, args=(pf.port, row_no, a.n, row == "msrp"))
             sender.start()
             restarted = False
-            deadline = t0 + a.settle
+            deadline = t0 + (a.slow_settle if row == "slow5" else a.settle)
             while time.time() < deadline:
                 # the restart row watches closely, to kill iwf with mails in flight
                 time.sleep(0.02 if row == "restart" and not restarted else 1)
@@ -376,7 +509,7 @@ def main():
             # (sampled a few times: a message moving between queues may be missed once)
             queued = 0
             for _ in range(3):
-                queued = max(queued, pf.queue()[0])
+                queued = max(queued, pf.queue(row_no)[0])
                 time.sleep(1)
             with peer.lock:
                 ok = dict(peer.ok)
@@ -386,7 +519,7 @@ def main():
             lost = a.n - len(delivered | bounced) - queued
             results.append(dict(row=row, sent=a.n, delivered=len(delivered), bounced=len(bounced),
                                 queued=queued, dup=dup, lost=lost, both=len(delivered & bounced),
-                                seconds=round(elapsed, 1)))
+                                cut=peer.msrp_cut, seconds=round(elapsed, 1)))
             print("row %-8s done in %5.1f s: %s" % (row, elapsed, results[-1]), file=sys.stderr, flush=True)
     finally:
         iwf.stop()
@@ -394,10 +527,10 @@ def main():
         pf.stop()
         sink.ctl.stop()
     print()
-    print("| row | sent | delivered | bounced | queued | dup | lost | delivered and bounced | seconds |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| row | sent | delivered | bounced | queued | dup | lost | delivered and bounced | MSRP cut | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print("| %(row)s | %(sent)d | %(delivered)d | %(bounced)d | %(queued)d | %(dup)d | %(lost)d | %(both)d | %(seconds)s |" % r)
+        print("| %(row)s | %(sent)d | %(delivered)d | %(bounced)d | %(queued)d | %(dup)d | %(lost)d | %(both)d | %(cut)d | %(seconds)s |" % r)
     print()
     print("logs: %s" % work)
     # A SIGKILL between the SIP 2xx and our 250 makes Postfix send the mail again ("lost

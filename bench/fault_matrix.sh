@@ -2,7 +2,8 @@
 # Fault matrix under load (issue 14): a private Postfix (tests/peers/postfix-relay.sh)
 # relays N mails per row to `iwf serve`, whose SIP next hop (a TCP peer inside
 # bench/fault_matrix.py) misbehaves one way per row: answers 200 (baseline), stays silent,
-# 500, 404, 603, 480, resets the connection, answers after 5 s, answers garbage, 413; and a row where
+# 500, 404, 603, 480, resets the connection, answers after 5 s, answers garbage, 413, an MSRP peer
+# that dies (RST) mid-message on the first attempt of every mail; and a row where
 # iwf is killed (SIGKILL) and restarted mid-run. Prints one table: per row
 # sent = delivered + bounced (DSN in the sender's mailbox) + still queued, duplicates, lost.
 #

@@ -90,13 +90,27 @@ class Load:
 
 
 def proc_sample(pid):
-    rss = 0
+    """(VmRSS, RssAnon, RssFile + RssShmem, open fds): anonymous memory is the heap (ours,
+    SQLite's page caches); file/shared is the mapped binary and SQLite's WAL index (-shm)."""
+    v = {}
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
+            k, _, rest = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                v[k] = int(rest.split()[0])
     fds = len(os.listdir("/proc/%d/fd" % pid))
-    return rss, fds
+    return v.get("VmRSS", 0), v.get("RssAnon", 0), v.get("RssFile", 0) + v.get("RssShmem", 0), fds
+
+
+def db_size(state):
+    """KiB of the SQLite database and its WAL."""
+    total = 0
+    for name in ("iwf.sqlite3", "iwf.sqlite3-wal"):
+        try:
+            total += os.path.getsize(os.path.join(state, name))
+        except OSError:
+            pass
+    return total // 1024
 
 
 def generation(metrics_port):
@@ -117,16 +131,27 @@ def main():
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--probe", type=float, default=20, help="seconds of the maximum-rate probe")
     ap.add_argument("--rate", type=float, default=0, help="mails/s for the soak (default: half the probed maximum)")
+    ap.add_argument("--store", default="sqlite", help="iwf store (default sqlite, in the run directory)")
+    ap.add_argument("--store-max-records", type=int, default=0,
+                    help="store bound (iwf default 1,000,000); a small one shows the store at its bound")
     a = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="iwf-soak-")
+    # The store lives in the run's directory (not ./state of wherever this was started,
+    # which earlier soaks reused from run to run).
+    state = os.path.join(work, "state")
+    conf = os.path.join(work, "iwf.yaml")
+    with open(conf, "w") as f:
+        f.write("store: %s\nstate_dir: %s\n" % (a.store, state))
+        if a.store_max_records:
+            f.write("store_max_records: %d\n" % a.store_max_records)
     rules = os.path.join(work, "rules")
     shutil.copytree(os.path.join(ROOT, "rules"), rules)
     peer = Peer()
     port, mport = free_port(), free_port()
     log = open(os.path.join(work, "iwf.log"), "w")
     proc = subprocess.Popen(
-        [a.iwf, "serve", "--rules", rules, "--smtp-listen", "127.0.0.1:%d" % port, "--sip-listen", "127.0.0.1:0",
+        [a.iwf, "serve", "--rules", rules, "--config", conf, "--smtp-listen", "127.0.0.1:%d" % port, "--sip-listen", "127.0.0.1:0",
          "--next-hop", "sip:127.0.0.1:%d;transport=tcp" % peer.port, "--metrics-listen", "127.0.0.1:%d" % mport],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="warn", NO_COLOR="1"))
     try:
@@ -147,8 +172,8 @@ def main():
               % (max_rate, a.probe, a.workers, failed, rate, a.minutes), flush=True)
         time.sleep(5)
         print()
-        print("| t (s) | mails ok | failed | rate (/s) | RSS (KiB) | open fds | rules generation |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        print("| t (s) | mails ok | failed | rate (/s) | RSS (KiB) | anon (KiB) | file+shm (KiB) | open fds | rules generation | store file (KiB) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         start = time.time()
         last_reload = start
         reloads = 0
@@ -163,11 +188,12 @@ def main():
                     f.write("# soak reload %d\n" % reloads)
                 last_reload = now
             ok, failed = load.counts()
-            rss, fds = proc_sample(proc.pid)
+            rss, anon, mapped, fds = proc_sample(proc.pid)
             r = (ok - prev_ok) / (now - prev_t)
             prev_ok, prev_t = ok, now
             series.append((rss, fds))
-            print("| %.0f | %d | %d | %.0f | %d | %d | %s |" % (now - start, ok, failed, r, rss, fds, generation(mport)),
+            print("| %.0f | %d | %d | %.0f | %d | %d | %d | %d | %s | %d |"
+                  % (now - start, ok, failed, r, rss, anon, mapped, fds, generation(mport), db_size(state)),
                   flush=True)
         load.stop = True
         rss = [s[0] for s in series]

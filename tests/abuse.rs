@@ -49,6 +49,12 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with(None, smtp::Limits::default()).await
+}
+
+/// `next_hop`: a SIP next hop (and its timers) instead of the in-process answerer;
+/// `limits`: the gateway's SMTP limits.
+async fn start_with(next_hop: Option<(String, iwf::sip::Timers)>, limits: smtp::Limits) -> Harness {
     let seen: Arc<Mutex<Vec<ReceivedRequest>>> = Arc::default();
     let seen_in = seen.clone();
     // Large Message Mode as `iwf demo` answers it: an SDP answer pointing at an MSRP
@@ -77,9 +83,15 @@ async fn start() -> Harness {
     })
     .await
     .unwrap();
-    let proxy = format!("sip:{};transport=udp", answerer.udp_addr().unwrap());
+    let (proxy, timers) = next_hop.unwrap_or_else(|| {
+        (
+            format!("sip:{};transport=udp", answerer.udp_addr().unwrap()),
+            Default::default(),
+        )
+    });
     let backend = RsipBackend::start(SipConfig {
         outbound_proxy: Some(proxy),
+        timers,
         ..SipConfig::default()
     })
     .await
@@ -123,6 +135,7 @@ async fn start() -> Harness {
         Protocol::Smtp,
         SmtpConfig {
             hostname: "iwf.example.net".into(),
+            limits,
             ..SmtpConfig::default()
         },
         gw,
@@ -905,4 +918,252 @@ fn redirect_targets_are_clean_uris() {
         iwf::sip::response::contacts(&["<sips:c@d>\rb.example>", "<sip:x@y z>", "<tel:+1555>"]),
         vec!["tel:+1555".to_string()]
     );
+}
+
+/// A SIP next hop over TCP that answers each request with a 200 whose Content-Length is
+/// `lengths[n]` for the n-th connection (and a good 200 once they are used up).
+async fn tcp_peer(lengths: Vec<&'static str>) -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(0usize));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        let mut conn_no = 0;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let length = lengths.get(conn_no).copied();
+            conn_no += 1;
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let body_len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            let k = k.trim().to_ascii_lowercase();
+                            (k == "content-length" || k == "l").then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + body_len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + body_len);
+                    if head.starts_with("ACK ") || head.starts_with("SIP/2.0") {
+                        continue;
+                    }
+                    *count.lock().unwrap() += 1;
+                    let mut out = String::from("SIP/2.0 200 OK\r\n");
+                    for l in head.lines().skip(1) {
+                        let k = l
+                            .split(':')
+                            .next()
+                            .unwrap_or("")
+                            .trim()
+                            .to_ascii_lowercase();
+                        if ["via", "v", "from", "f", "call-id", "i", "cseq"].contains(&k.as_str()) {
+                            out.push_str(l);
+                            out.push_str("\r\n");
+                        } else if k == "to" || k == "t" {
+                            out.push_str(l);
+                            out.push_str(";tag=peer\r\n");
+                        }
+                    }
+                    match length {
+                        // The absurd length, then a little of a body and the connection kept open:
+                        // only the length itself can end this transaction.
+                        Some(cl) => out.push_str(&format!("Content-Length: {cl}\r\n\r\nxyz")),
+                        None => out.push_str("Content-Length: 0\r\n\r\n"),
+                    }
+                    if s.write_all(out.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// rsipstack 0.7.14's stream codec added the peer's Content-Length unchecked (overflow
+/// panic with overflow checks, broken framing without; contrib/upstream/rsipstack-0.7.14.md):
+/// vendored with the fix. Over real TCP, a next hop answering with absurd lengths: each
+/// transaction ends with the mapped temporary reply (Timer F: `451 4.4.1`), never a 250, and
+/// the process keeps serving: the next mail over a good connection gets its 250.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_content_length_from_a_tcp_next_hop() {
+    let absurd = vec![
+        "99999999999999999999",
+        "18446744073709551615",
+        "18446744073709551612",
+        "9223372036854775807",
+        "4294967296",
+        "65536",
+        "-1",
+        "1e9",
+        " 12 34",
+    ];
+    let (peer, requests) = tcp_peer(absurd.clone()).await;
+    let timers = iwf::sip::Timers {
+        t1: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let h = start_with(
+        Some((format!("sip:{peer};transport=tcp"), timers)),
+        smtp::Limits::default(),
+    )
+    .await;
+    for (i, cl) in absurd.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let (rcpt, end) = transaction(&h, b"<+15551234567@cpm.example.net>", MAIL_BODY).await;
+        expect(&format!("RCPT ({cl})"), &rcpt, &["250 "]);
+        expect(&format!("Content-Length: {cl}"), &end, &["451 4.4.2"]);
+        assert!(started.elapsed() < WAIT, "{cl}: {:?}", started.elapsed());
+        assert_eq!(*requests.lock().unwrap(), i + 1, "{cl}: one request a mail");
+    }
+    // The peer's lengths are used up: its next connection answers well.
+    let (_, end) = transaction(&h, b"<+15551234567@cpm.example.net>", MAIL_BODY).await;
+    expect("a good 200 after the absurd ones", &end, &["250 2."]);
+}
+
+const MAIL_BODY: &[u8] = b"From: alice@mail.example.org\r\nTo: +15551234567@cpm.example.net\r\nSubject: cl\r\n\r\nhello\r\n";
+
+/// Connects from `ip` (any 127/8 address is ours on Linux) to the gateway.
+async fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((ip, 0)))
+        .expect("bind a 127/8 source address");
+    socket.connect(to).await.unwrap()
+}
+
+/// Slowloris (issue 14 item 3): 300 connections from six addresses fill each address's
+/// per-IP allowance (50) and trickle a command a byte at a time. The 51st connection from
+/// such an address gets `421 4.7.0` (the per-IP limit) at once; a normal mail from another
+/// address still gets its 250 while all 300 hold their slots; with three quarters of the
+/// 320 slots in use the command budget shrinks to `stress_timeout` and tricklers get
+/// `421 4.4.2` (RFC 5321 §4.5.3.2: the server may close a session that is too slow) until
+/// the stress ends, after which the process still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_per_ip_limits_leave_room_for_normal_mail() {
+    const ADDRESSES: u8 = 6;
+    const PER_IP: usize = 50;
+    let limits = smtp::Limits {
+        connections: 320,
+        connections_per_ip: PER_IP,
+        // Long enough for 300 connections to be set up on a loaded machine: an idle or
+        // trickling session under stress is cut this long after its last whole command.
+        stress_timeout: Duration::from_secs(30),
+        ..smtp::Limits::default()
+    };
+    let h = start_with(None, limits).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut n = 0;
+    for a in 1..=ADDRESSES {
+        for _ in 0..PER_IP {
+            let (tx, ready_tx) = (tx.clone(), ready_tx.clone());
+            let to = h.smtp;
+            let id = n;
+            n += 1;
+            tokio::spawn(async move {
+                let s = connect_from([127, 0, 1, a], to).await;
+                let mut c = Conn { s, buf: Vec::new() };
+                let greeting = c.reply().await;
+                let ehlo = c.cmd(b"EHLO slow.example.org\r\n").await;
+                let _ = ready_tx.send(());
+                if !greeting.starts_with("220 ") || !ehlo.starts_with("250") {
+                    let _ = tx.send((id, format!("{greeting} / {ehlo}")));
+                    return;
+                }
+                // A byte every 200 ms, never a whole line.
+                for &b in b"MAIL FROM:<slow@example.org>".iter().cycle() {
+                    if c.s.write_all(&[b]).await.is_err() {
+                        break;
+                    }
+                    tokio::select! {
+                        r = c.reply() => {
+                            let _ = tx.send((id, r));
+                            return;
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+                let r = c.reply().await;
+                let _ = tx.send((id, r));
+            });
+        }
+    }
+    drop(ready_tx);
+    for i in 0..n {
+        ready_rx
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("trickler {i} never got its EHLO reply"));
+    }
+    // (On a slow machine the first ones may already have been cut under stress.)
+    let mut cut = 0;
+    while let Ok((id, r)) = rx.try_recv() {
+        expect(&format!("trickler {id} during setup"), &r, &["421 4.4.2"]);
+        cut += 1;
+    }
+    // The per-IP limit: the 51st connection from each trickling address.
+    for a in 1..=ADDRESSES {
+        let s = connect_from([127, 0, 1, a], h.smtp).await;
+        let mut c = Conn { s, buf: Vec::new() };
+        expect(
+            "51st connection from one address",
+            &c.reply().await,
+            &["421 4.7.0"],
+        );
+    }
+    // Normal mail from another address while the tricklers hold their slots: the
+    // listener is under stress (at least 240 of 320 in use) when it gets its 250.
+    still_serving(&h, "300 trickling connections").await;
+    while let Ok((id, r)) = rx.try_recv() {
+        expect(&format!("trickler {id}"), &r, &["421 4.4.2"]);
+        cut += 1;
+    }
+    let holding = n - cut;
+    assert!(
+        holding >= 320 * 3 / 4,
+        "only {holding} tricklers held a slot when the normal mail was served"
+    );
+    // Under stress (at least 240 of 320 slots in use) the tricklers' command budget is
+    // `stress_timeout`: they are cut off with 421 4.4.2 until the listener is out of
+    // stress (fewer than 240 in use, i.e. at least 61 cut); the rest keep their normal
+    // budget (command_timeout, 5 min), as Postfix's stress mode does.
+    let need = ADDRESSES as usize * PER_IP - (320 * 3 / 4 - 1);
+    loop {
+        let wait = if cut < need { 60 } else { 3 };
+        match tokio::time::timeout(Duration::from_secs(wait), rx.recv()).await {
+            Ok(Some((id, r))) => {
+                expect(&format!("trickler {id}"), &r, &["421 4.4.2"]);
+                cut += 1;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                assert!(
+                    cut >= need,
+                    "only {cut} tricklers cut, {need} needed to end the stress"
+                );
+                break;
+            }
+        }
+    }
+    println!(
+        "{cut} of 300 tricklers cut off under stress; {holding} held a slot while a normal mail got its 250"
+    );
+    still_serving(&h, "the stress ended").await;
 }

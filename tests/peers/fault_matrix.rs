@@ -1,6 +1,7 @@
 //! The small version of the fault matrix (bench/fault_matrix.sh, issue 14) as a peer test:
 //! a private Postfix relays 20 mails per row to the real `iwf serve`, whose SIP next hop
-//! answers 200, 404, 413, answers after 5 s, or where iwf is killed and restarted mid-run.
+//! answers 200, 404, 413, answers after 5 s, whose MSRP side dies mid-message on each mail's
+//! first attempt, or where iwf is killed and restarted mid-run (SQLite store on).
 //! Per row: sent = delivered + bounced + queued, nothing lost, no mail both delivered and
 //! bounced, no duplicate except in the restart row (a SIGKILL between the SIP 2xx and
 //! the 250 makes Postfix send again; see the script). About 50 s.
@@ -42,8 +43,10 @@ fn fault_matrix_small() {
             "-n",
             "20",
             "--rows",
-            "ok,404,413,slow5,restart",
+            "ok,404,413,slow5,msrp,restart",
             "--settle",
+            "30",
+            "--slow-settle",
             "30",
             // iwf killed between the SIP 2xx and its 250 → Postfix sends again: a
             // duplicate until transactions are recorded durably (reported, issue 14).
@@ -61,7 +64,7 @@ fn fault_matrix_small() {
         out.status
     );
     // every row is in the table with nothing lost
-    for row in ["ok", "404", "413", "slow5", "restart"] {
+    for row in ["ok", "404", "413", "slow5", "msrp", "restart"] {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(&format!("| {row} |")))
