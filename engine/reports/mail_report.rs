@@ -188,7 +188,10 @@ pub fn parse(raw: &[u8]) -> Result<MailReport, MailReportError> {
     let mut returned = None;
     let mut original_message_id = None;
     if let Some(p) = returned_part {
-        returned = Some(media_type(p.content_type()));
+        returned = Some(cut(media_type(p.content_type())
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect()));
         original_message_id = match &p.body {
             PartType::Message(m) => m.message_id().map(str::to_string),
             _ => {
@@ -450,11 +453,19 @@ fn clean(v: &str) -> String {
     let v = v.trim();
     let v = v.strip_prefix('<').unwrap_or(v);
     let v = v.strip_suffix('>').unwrap_or(v);
-    v.trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_VALUE)
-        .collect()
+    cut(v.trim().chars().filter(|c| !c.is_control()).collect())
+}
+
+/// At most [`MAX_VALUE`] octets, cut at a character boundary.
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_VALUE {
+        let mut end = MAX_VALUE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 fn short(s: &str) -> String {
@@ -854,5 +865,27 @@ mod tests {
     fn mail_parser_debug_assertion_is_not_a_panic() {
         let raw = fixture("regress-mailparser-debug-assert.bin");
         let _ = parse(&raw);
+    }
+
+    /// A fuzz finding (mail_report_parse): a long Message-ID of multi-byte characters was
+    /// cut at 998 characters, not octets.
+    #[test]
+    fn long_multibyte_values_are_cut_in_octets() {
+        let raw = fixture("regress-long-multibyte-id.bin");
+        if let Ok(r) = parse(&raw) {
+            for v in [&r.original_message_id, &r.returned].into_iter().flatten() {
+                assert!(v.len() <= MAX_VALUE);
+            }
+        }
+        let id = "é".repeat(900);
+        let raw = wrap(
+            "disposition-notification",
+            "message/disposition-notification",
+            &format!("Original-Message-ID: <{id}>\r\nDisposition: a/b; displayed"),
+        );
+        let (d, _) = mdn(&raw);
+        let got = d.original_message_id.unwrap();
+        assert!(got.len() <= MAX_VALUE && got.len() > 900, "{}", got.len());
+        assert!(got.chars().all(|c| c == 'é'));
     }
 }
