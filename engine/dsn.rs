@@ -228,7 +228,12 @@ pub fn build_dsn(input: &DsnInput) -> Vec<u8> {
         MimePart::new("message/delivery-status", status.into_bytes()).transfer_encoding("7bit"),
     ];
     match input.returned {
-        Returned::Full(original) => parts.push(MimePart::new("message/rfc822", original.to_vec())),
+        // RFC 2046 §5.2.1: message/rfc822 is never base64/QP-encoded; 8bit where the
+        // original has 8-bit octets.
+        Returned::Full(original) => parts.push(
+            MimePart::new("message/rfc822", original.to_vec())
+                .transfer_encoding(if original.is_ascii() { "7bit" } else { "8bit" }),
+        ),
         Returned::Headers(original) => {
             let end = original
                 .windows(4)
@@ -423,6 +428,7 @@ mod tests {
         }
         let returned = if envelope.mail_from.ret == Some("FULL") {
             MimePart::new("message/rfc822", original.to_vec())
+                .transfer_encoding(if original.is_ascii() { "7bit" } else { "8bit" })
         } else {
             let end = original
                 .windows(4)
@@ -604,10 +610,12 @@ mod tests {
             let text = String::from_utf8(dsn.clone()).unwrap();
             assert!(text.contains(subject), "{text}");
             assert!(text.contains("Auto-Submitted: auto-replied"));
-            // (RET=FULL: mail-builder writes the returned message/rfc822 in base64.)
-            if !matches!(returned, Returned::Full(_)) {
-                assert!(!text.contains("the body"), "{action}\n{text}");
-            }
+            // RET=FULL returns the body as it was (7bit, RFC 2046 §5.2.1); else headers only.
+            assert_eq!(
+                text.contains("the body"),
+                matches!(returned, Returned::Full(_)),
+                "{action}\n{text}"
+            );
             let r = mail_report::parse(&dsn).unwrap();
             let Report::Delivery(d) = r.report else {
                 panic!("not a DSN")
