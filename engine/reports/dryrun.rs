@@ -50,7 +50,7 @@ pub fn imdn(
     explain: bool,
 ) -> ReportDryRun {
     let mut out = ReportDryRun::default();
-    let imdn = match super::glue::parse_imdn(xml) {
+    let imdn = match super::documents::parse_imdn(xml) {
         Ok(i) => i,
         Err(e) => {
             out.answer = format!("(malformed IMDN: {e})\r\nSIP/2.0 400 Bad Request\r\n");

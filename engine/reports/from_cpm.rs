@@ -15,7 +15,7 @@ use crate::mapper::run::Fired;
 use crate::reverse::SipAnswer;
 use crate::ruleset::RuleSet;
 
-use super::glue;
+use super::documents;
 use super::imdn::Imdn;
 use super::phases::{self, ImdnFacts};
 use super::records::{SentRecipient, SentRecord, sent_key};
@@ -83,7 +83,7 @@ pub fn plan(
         out.push(ReportMail {
             what: format!("dsn:{}", rcpt.address.to_ascii_lowercase()),
             to: rec.mail_from.clone(),
-            message: glue::dsn(
+            message: documents::dsn(
                 reporting,
                 rec,
                 rcpt,
@@ -103,7 +103,7 @@ pub fn plan(
         out.push(ReportMail {
             what: format!("mdn:{}", rcpt.address.to_ascii_lowercase()),
             to: dnt.clone(),
-            message: glue::mdn(reporting, rec, rcpt, disposition, &message_id(), now),
+            message: documents::mdn(reporting, rec, rcpt, disposition, &message_id(), now),
         });
     }
     Ok(out)
@@ -117,7 +117,7 @@ pub async fn imdn_from_cpm(
     ids: &dyn crate::ids::Ids,
     xml: &[u8],
 ) -> SipAnswer {
-    let imdn = match glue::parse_imdn(xml) {
+    let imdn = match documents::parse_imdn(xml) {
         Ok(i) => i,
         Err(e) => {
             crate::metrics::report(DIRECTION, "malformed");

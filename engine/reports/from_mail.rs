@@ -19,7 +19,7 @@ use crate::reply::Reply;
 use crate::ruleset::RuleSet;
 use crate::sip::SipBackend;
 
-use super::glue;
+use super::documents;
 use super::phases::{self, MailReportFacts};
 use super::records::{MailedRecord, mailed_key};
 use super::service::{Once, Reports};
@@ -77,7 +77,7 @@ pub fn plan(
     now: DateTime<Utc>,
     explain: Option<&mut Vec<Fired>>,
 ) -> ImdnPlan {
-    let blocks = match glue::report_blocks(raw) {
+    let blocks = match documents::report_blocks(raw) {
         Ok(b) => b,
         Err(why) => return ImdnPlan::NotAReport(why),
     };
@@ -99,7 +99,7 @@ pub fn plan(
     let Some((kind, status)) = d.imdn else {
         return ImdnPlan::Nothing;
     };
-    let body = match glue::imdn_document(rec, &kind, &status, &ids.token(), now) {
+    let body = match documents::imdn_document(rec, &kind, &status, &ids.token(), now) {
         Ok(b) => b,
         Err(e) => return ImdnPlan::RuleError(format!("the IMDN cannot be written: {e}")),
     };

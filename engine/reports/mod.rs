@@ -19,15 +19,17 @@
 //! | [`phases`] | the `cpm_report` and `mail_report` phases (pure) |
 //! | [`from_cpm`] / [`from_mail`] | an IMDN → DSN/MDN mails; a DSN/MDN mail → an IMDN (plan pure, send async) |
 //! | [`service`] | store access, the once-only guard |
+//! | `documents` | parsed reports → phase facts; decisions → DSN / MDN / IMDN documents |
+//! | [`selftest`] | the `cpm_report:` / `mail_report:` self-test cases |
 //! | [`dryrun`] | `iwf map --record`, snapshots |
 //!
 //! The codecs are pure functions (no I/O, no clock: times are passed in), bounded, and
 //! never panic on any input; which report becomes which is decided by the rules.
 
+mod documents;
 pub mod dryrun;
 pub mod from_cpm;
 pub mod from_mail;
-mod glue;
 pub mod imdn;
 pub mod mail_report;
 pub mod mdn;
@@ -36,7 +38,7 @@ pub mod records;
 pub mod selftest;
 pub mod service;
 
+pub use documents::is_imdn;
 pub use from_cpm::imdn_from_cpm;
 pub use from_mail::inbound_mail;
-pub use glue::is_imdn;
 pub use service::Reports;

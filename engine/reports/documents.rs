@@ -1,5 +1,5 @@
-//! The report loop's use of the codecs: from parsed reports to the facts the phases read,
-//! and from the phases' decisions to the DSN, MDN and IMDN documents.
+//! Between the codecs and the phases: parsed reports → the facts the phases read, and the
+//! phases' decisions → the DSN, MDN and IMDN documents that go out.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
