@@ -226,19 +226,7 @@ impl MailedRecord {
                 .find(|(k, _)| k.eq_ignore_ascii_case(n))
                 .map(|(_, v)| v.trim())
         };
-        // RFC 5438 §6.2 / RFC 3862 §3.3.1: the header prefix is whatever NS: binds to the
-        // IMDN namespace.
-        let prefix = cpim
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("NS"))
-            .find_map(|(_, ns)| {
-                let (p, urn) = ns.trim().split_once(' ')?;
-                urn.trim()
-                    .trim_matches(['<', '>'])
-                    .eq_ignore_ascii_case("urn:ietf:params:imdn")
-                    .then(|| p.trim().to_string())
-            })
-            .unwrap_or_else(|| "imdn".into());
+        let prefix = crate::reverse::content::imdn_prefix(cpim);
         let dispositions: Vec<String> = cpim
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(&format!("{prefix}.Disposition-Notification")))

@@ -37,6 +37,21 @@ pub struct Content {
     pub inner_headers: Vec<(String, String)>,
 }
 
+/// The prefix a CPIM document binds to the IMDN namespace with `NS:` (RFC 3862 §3.3.1,
+/// RFC 5438 §6.2): `imdn` unless it says otherwise.
+pub fn imdn_prefix(cpim: &[(String, String)]) -> String {
+    cpim.iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("NS"))
+        .find_map(|(_, ns)| {
+            let (p, urn) = ns.trim().split_once(' ')?;
+            urn.trim()
+                .trim_matches(['<', '>'])
+                .eq_ignore_ascii_case("urn:ietf:params:imdn")
+                .then(|| p.trim().to_string())
+        })
+        .unwrap_or_else(|| "imdn".into())
+}
+
 /// Why a body cannot be taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentError {

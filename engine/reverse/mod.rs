@@ -388,15 +388,7 @@ fn cpim_facts(
         };
         f.set(F::CpimSubject, Value::str(subj.trim()));
     }
-    let prefix = get(h, "NS")
-        .find_map(|ns| {
-            let (p, urn) = ns.trim().split_once(' ')?;
-            urn.trim()
-                .trim_matches(['<', '>'])
-                .eq_ignore_ascii_case("urn:ietf:params:imdn")
-                .then(|| p.trim().to_string())
-        })
-        .unwrap_or_else(|| "imdn".into());
+    let prefix = content::imdn_prefix(h);
     if let Some(id) = get(h, &format!("{prefix}.Message-ID")).next() {
         f.set(F::CpimMessageId, Value::str(id.trim()));
     }
