@@ -631,8 +631,9 @@ def main():
     rules = bench_rules(wd)
     cfg = os.path.join(wd, "iwf.yaml")
     with open(cfg, "w") as f:
-        f.write("# benchmark: 64 sessions and the 1,000 idle connections come from one address\n"
-                "limits: {connections: 2000, connections_per_ip: 2000}\n"
+        cap = max(2000, a.idle + 100)
+        f.write("# benchmark: 64 sessions and the idle connections come from one address\n"
+                f"limits: {{connections: {cap}, connections_per_ip: {cap}}}\n"
                 "store: memory\n")
 
     def on_signal(sig, _):

@@ -51,9 +51,18 @@ pub fn eval(code: &Code, input: &dyn Input, frame: &mut Frame) -> Result<Value, 
         Code::FieldFn(slot, arg) => input.field_fn(*slot, arg),
         Code::Captures => frame.captures.clone().unwrap_or(Value::List(Arc::from([]))),
         Code::Builtin(b, args) => {
-            let mut vals = Vec::with_capacity(args.len());
-            for a in args {
-                vals.push(eval(a, input, frame)?);
+            // Arguments on the stack for the usual arities (no allocation per call).
+            const INLINE: usize = 4;
+            let mut inline: [Value; INLINE] = Default::default();
+            let mut spilled = Vec::new();
+            let vals: &mut [Value] = if args.len() <= INLINE {
+                &mut inline[..args.len()]
+            } else {
+                spilled.resize(args.len(), Value::Null);
+                &mut spilled
+            };
+            for (slot, a) in vals.iter_mut().zip(args) {
+                *slot = eval(a, input, frame)?;
             }
             if !b.takes_null
                 && vals
@@ -63,7 +72,7 @@ pub fn eval(code: &Code, input: &dyn Input, frame: &mut Frame) -> Result<Value, 
             {
                 return Ok(Value::Null);
             }
-            (b.f)(&vals).map_err(|e| EvalError::Runtime(format!("{}(): {e}", b.name)))?
+            (b.f)(vals).map_err(|e| EvalError::Runtime(format!("{}(): {e}", b.name)))?
         }
         Code::Lookup(table, key) => match eval(key, input, frame)? {
             Value::Str(k) => table.get(&*k).cloned().unwrap_or(Value::Null),
@@ -110,13 +119,16 @@ pub fn eval(code: &Code, input: &dyn Input, frame: &mut Frame) -> Result<Value, 
             if let [only] = parts.as_slice() {
                 match eval(only, input, frame)? {
                     v @ Value::Str(_) => return Ok(v),
-                    v => return Ok(Value::str(v.to_string())),
+                    v => {
+                        let mut out = String::new();
+                        push_text(&mut out, &v);
+                        return Ok(Value::str(out));
+                    }
                 }
             }
-            let mut out = String::new();
+            let mut out = String::with_capacity(64);
             for p in parts {
-                use std::fmt::Write;
-                let _ = write!(out, "{}", eval(p, input, frame)?);
+                push_text(&mut out, &eval(p, input, frame)?);
             }
             Value::str(out)
         }
@@ -151,6 +163,24 @@ pub fn eval(code: &Code, input: &dyn Input, frame: &mut Frame) -> Result<Value, 
         }
         Code::Bin(op, a, b) => binary(*op, a, b, input, frame)?,
     })
+}
+
+/// Appends the text form of `v` (its `Display`) without the formatting machinery for the
+/// common cases.
+fn push_text(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => {}
+        Value::Str(s) => out.push_str(s),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(n) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{n}");
+        }
+        other => {
+            use std::fmt::Write;
+            let _ = write!(out, "{other}");
+        }
+    }
 }
 
 fn overflow() -> EvalError {
@@ -211,7 +241,12 @@ fn binary(
                 Value::List(x.iter().chain(y.iter()).cloned().collect())
             }
             (Value::Null, _) | (_, Value::Null) => Value::Null,
-            (x, y) => Value::str(format!("{x}{y}")),
+            (x, y) => {
+                let mut out = String::new();
+                push_text(&mut out, &x);
+                push_text(&mut out, &y);
+                Value::str(out)
+            }
         },
         BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => {
             let (Value::Int(x), Value::Int(y)) = (l, r) else {

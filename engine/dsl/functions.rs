@@ -64,13 +64,32 @@ macro_rules! builtin {
     };
 }
 
+/// `v` itself (sharing its buffer) when `unchanged` says the conversion would not change
+/// it, else the converted text.
+fn same_or(v: &Value, unchanged: fn(&str) -> bool, convert: fn(&str) -> String) -> Value {
+    let x = s(v);
+    if matches!(v, Value::Str(_)) && unchanged(x) {
+        v.clone()
+    } else {
+        Value::str(convert(x))
+    }
+}
+
 /// Every built-in, in the order the README documents them.
 pub static BUILTINS: &[Builtin] = &[
     builtin!("lower", [Str], 1, Str, false, "lower case", |a| Ok(
-        Value::str(s(&a[0]).to_lowercase())
+        same_or(
+            &a[0],
+            |x| x.is_ascii() && !x.bytes().any(|b| b.is_ascii_uppercase()),
+            str::to_lowercase
+        )
     )),
     builtin!("upper", [Str], 1, Str, false, "upper case", |a| Ok(
-        Value::str(s(&a[0]).to_uppercase())
+        same_or(
+            &a[0],
+            |x| x.is_ascii() && !x.bytes().any(|b| b.is_ascii_lowercase()),
+            str::to_uppercase
+        )
     )),
     builtin!(
         "trim",
@@ -79,7 +98,14 @@ pub static BUILTINS: &[Builtin] = &[
         Str,
         false,
         "strip surrounding white space",
-        |a| Ok(Value::str(s(&a[0]).trim()))
+        |a| Ok({
+            let t = s(&a[0]).trim();
+            if matches!(a[0], Value::Str(_)) && t.len() == s(&a[0]).len() {
+                a[0].clone()
+            } else {
+                Value::str(t)
+            }
+        })
     ),
     builtin!(
         "len",

@@ -90,6 +90,32 @@ pub struct Facts<'a, 'x> {
 
 impl Facts<'_, '_> {
     pub fn field(&self, f: F) -> Value {
+        // Envelope and client facts are the same for every recipient of a mail: with a
+        // mail, they are made once and shared through its cache.
+        if let Some(m) = self.mail
+            && matches!(
+                f,
+                F::EnvMailFrom
+                    | F::EnvBody
+                    | F::EnvRet
+                    | F::EnvEnvid
+                    | F::EnvByMode
+                    | F::EnvRcpts
+                    | F::ClientIp
+                    | F::ClientHelo
+            )
+        {
+            if let Some((_, v)) = m.values.borrow().iter().find(|(k, _)| *k == f as u16) {
+                return v.clone();
+            }
+            let v = self.envelope_field(f);
+            m.values.borrow_mut().push((f as u16, v.clone()));
+            return v;
+        }
+        self.envelope_field(f)
+    }
+
+    fn envelope_field(&self, f: F) -> Value {
         let env = self.envelope;
         let mf = &env.mail_from;
         match f {

@@ -78,15 +78,19 @@ struct AddressState<'a> {
     role: &'a str,
     now: i64,
     uri: Option<String>,
+    /// `addr.address`, `addr.local`, `addr.domain`, made once: every rule reads them.
+    parts: [std::cell::OnceCell<Value>; 3],
 }
 
 impl Input for AddressState<'_> {
     fn field(&self, slot: u16) -> Value {
-        let (local, domain) = facts::split(self.address);
+        let part = |i: usize, make: fn(&str) -> Value| {
+            self.parts[i].get_or_init(|| make(self.address)).clone()
+        };
         match field_of(slot) {
-            Some(F::AddrAddress) => Value::str(self.address),
-            Some(F::AddrLocal) => Value::str(local),
-            Some(F::AddrDomain) => Value::str(domain.to_ascii_lowercase()),
+            Some(F::AddrAddress) => part(0, |a| Value::str(a)),
+            Some(F::AddrLocal) => part(1, |a| Value::str(facts::split(a).0)),
+            Some(F::AddrDomain) => part(2, |a| Value::str(facts::split(a).1.to_ascii_lowercase())),
             Some(F::AddrName) => Value::opt_str(self.name),
             Some(F::AddrRole) => Value::str(self.role),
             Some(F::Now) => Value::Int(self.now),
@@ -125,6 +129,7 @@ pub fn address_uri(
         role,
         now: now.timestamp(),
         uri: None,
+        parts: Default::default(),
     };
     run::run(
         "address",

@@ -123,6 +123,25 @@ fn render(
     })
 }
 
+/// The pieces joined, in one allocation of the right size.
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
+}
+
+/// The method's token as `Display` writes it, without the formatting machinery for the two
+/// methods this renderer sends.
+fn method_name(method: &Method) -> Cow<'static, str> {
+    match method {
+        Method::Message => Cow::Borrowed("MESSAGE"),
+        Method::Invite => Cow::Borrowed("INVITE"),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
 /// Every header line of the request, in wire order, each checked by the encoder.
 fn header_lines<'a>(
     method: &Method,
@@ -142,27 +161,41 @@ fn header_lines<'a>(
     };
     lines.push((
         "Via",
-        Cow::Owned(format!(
-            "SIP/2.0/{} {};branch={}",
-            stamp.transport, stamp.sent_by, stamp.branch
-        )),
+        Cow::Owned(concat(&[
+            "SIP/2.0/",
+            &stamp.transport,
+            " ",
+            &stamp.sent_by,
+            ";branch=",
+            &stamp.branch,
+        ])),
     ));
     lines.push((
         "Max-Forwards",
         Cow::Borrowed(rule("max-forwards").unwrap_or("70")),
     ));
     if let Some(from) = rule("from") {
-        lines.push(("From", Cow::Owned(format!("{from};tag={}", stamp.from_tag))));
+        lines.push((
+            "From",
+            Cow::Owned(concat(&[from, ";tag=", &stamp.from_tag])),
+        ));
     }
     lines.push((
         "To",
         match rule("to") {
             Some(to) => Cow::Borrowed(to),
-            None => Cow::Owned(format!("<{}>", delivery.request_uri)),
+            None => Cow::Owned(concat(&["<", &delivery.request_uri, ">"])),
         },
     ));
     lines.push(("Call-ID", Cow::Owned(stamp.call_id.clone())));
-    lines.push(("CSeq", Cow::Owned(format!("{} {}", stamp.cseq, method))));
+    lines.push((
+        "CSeq",
+        Cow::Owned(concat(&[
+            &stamp.cseq.to_string(),
+            " ",
+            &method_name(method),
+        ])),
+    ));
     if let Some(c) = contact {
         lines.push(("Contact", Cow::Owned(format!("<{c}>"))));
     }
