@@ -827,6 +827,39 @@ async fn commands_out_of_order_and_nul_octets() {
 
 // ---- regressions from the fuzz targets (fuzz/fuzz_targets, issue 14) ------------------------
 
+/// fuzz `mail_report_parse`: a malformed nested multipart reaches mail-parser 0.11.9's
+/// `debug_assert!` ("Invalid part ID"); in a debug/test build the whole gateway path
+/// panicked on it (the session task died). `[profile.dev.package.mail-parser]` turns the
+/// assertion off as in release: the mail gets its reply and the process keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_parser_debug_assertion_input_gets_a_reply() {
+    let h = start().await;
+    let raw = std::fs::read("tests/fixtures/reports/regress-mailparser-debug-assert.bin").unwrap();
+    let mut mail = iwf::mail::crlf_line_ends(raw);
+    // dot-stuffing as a client would, then the end of data
+    let mut stuffed = Vec::new();
+    for line in mail.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            stuffed.push(b'.');
+        }
+        stuffed.extend_from_slice(line);
+    }
+    if !stuffed.ends_with(b"\r\n") {
+        stuffed.extend_from_slice(b"\r\n");
+    }
+    stuffed.extend_from_slice(b".\r\n");
+    mail = stuffed;
+    probe(
+        &h,
+        true,
+        &[MAIL_FROM, RCPT_OK, b"DATA\r\n"],
+        &mail,
+        &["250 ", "554 5.6.", "451 4."],
+    )
+    .await;
+    still_serving(&h, "a mail that reaches mail-parser's debug assertion").await;
+}
+
 /// fuzz `map`: a header name whose 8th octet falls inside a multi-byte character panicked
 /// in `Mail::mime_entity_parts` (`str` sliced at byte 8; Large Message Mode), which killed
 /// the session task:
