@@ -61,9 +61,21 @@ struct Gw {
 
 impl Gw {
     fn start(dir: &Path, smarthost: u16, smtp: u16, sip: u16, next_hop: &str) -> Gw {
+        Gw::start_with_store(dir, smarthost, smtp, sip, next_hop, "sqlite")
+    }
+
+    /// [`Gw::start`] with another store (`redis://…`).
+    fn start_with_store(
+        dir: &Path,
+        smarthost: u16,
+        smtp: u16,
+        sip: u16,
+        next_hop: &str,
+        store: &str,
+    ) -> Gw {
         let file = dir.join("iwf.yaml");
         let config = format!(
-            "smarthost: 127.0.0.1:{smarthost}\nsmarthost_timeout_secs: 15\nstore: sqlite\nstate_dir: {}\n",
+            "smarthost: 127.0.0.1:{smarthost}\nsmarthost_timeout_secs: 15\nstore: {store}\nstate_dir: {}\n",
             dir.join("state").display()
         );
         std::fs::write(&file, config).unwrap();
@@ -1448,4 +1460,73 @@ fn an_imdn_that_overtakes_the_200_still_becomes_a_dsn() {
         iwf.log()
     );
     check_dsn(&dsns[0], "FIRST1", "delivered");
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. several instances share the records through Redis
+
+/// The mail goes through instance A; the CPM recipient's IMDN comes back to instance B
+/// (another iwf behind the same SIP domain); B finds A's record in the shared Redis and
+/// sends the DSN (issue 11: "a durable store that several iwf instances can share").
+#[test]
+fn an_imdn_to_another_instance_finds_the_record_in_redis() {
+    if !peers() || !require(&["redis-server"]) {
+        return;
+    }
+    let redis = super::store::Redis::start(free_port(false));
+    let store = format!("redis://127.0.0.1:{}/0", redis.port);
+    let pf = Postfix::start(None, false);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let uas_port = free_port(true);
+    let (sip_a, sip_b) = (free_port(true), free_port(true));
+    let hop = format!("sip:127.0.0.1:{uas_port};transport=udp");
+    let a = Gw::start_with_store(da.path(), pf.port, free_port(false), sip_a, &hop, &store);
+    let b = Gw::start_with_store(db.path(), pf.port, free_port(false), sip_b, &hop, &store);
+    // The UAS answers A's MESSAGE and sends its IMDN to B (first, then the 200 after 0.3 s).
+    let uas = Proc::spawn(
+        "imdn-first UAS",
+        Command::new(PYTHON)
+            .arg(asset("imdn_first_uas.py"))
+            .arg(uas_port.to_string())
+            .arg(sip_b.to_string())
+            .arg("300"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || uas
+            .output()
+            .contains("ready")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        uas.output()
+    );
+    send_mail(
+        &a,
+        mail_spec(
+            "CROSS1",
+            "x1@mail.example.org",
+            "Across",
+            "SUCCESS,FAILURE",
+            false,
+        ),
+        &pf,
+    );
+    let out = uas.output();
+    assert!(
+        out.contains("IMDN answered 200"),
+        "{out}\n--- B:\n{}",
+        b.log()
+    );
+    let mails = pf.wait_mails(1, Duration::from_secs(15));
+    let dsns = reports_of(&mails, "delivery-status");
+    assert_eq!(
+        dsns.len(),
+        1,
+        "{mails:#?}\n--- A:\n{}\n--- B:\n{}",
+        a.log(),
+        b.log()
+    );
+    check_dsn(&dsns[0], "CROSS1", "delivered");
+    assert!(b.log().contains("IMDN reported by mail"), "{}", b.log());
+    drop(redis);
 }

@@ -517,14 +517,14 @@ async fn kill_9_twice_under_postfix_load_delivers_every_recipient_exactly_once()
 
 // ---------------------------------------------------------------- two instances, one Redis
 
-struct Redis {
+pub(super) struct Redis {
     proc: Option<Proc>,
-    port: u16,
+    pub(super) port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Redis {
-    fn start(port: u16) -> Redis {
+    pub(super) fn start(port: u16) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Redis {
             proc: None,
