@@ -111,22 +111,8 @@ impl Reports {
         };
         let result = {
             let _turn = gate.lock().await;
-            match self.store.get(&marker).await {
-                Ok(Some(_)) => Once::Duplicate,
-                Err(e) => Once::Failed(E::from(e)),
-                Ok(None) => match send.await {
-                    Err(e) => Once::Failed(e),
-                    Ok(()) => {
-                        let mut f = Fields::new();
-                        f.insert("sent".into(), "1".into());
-                        if let Err(e) = self.store.put(&marker, &f, self.ttl).await {
-                            // Sent, but not remembered: a later copy could send it again.
-                            tracing::warn!(record, what, "report sent, marker not kept: {e}");
-                        }
-                        Once::Sent
-                    }
-                },
-            }
+            self.once_across_instances(record, what, &marker, send)
+                .await
         };
         if let Ok(mut g) = self.in_flight.lock()
             && g.get(&id).is_some_and(|a| Arc::strong_count(a) <= 2)
@@ -135,6 +121,72 @@ impl Reports {
         }
         drop(gate);
         result
+    }
+}
+
+/// How long one instance may hold a report it is sending (longer than a SIP transaction
+/// plus a smarthost hand-off); after that another may send it.
+const CLAIM_TTL: Duration = Duration::from_secs(120);
+/// How long a copy waits for another instance to finish sending the same report.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
+impl Reports {
+    /// The store's part of [`Reports::once`]: sent before → duplicate; else one instance of
+    /// all sharing the store claims the report and sends it, the others wait for its
+    /// "sent" marker (and answer "try later" if it does not come in time).
+    async fn once_across_instances<E, Fut>(
+        &self,
+        record: &str,
+        what: &str,
+        marker: &str,
+        send: Fut,
+    ) -> Once<E>
+    where
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: From<StoreError>,
+    {
+        match self.store.get(marker).await {
+            Ok(Some(_)) => return Once::Duplicate,
+            Err(e) => return Once::Failed(E::from(e)),
+            Ok(None) => {}
+        }
+        let claim = format!("sending:{record}:{what}");
+        match self.store.claim(&claim, CLAIM_TTL).await {
+            Err(e) => return Once::Failed(E::from(e)),
+            Ok(false) => {
+                let step = Duration::from_millis(250);
+                let mut waited = Duration::ZERO;
+                while waited < CLAIM_WAIT {
+                    tokio::time::sleep(step).await;
+                    waited += step;
+                    match self.store.get(marker).await {
+                        Ok(Some(_)) => return Once::Duplicate,
+                        Err(e) => return Once::Failed(E::from(e)),
+                        Ok(None) => {}
+                    }
+                }
+                return Once::Failed(E::from(StoreError::Unavailable(
+                    "another instance is still sending this report".into(),
+                )));
+            }
+            Ok(true) => {}
+        }
+        let sent = send.await;
+        if sent.is_ok() {
+            let mut f = Fields::new();
+            f.insert("sent".into(), "1".into());
+            if let Err(e) = self.store.put(marker, &f, self.ttl).await {
+                // Sent, but not remembered: a later copy could send it again.
+                tracing::warn!(record, what, "report sent, marker not kept: {e}");
+            }
+        }
+        if let Err(e) = self.store.release(&claim).await {
+            tracing::debug!(record, what, "report claim not released (it expires): {e}");
+        }
+        match sent {
+            Ok(()) => Once::Sent,
+            Err(e) => Once::Failed(e),
+        }
     }
 }
 
@@ -171,5 +223,31 @@ mod tests {
         assert!(matches!(out, Once::Failed(_)));
         let out: Once<StoreError> = r.once("imdn:y", "mdn", async { Ok(()) }).await;
         assert_eq!(out, Once::Sent);
+    }
+
+    /// Two instances sharing one store get the same report at the same time: one sends
+    /// it, the other waits for it and answers only once it was handed over.
+    #[tokio::test]
+    async fn two_instances_send_a_report_once() {
+        let store: Arc<dyn crate::store::Store> = Arc::new(MemoryStore::new(Limits::default()));
+        let a = Reports::new(store.clone(), None, "a".into(), Duration::from_secs(60));
+        let b = Reports::new(store, None, "b".into(), Duration::from_secs(60));
+        let sends = std::sync::atomic::AtomicUsize::new(0);
+        let send = || async {
+            sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<(), StoreError>(())
+        };
+        let started = std::time::Instant::now();
+        let (x, y) = tokio::join!(
+            a.once("imdn:z", "dsn:r", send()),
+            b.once("imdn:z", "dsn:r", send())
+        );
+        assert_eq!(sends.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let mut got = [x, y];
+        got.sort_by_key(|o| matches!(o, Once::Duplicate));
+        assert_eq!(got, [Once::Sent, Once::Duplicate]);
+        // The copy was answered only after the first was handed over.
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }

@@ -165,4 +165,30 @@ impl Store for MemoryStore {
             })
         })
     }
+
+    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut c = self.correlation.lock().map_err(|_| Self::unavailable())?;
+            let key = format!("claim:{key}");
+            let now = now_ms();
+            if c.get(&key).is_some_and(|(_, e)| *e > now) {
+                return Ok(false);
+            }
+            if !c.contains_key(&key) {
+                make_room(&mut c, self.limits.max_records, now, |(_, e)| *e);
+            }
+            let mut f = Fields::new();
+            f.insert("claim".into(), "1".into());
+            c.insert(key, (f, now.saturating_add(ms(ttl))));
+            Ok(true)
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut c = self.correlation.lock().map_err(|_| Self::unavailable())?;
+            c.remove(&format!("claim:{key}"));
+            Ok(())
+        })
+    }
 }

@@ -101,6 +101,35 @@ pub trait Store: Send + Sync {
     fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, StoreError>>;
 
     fn stats(&self) -> BoxFuture<'_, Result<Stats, StoreError>>;
+
+    /// Takes `key` for `ttl` if nobody holds it: true when this caller got it. Atomic where
+    /// several processes share the store (Redis `SET NX`, the memory store's lock); the
+    /// default (SQLite: one machine, one process in practice) looks and then writes.
+    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let key = format!("claim:{key}");
+            if self.get(&key).await?.is_some() {
+                return Ok(false);
+            }
+            let mut f = Fields::new();
+            f.insert("claim".into(), "1".into());
+            self.put(&key, &f, ttl).await?;
+            Ok(true)
+        })
+    }
+
+    /// Gives a [`Store::claim`] back before its time is up.
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            // An already expired record: the same as no record.
+            self.put(
+                &format!("claim:{key}"),
+                &Fields::new(),
+                Duration::from_millis(1),
+            )
+            .await
+        })
+    }
 }
 
 /// Limits every backend applies.

@@ -313,6 +313,29 @@ impl Store for RedisStore {
             })
         })
     }
+
+    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            // SET NX: one instance of all those sharing this Redis gets it.
+            let mut p = redis::pipe();
+            p.cmd("SET")
+                .arg(format!("iwf:claim:{key}"))
+                .arg("1")
+                .arg("NX")
+                .arg("PX")
+                .arg(ms(ttl).max(1));
+            let (got,): (Option<String>,) = self.run("claim", &p).await?;
+            Ok(got.is_some())
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.del(format!("iwf:claim:{key}")).ignore();
+            self.run("release", &p).await
+        })
+    }
 }
 
 #[cfg(test)]

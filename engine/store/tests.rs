@@ -50,6 +50,31 @@ async fn expiry_and_case(s: &dyn Store) {
     assert_eq!((st.delivery_records, st.correlation_records), (0, 0));
 }
 
+/// `claim`: one holder at a time, given back by `release`, free again after its time.
+async fn claims(s: &dyn Store) {
+    // Long enough for an fsync on a loaded machine; expiry is checked with 1 ms.
+    let t = Duration::from_secs(30);
+    assert!(s.claim("sending:imdn:x:dsn", t).await.unwrap());
+    assert!(!s.claim("sending:imdn:x:dsn", t).await.unwrap());
+    assert!(
+        s.claim("sending:imdn:x:mdn", t).await.unwrap(),
+        "another key"
+    );
+    s.release("sending:imdn:x:dsn").await.unwrap();
+    assert!(s.claim("sending:imdn:x:dsn", t).await.unwrap(), "released");
+    let short = Duration::from_millis(1);
+    assert!(s.claim("sending:imdn:y:dsn", short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(s.claim("sending:imdn:y:dsn", t).await.unwrap(), "expired");
+}
+
+#[tokio::test]
+async fn claims_are_exclusive_until_released_or_expired() {
+    claims(&MemoryStore::new(Limits::default())).await;
+    let dir = tempfile::tempdir().unwrap();
+    claims(&SqliteStore::open(&dir.path().join("c.sqlite3"), Limits::default()).unwrap()).await;
+}
+
 #[tokio::test]
 async fn memory_store_expires() {
     expiry_and_case(&MemoryStore::new(limits(150, 100))).await;

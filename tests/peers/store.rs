@@ -651,6 +651,24 @@ async fn the_redis_store_keeps_and_expires_records() {
         report_ttl: Duration::from_millis(300),
     };
     let s = RedisStore::new(&[url], false, limits).unwrap();
+    // A report claim (engine/reports: one instance sends it): SET NX, exclusive until
+    // released or expired.
+    assert!(
+        s.claim("sending:imdn:x:dsn", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim("sending:imdn:x:dsn", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    s.release("sending:imdn:x:dsn").await.unwrap();
+    assert!(
+        s.claim("sending:imdn:x:dsn", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
     let rc = |l: &[&str]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     s.record_delivered("id:m@x", &rc(&["A@B"])).await.unwrap();
     assert_eq!(
