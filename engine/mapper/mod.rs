@@ -367,16 +367,25 @@ impl Input for MessageState<'_, '_> {
 impl run::PhaseState for MessageState<'_, '_> {
     fn apply(&mut self, action: Action, header: Option<&str>, value: Value) -> Result<(), String> {
         let d = &mut self.draft;
-        let text = || value.to_string();
+        // The value's text: a string as it is (no formatting machinery, no copy until one
+        // is kept), anything else as it interpolates.
+        let word = || -> std::borrow::Cow<'_, str> {
+            match &value {
+                Value::Str(s) => std::borrow::Cow::Borrowed(&**s),
+                other => std::borrow::Cow::Owned(other.to_string()),
+            }
+        };
+        let text = || word().into_owned();
         match action {
             Action::SetHeader | Action::AppendHeader | Action::CpimHeader => {
                 let name = header.unwrap_or_default();
                 if value.is_null() {
                     return Ok(());
                 }
-                let v = text();
+                let v = word();
                 crate::render::encoder::check_value(name, &v)
                     .map_err(|e| format!("{}{e}", run::CONTENT_ERROR))?;
+                let v = v.into_owned();
                 let list = if action == Action::CpimHeader {
                     &mut d.cpim
                 } else {
@@ -388,7 +397,7 @@ impl run::PhaseState for MessageState<'_, '_> {
                 list.push((name.to_string(), v));
             }
             Action::Mode => {
-                d.mode = match text().as_str() {
+                d.mode = match &*word() {
                     "large" => Mode::Large,
                     "pager" => Mode::Pager,
                     other => return Err(format!("mode must be pager or large, found `{other}`")),
@@ -408,7 +417,7 @@ impl run::PhaseState for MessageState<'_, '_> {
                 }
             }
             Action::Body => {
-                d.cpim_body = match text().as_str() {
+                d.cpim_body = match &*word() {
                     "cpim" => true,
                     "text" => false,
                     other => return Err(format!("body must be text or cpim, found `{other}`")),
@@ -423,7 +432,7 @@ impl run::PhaseState for MessageState<'_, '_> {
                 }
             }
             Action::RecipientList => {
-                d.recipient_list = match text().as_str() {
+                d.recipient_list = match &*word() {
                     "none" => "none",
                     "history" => "history",
                     "exploder" => "exploder",
