@@ -341,11 +341,15 @@ pub static BUILTINS: &[Builtin] = &[
         Str,
         false,
         "sip:user@host with the user part percent-encoded (RFC 3261 §25.1)",
-        |a| Ok(Value::str(format!(
-            "sip:{}@{}",
-            pct_user(s(&a[0])),
-            s(&a[1])
-        )))
+        |a| {
+            let (user, host) = (s(&a[0]), s(&a[1]));
+            let mut out = String::with_capacity(5 + user.len() + host.len());
+            out.push_str("sip:");
+            encode_into(&mut out, user, is_user_char);
+            out.push('@');
+            out.push_str(host);
+            Ok(Value::str(out))
+        }
     ),
     builtin!(
         "pct",
@@ -396,7 +400,13 @@ pub static BUILTINS: &[Builtin] = &[
             Ok(Value::str(
                 match a[0].as_str().map(str::trim).filter(|n| !n.is_empty()) {
                     Some(n) => format!("{} <{uri}>", crate::render::encoder::Quoted(n)),
-                    None => format!("<{uri}>"),
+                    None => {
+                        let mut out = String::with_capacity(uri.len() + 2);
+                        out.push('<');
+                        out.push_str(&uri);
+                        out.push('>');
+                        out
+                    }
                 },
             ))
         }
@@ -486,16 +496,25 @@ fn split_addr(a: &str) -> (&str, &str) {
 }
 
 fn tel(number: &str) -> Value {
-    let cleaned: String = number
-        .chars()
-        .filter(|c| !matches!(c, '-' | '.' | '(' | ')' | ' '))
-        .collect();
-    let digits = cleaned.strip_prefix('+').unwrap_or(&cleaned);
-    if (7..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
-    {
-        Value::str(format!("tel:+{digits}"))
+    let separator = |c: char| matches!(c, '-' | '.' | '(' | ')' | ' ');
+    // The number without visual separators, then without one leading `+`: only digits
+    // remain in a valid one, so it is checked and copied byte by byte, without an
+    // intermediate string.
+    let mut chars = number.chars().filter(|&c| !separator(c)).peekable();
+    if chars.peek() == Some(&'+') {
+        chars.next();
+    }
+    let mut out = String::with_capacity(5 + number.len());
+    out.push_str("tel:+");
+    for c in chars {
+        if !c.is_ascii_digit() {
+            return Value::Null;
+        }
+        out.push(c);
+    }
+    let digits = &out[5..];
+    if (7..=15).contains(&digits.len()) && !digits.starts_with('0') {
+        Value::str(out)
     } else {
         Value::Null
     }
@@ -508,21 +527,31 @@ pub fn pct(s: &str) -> String {
 
 /// RFC 3261 `user` characters (unreserved / user-unreserved) stay; `@`, `:` etc. are escaped.
 pub fn pct_user(s: &str) -> String {
-    encode(s, |b| {
-        b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b)
-    })
+    encode(s, is_user_char)
+}
+
+fn is_user_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b)
 }
 
 fn encode(s: &str, keep: impl Fn(u8) -> bool) -> String {
     let mut out = String::with_capacity(s.len());
+    encode_into(&mut out, s, keep);
+    out
+}
+
+/// Appends `s` to `out`, every byte `keep` refuses written as `%XX` (upper-case hex).
+fn encode_into(out: &mut String, s: &str, keep: impl Fn(u8) -> bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in s.bytes() {
         if keep(b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
         }
     }
-    out
 }
 
 /// A compiled regex value (compared by source).
@@ -551,6 +580,19 @@ mod tests {
             ("tel", vec![st("15551234567")], st("tel:+15551234567")),
             ("tel", vec![st("alice")], Value::Null),
             ("tel", vec![st("+0123456789")], Value::Null),
+            ("tel", vec![st("(+1) 555.123.4567")], st("tel:+15551234567")),
+            ("tel", vec![st("++15551234567")], Value::Null),
+            ("tel", vec![st("+123456")], Value::Null),
+            ("tel", vec![st("+1234567")], st("tel:+1234567")),
+            ("tel", vec![st("1234567890123456")], Value::Null),
+            ("tel", vec![st("+1555123456\u{e9}")], Value::Null),
+            ("tel", vec![st("")], Value::Null),
+            (
+                "sip",
+                vec![st("j\u{fc}rg:x y"), st("iwf.example.net")],
+                st("sip:j%C3%BCrg%3Ax%20y@iwf.example.net"),
+            ),
+            ("pct", vec![st("\u{e9}~")], st("%C3%A9~")),
             (
                 "sip",
                 vec![st("alice@mail.example.org"), st("iwf.example.net")],

@@ -367,16 +367,25 @@ impl Input for MessageState<'_, '_> {
 impl run::PhaseState for MessageState<'_, '_> {
     fn apply(&mut self, action: Action, header: Option<&str>, value: Value) -> Result<(), String> {
         let d = &mut self.draft;
-        let text = || value.to_string();
+        // The value's text: a string as it is (no formatting machinery, no copy until one
+        // is kept), anything else as it interpolates.
+        let word = || -> std::borrow::Cow<'_, str> {
+            match &value {
+                Value::Str(s) => std::borrow::Cow::Borrowed(&**s),
+                other => std::borrow::Cow::Owned(other.to_string()),
+            }
+        };
+        let text = || word().into_owned();
         match action {
             Action::SetHeader | Action::AppendHeader | Action::CpimHeader => {
                 let name = header.unwrap_or_default();
                 if value.is_null() {
                     return Ok(());
                 }
-                let v = text();
+                let v = word();
                 crate::render::encoder::check_value(name, &v)
                     .map_err(|e| format!("{}{e}", run::CONTENT_ERROR))?;
+                let v = v.into_owned();
                 let list = if action == Action::CpimHeader {
                     &mut d.cpim
                 } else {
@@ -388,7 +397,7 @@ impl run::PhaseState for MessageState<'_, '_> {
                 list.push((name.to_string(), v));
             }
             Action::Mode => {
-                d.mode = match text().as_str() {
+                d.mode = match &*word() {
                     "large" => Mode::Large,
                     "pager" => Mode::Pager,
                     other => return Err(format!("mode must be pager or large, found `{other}`")),
@@ -408,7 +417,7 @@ impl run::PhaseState for MessageState<'_, '_> {
                 }
             }
             Action::Body => {
-                d.cpim_body = match text().as_str() {
+                d.cpim_body = match &*word() {
                     "cpim" => true,
                     "text" => false,
                     other => return Err(format!("body must be text or cpim, found `{other}`")),
@@ -423,7 +432,7 @@ impl run::PhaseState for MessageState<'_, '_> {
                 }
             }
             Action::RecipientList => {
-                d.recipient_list = match text().as_str() {
+                d.recipient_list = match &*word() {
                     "none" => "none",
                     "history" => "history",
                     "exploder" => "exploder",
@@ -462,8 +471,64 @@ fn sizing_stamp() -> Stamp {
     }
 }
 
+/// [`sizing_stamp`], made once.
+static SIZING_STAMP: std::sync::LazyLock<Stamp> = std::sync::LazyLock::new(sizing_stamp);
+
+/// The `imdn.Message-ID` the sizing build gets (the first token of a fresh
+/// [`SequentialIds`](crate::ids::SequentialIds); every token has this length).
+const SIZING_IMDN_ID: &str = "t000000000000001";
+
 impl MessageState<'_, '_> {
     fn request_size(&self) -> usize {
+        match self.pager_request_size() {
+            Some(Ok(n)) => n,
+            Some(Err(())) => usize::MAX >> 1,
+            None => self.built_request_size(),
+        }
+    }
+
+    /// `request.size` of a pager request without a recipient list (the common case), from
+    /// the lengths of its parts: the rule headers, the CPIM headers and the text, none of
+    /// them copied. `None` when the request has a list body or is in large mode: those are
+    /// measured by building them ([`Self::built_request_size`]).
+    fn pager_request_size(&self) -> Option<Result<usize, ()>> {
+        let d = &self.draft;
+        let list = match d.recipient_list {
+            "history" => self.history.iter().any(|e| e.uri != d.request_uri),
+            "exploder" => true,
+            _ => false,
+        };
+        if d.mode != Mode::Pager || list {
+            return None;
+        }
+        let text_len = d.text.as_deref().map_or(0, str::len);
+        let imdn = (!d.imdn.is_empty()).then_some((SIZING_IMDN_ID, d.imdn.as_slice()));
+        let (content_type, body_len) = if d.cpim_body || imdn.is_some() {
+            let doc = cpim::Cpim {
+                headers: &d.cpim,
+                imdn,
+                inner: &[cpim::TEXT_ENTITY_HEAD],
+            };
+            match doc.encoded_len() {
+                Ok(n) => ("message/cpim", n + text_len),
+                Err(_) => return Some(Err(())),
+            }
+        } else {
+            ("text/plain;charset=UTF-8", text_len)
+        };
+        Some(
+            sip::message_len_of(
+                &d.request_uri,
+                &d.headers,
+                content_type,
+                body_len,
+                &SIZING_STAMP,
+            )
+            .map_err(|_| ()),
+        )
+    }
+
+    fn built_request_size(&self) -> usize {
         let ids = crate::ids::SequentialIds::new();
         // The pager text goes into the body verbatim (text/plain, CPIM, multipart), so it
         // is measured by its length instead of copied twice into a throw-away body.

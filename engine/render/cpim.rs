@@ -42,6 +42,37 @@ impl Cpim<'_> {
         }
         Ok(out)
     }
+
+    /// The length of what [`render`](Self::render) writes, after the same checks (it fails
+    /// exactly when `render` does), without writing the document: what `request.size`
+    /// measures on every mail.
+    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        fn line(n: &str, v: &str) -> Result<usize, EncodeError> {
+            encoder::check_name(n)?;
+            encoder::check_value(n, v)?;
+            Ok(n.len() + 2 + v.len() + 2)
+        }
+        let mut len = 0;
+        for (n, v) in self.headers {
+            len += line(n, v)?;
+        }
+        if let Some((id, dispositions)) = self.imdn {
+            len += line("NS", "imdn <urn:ietf:params:imdn>")?;
+            len += line("imdn.Message-ID", id)?;
+            if !dispositions.is_empty() {
+                // `render` checks the values joined by ", ": the check is per character,
+                // so checking each one is the same check.
+                const NAME: &str = "imdn.Disposition-Notification";
+                let mut value = 2 * (dispositions.len() - 1);
+                for d in dispositions {
+                    encoder::check_value(NAME, d)?;
+                    value += d.len();
+                }
+                len += NAME.len() + 2 + value + 2;
+            }
+        }
+        Ok(len + 2 + self.inner.iter().map(|p| p.len()).sum::<usize>())
+    }
 }
 
 /// The header section of [`text_entity`]: the text follows it verbatim.
@@ -79,6 +110,37 @@ mod tests {
              imdn.Message-ID: k3q9\r\nimdn.Disposition-Notification: positive-delivery, display\r\n\r\n\
              Content-Type: text/plain; charset=UTF-8\r\n\r\nhi"
         );
+    }
+
+    #[test]
+    fn encoded_len_is_the_rendered_length() {
+        let headers = vec![
+            ("From".to_string(), "<sip:a@iwf.example.net>".to_string()),
+            ("Subject".to_string(), "Caf\u{e9}".to_string()),
+        ];
+        let one = vec!["positive-delivery".to_string()];
+        let two = vec!["positive-delivery".to_string(), "display".to_string()];
+        let none: Vec<String> = Vec::new();
+        for imdn in [
+            None,
+            Some(("k3q9", &none)),
+            Some(("k3q9", &one)),
+            Some(("k3q9", &two)),
+        ] {
+            let doc = Cpim {
+                headers: &headers,
+                imdn: imdn.map(|(id, d)| (id, d.as_slice())),
+                inner: &[TEXT_ENTITY_HEAD, "h\u{e9}".as_bytes()],
+            };
+            assert_eq!(doc.encoded_len().unwrap(), doc.render().unwrap().len());
+        }
+        let bad = vec!["a\rb".to_string()];
+        let doc = Cpim {
+            headers: &headers,
+            imdn: Some(("k3q9", &bad)),
+            inner: &[],
+        };
+        assert!(doc.render().is_err() && doc.encoded_len().is_err());
     }
 
     #[test]

@@ -31,25 +31,31 @@ pub fn check_name(name: &str) -> Result<(), EncodeError> {
 }
 
 /// Checks a header value: no CR, LF or other control characters.
+///
+/// The control characters (`char::is_control`, Unicode category Cc) are U+0000–U+001F,
+/// U+007F and U+0080–U+009F; in UTF-8 the first two ranges are single bytes and the last is
+/// `C2 80`–`C2 9F` (`C2` is only ever a lead byte), so one pass over the bytes finds them,
+/// non-ASCII text included, without decoding characters.
 pub fn check_value(name: &str, value: &str) -> Result<(), EncodeError> {
-    // Fast path: ASCII without C0 controls (tab allowed) or DEL is always fine.
-    if value
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
-    {
-        return Ok(());
-    }
-    match value
-        .char_indices()
-        .find(|&(_, c)| c.is_control() && c != '\t')
-    {
-        Some((at, ch)) => Err(EncodeError::ControlInValue {
+    let bytes = value.as_bytes();
+    for (at, &b) in bytes.iter().enumerate() {
+        let ch = if (b < 0x20 && b != b'\t') || b == 0x7f {
+            char::from(b)
+        } else if b == 0xc2
+            && let Some(&next) = bytes.get(at + 1)
+            && (0x80..=0x9f).contains(&next)
+        {
+            char::from(next)
+        } else {
+            continue;
+        };
+        return Err(EncodeError::ControlInValue {
             name: name.to_string(),
             ch,
             at,
-        }),
-        None => Ok(()),
+        });
     }
+    Ok(())
 }
 
 /// Checks both and returns the pair, ready to write as `name: value`.
@@ -87,6 +93,37 @@ mod tests {
         assert!(check_value("Subject", "a\u{7f}b").is_err());
         assert!(check_value("Subject", "a\u{85}b").is_err());
         assert!(check_value("Subject", "tab\tok, ünïcode ok").is_ok());
+    }
+
+    #[test]
+    fn finds_the_first_control_character_as_a_char_scan_does() {
+        let by_chars = |v: &str| v.char_indices().find(|&(_, c)| c.is_control() && c != '\t');
+        for v in [
+            "plain",
+            "tab\tok",
+            "caf\u{e9} \u{a0}\u{bf}\u{c0}\u{ff}\u{100}\u{2028}\u{feff}\u{1f600}",
+            "\u{e9}\u{80}x",
+            "\u{9f}",
+            "a\u{7f}",
+            "\u{e9}\u{e9}\r\n",
+            "\u{120}\u{85}",
+            "\u{a0}\u{1}",
+        ] {
+            let got = match check_value("X", v) {
+                Ok(()) => None,
+                Err(EncodeError::ControlInValue { ch, at, .. }) => Some((at, ch)),
+                Err(e) => panic!("{e}"),
+            };
+            assert_eq!(got, by_chars(v), "{v:?}");
+        }
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let v = format!("a{c}b");
+            assert_eq!(
+                check_value("X", &v).is_err(),
+                c.is_control() && c != '\t',
+                "{c:?}"
+            );
+        }
     }
 
     #[test]

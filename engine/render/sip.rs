@@ -77,16 +77,34 @@ pub fn message_len_plus(
     stamp: &Stamp,
     extra: usize,
 ) -> Result<usize, RenderError> {
-    let body_len = delivery.content.body.len() + extra;
+    message_len_of(
+        &delivery.request_uri,
+        &delivery.headers,
+        &delivery.content.content_type,
+        delivery.content.body.len() + extra,
+        stamp,
+    )
+}
+
+/// [`message_len`] from the parts of a delivery that decide it (Request-URI, rule headers,
+/// content type, body length), for measuring a request whose body was never built.
+pub fn message_len_of(
+    request_uri: &str,
+    headers: &[(String, String)],
+    content_type: &str,
+    body_len: usize,
+    stamp: &Stamp,
+) -> Result<usize, RenderError> {
     let lines = header_lines(
         &Method::Message,
-        delivery,
+        request_uri,
+        headers,
         stamp,
-        &delivery.content.content_type,
+        content_type,
         body_len,
         None,
     )?;
-    let request_line = "MESSAGE ".len() + delivery.request_uri.len() + " SIP/2.0\r\n".len();
+    let request_line = "MESSAGE ".len() + request_uri.len() + " SIP/2.0\r\n".len();
     let headers: usize = lines.iter().map(|(n, v)| n.len() + 2 + v.len() + 2).sum();
     Ok(request_line + headers + 2 + body_len)
 }
@@ -108,7 +126,15 @@ fn render(
     {
         auth.user = user.into_owned();
     }
-    let lines = header_lines(&method, delivery, stamp, content_type, body.len(), contact)?;
+    let lines = header_lines(
+        &method,
+        &delivery.request_uri,
+        &delivery.headers,
+        stamp,
+        content_type,
+        body.len(),
+        contact,
+    )?;
     let headers: Headers = lines
         .into_iter()
         .map(|(n, v)| make_header(n, v.into_owned()))
@@ -145,16 +171,16 @@ fn method_name(method: &Method) -> Cow<'static, str> {
 /// Every header line of the request, in wire order, each checked by the encoder.
 fn header_lines<'a>(
     method: &Method,
-    delivery: &'a Delivery,
+    request_uri: &str,
+    headers: &'a [(String, String)],
     stamp: &Stamp,
     content_type: &'a str,
     body_len: usize,
     contact: Option<&str>,
 ) -> Result<Vec<(&'a str, Cow<'a, str>)>, RenderError> {
-    let mut lines: Vec<(&'a str, Cow<'a, str>)> = Vec::with_capacity(delivery.headers.len() + 8);
+    let mut lines: Vec<(&'a str, Cow<'a, str>)> = Vec::with_capacity(headers.len() + 8);
     let rule = |name: &str| {
-        delivery
-            .headers
+        headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
@@ -184,7 +210,7 @@ fn header_lines<'a>(
         "To",
         match rule("to") {
             Some(to) => Cow::Borrowed(to),
-            None => Cow::Owned(concat(&["<", &delivery.request_uri, ">"])),
+            None => Cow::Owned(concat(&["<", request_uri, ">"])),
         },
     ));
     lines.push(("Call-ID", Cow::Owned(stamp.call_id.clone())));
@@ -199,7 +225,7 @@ fn header_lines<'a>(
     if let Some(c) = contact {
         lines.push(("Contact", Cow::Owned(format!("<{c}>"))));
     }
-    for (n, v) in &delivery.headers {
+    for (n, v) in headers {
         let placed = LEADING
             .iter()
             .chain(MECHANISM_HEADERS.iter())
