@@ -121,13 +121,9 @@ pub trait Store: Send + Sync {
     /// Gives a [`Store::claim`] back before its time is up.
     fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            // An already expired record: the same as no record.
-            self.put(
-                &format!("claim:{key}"),
-                &Fields::new(),
-                Duration::from_millis(1),
-            )
-            .await
+            // A record that expires now: the same as no record (reads want expires > now).
+            self.put(&format!("claim:{key}"), &Fields::new(), Duration::ZERO)
+                .await
         })
     }
 }
