@@ -179,29 +179,41 @@ impl Gateway {
                     _ => None,
                 };
                 let keep_pending = async {
-                    if let (Some(reports), Some(rec)) = (&self.reports, &pending)
-                        && let Err(e) = reports.keep_sent(rec).await
-                    {
-                        tracing::warn!(imdn = ?d.imdn_message_id, "report record not kept: {e}");
+                    match (&self.reports, &pending) {
+                        (Some(reports), Some(rec)) => reports.keep_sent(rec).await,
+                        _ => Ok(()),
                     }
                 };
-                let ((), (reply, relayed, sent)) =
+                let (pending_kept, (reply, relayed, sent)) =
                     tokio::join!(keep_pending, self.deliver_one(&rules, envelope, raw, d));
-                // The record again with the status: after a 2xx with the delivery record (one
-                // group commit, before the 250 — a crash then loses neither); after a
-                // failure so that no negative report follows the SMTP refusal.
+                // A record without a status stands for "accepted": after a 2xx nothing more
+                // is written when the record of the request that got it is already kept (one
+                // store write per mail). Written again with the status after a failure (no
+                // negative report may follow the SMTP refusal), or when the form that got
+                // the answer carried another imdn.Message-ID (planned again) or the first
+                // write failed — then with the delivery record, before the 250.
                 let report_record = async {
                     let (Some(reports), Some(about)) = (&self.reports, about) else {
                         return Ok(());
                     };
+                    let same_id = |delivery: &Delivery| {
+                        pending.as_ref().is_some_and(|p| {
+                            Some(&p.imdn_message_id) == delivery.imdn_message_id.as_ref()
+                        })
+                    };
                     match &sent {
+                        Some((delivery, _))
+                            if reply.is_positive() && same_id(delivery) && pending_kept.is_ok() =>
+                        {
+                            Ok(())
+                        }
                         Some((delivery, status)) if delivery.imdn_message_id.is_some() => {
                             let rec = crate::reports::records::SentRecord::of(
                                 about,
                                 envelope,
                                 delivery,
                                 &who,
-                                Some(*status),
+                                (!reply.is_positive()).then_some(*status),
                             );
                             reports.keep_sent(&rec).await
                         }
