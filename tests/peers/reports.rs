@@ -1406,6 +1406,29 @@ fn reports_that_cannot_go_on_now_are_refused_for_a_retry() {
 /// record iwf keeps for the message is meant to be there "before the message leaves (a
 /// report can overtake the answer)" (engine/reports/records.rs), so the IMDN still becomes a
 /// DSN.
+/// `imdn_first_uas.py` on `port`: answers a MESSAGE with its IMDN sent to iwf's SIP port
+/// `iwf_sip` first, and the 200 `delay_ms` later.
+fn imdn_first_uas(port: u16, iwf_sip: u16, delay_ms: u64) -> Proc {
+    let uas = Proc::spawn(
+        "imdn-first UAS",
+        Command::new(PYTHON)
+            .arg(asset("imdn_first_uas.py"))
+            .arg(port.to_string())
+            .arg(iwf_sip.to_string())
+            .arg(delay_ms.to_string()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || uas
+            .output()
+            .contains("ready")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        uas.output()
+    );
+    uas
+}
+
 #[test]
 fn an_imdn_that_overtakes_the_200_still_becomes_a_dsn() {
     if !peers() {
@@ -1417,23 +1440,7 @@ fn an_imdn_that_overtakes_the_200_still_becomes_a_dsn() {
     let sip = free_port(true);
     let hop = format!("sip:127.0.0.1:{uas_port};transport=udp");
     let iwf = Gw::start(dir.path(), pf.port, free_port(false), sip, &hop);
-    let uas = Proc::spawn(
-        "imdn-first UAS",
-        Command::new(PYTHON)
-            .arg(asset("imdn_first_uas.py"))
-            .arg(uas_port.to_string())
-            .arg(sip.to_string())
-            .arg("1500"),
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || uas
-            .output()
-            .contains("ready")
-            .then_some(()))
-        .is_some(),
-        "{}",
-        uas.output()
-    );
+    let uas = imdn_first_uas(uas_port, sip, 1500);
     send_mail(
         &iwf,
         mail_spec(
@@ -1483,23 +1490,7 @@ fn an_imdn_to_another_instance_finds_the_record_in_redis() {
     let a = Gw::start_with_store(da.path(), pf.port, free_port(false), sip_a, &hop, &store);
     let b = Gw::start_with_store(db.path(), pf.port, free_port(false), sip_b, &hop, &store);
     // The UAS answers A's MESSAGE and sends its IMDN to B (first, then the 200 after 0.3 s).
-    let uas = Proc::spawn(
-        "imdn-first UAS",
-        Command::new(PYTHON)
-            .arg(asset("imdn_first_uas.py"))
-            .arg(uas_port.to_string())
-            .arg(sip_b.to_string())
-            .arg("300"),
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || uas
-            .output()
-            .contains("ready")
-            .then_some(()))
-        .is_some(),
-        "{}",
-        uas.output()
-    );
+    let uas = imdn_first_uas(uas_port, sip_b, 300);
     send_mail(
         &a,
         mail_spec(
