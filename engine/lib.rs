@@ -35,6 +35,7 @@
 //! assert!(run.deliveries[0].request.starts_with("MESSAGE tel:+15551234567 SIP/2.0\r\n"));
 //! ```
 
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dryrun;

@@ -1,0 +1,53 @@
+//! The clock, injected: nothing in the library reads the time any other way.
+//!
+//! Two kinds of time: the wall clock for what goes on the wire and into records (Date:,
+//! DSN Arrival-Date, IMDN DateTime, record TTLs) and the monotonic clock for timers and
+//! budgets. The monotonic clock is tokio's, so tests on a paused runtime
+//! (`#[tokio::test(start_paused = true)]`) drive timers without real sleeps.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+/// Where the time comes from.
+pub trait Clock: Send + Sync {
+    /// Wall-clock time.
+    fn now(&self) -> DateTime<Utc>;
+    /// Monotonic time for timers and budgets (tokio's clock: pausable in tests).
+    fn instant(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+}
+
+/// The system's clock: what `iwf serve` runs on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A wall clock that stands still (dry runs, self-tests, snapshots); monotonic time is
+/// still tokio's.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub DateTime<Utc>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+impl FixedClock {
+    /// The fixed time of self-tests and snapshots ([`crate::ids::fixed_now`]).
+    pub fn snapshot() -> Self {
+        FixedClock(crate::ids::fixed_now())
+    }
+}
+
+/// The system clock, shared.
+pub fn system() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
