@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 /// Where the time comes from.
-pub trait Clock: Send + Sync {
+pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Wall-clock time.
     fn now(&self) -> DateTime<Utc>;
     /// Monotonic time for timers and budgets (tokio's clock: pausable in tests).

@@ -71,6 +71,7 @@ impl MailHandler for Gateway {
         // Counted, timed and logged as one transaction (engine/logging.rs).
         Box::pin(crate::logging::in_transaction(
             self.protocol,
+            crate::clock::system(),
             self.deliver(envelope, message),
         ))
     }

@@ -94,7 +94,7 @@ pub async fn deliver(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig) -> O
 }
 
 async fn deliver_uncapped(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig) -> Outcome {
-    let session = msrp::codec::random_ident();
+    let session = crate::ids::Ids::ident(&crate::ids::RandomIds);
     let tls = cfg.tls.clone().map(tokio_rustls::TlsConnector::from);
     let local_path = msrp_path(cfg.host, cfg.port, &session, tls.is_some());
     let offer = SdpOffer {
@@ -228,13 +228,17 @@ mod tests {
         })
         .await
         .unwrap();
-        let backend = RsipBackend::start(SipConfig {
-            outbound_proxy: Some(format!(
-                "sip:{};transport=udp",
-                answerer.udp_addr().unwrap()
-            )),
-            ..SipConfig::default()
-        })
+        let backend = RsipBackend::start(
+            SipConfig {
+                outbound_proxy: Some(format!(
+                    "sip:{};transport=udp",
+                    answerer.udp_addr().unwrap()
+                )),
+                ..SipConfig::default()
+            },
+            crate::clock::system(),
+            crate::ids::random(),
+        )
         .await
         .unwrap();
         let body: Vec<u8> = (0..30_000u32).map(|i| b'a' + (i % 26) as u8).collect();

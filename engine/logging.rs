@@ -26,8 +26,11 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::time::Instant;
+use std::sync::Arc;
 
+use tokio::time::Instant;
+
+use crate::clock::Clock;
 use crate::envelope::Envelope;
 use crate::reply::Reply;
 use crate::smtp::Protocol;
@@ -90,6 +93,7 @@ pub fn init(format: LogFormat) {
 
 /// What one transaction collects while it runs.
 struct Context {
+    clock: Arc<dyn Clock>,
     start: Instant,
     call_ids: Vec<String>,
 }
@@ -100,11 +104,16 @@ tokio::task_local! {
 
 /// Runs one end-of-DATA `fut` as a transaction: counted in `iwf_mails_received_total` and
 /// `iwf_transactions_active`, timed, and with a Call-ID collector for
-/// [`finish_transaction`].
-pub async fn in_transaction<F: Future>(protocol: Protocol, fut: F) -> F::Output {
+/// [`finish_transaction`]. The latency is measured on `clock`.
+pub async fn in_transaction<F: Future>(
+    protocol: Protocol,
+    clock: Arc<dyn Clock>,
+    fut: F,
+) -> F::Output {
     let _active = crate::metrics::mail_received(protocol);
     let cx = RefCell::new(Context {
-        start: Instant::now(),
+        start: clock.instant(),
+        clock,
         call_ids: Vec::new(),
     });
     TRANSACTION.scope(cx, fut).await
@@ -136,7 +145,7 @@ pub fn finish_transaction(t: &Transaction<'_>) {
     let (took, call_ids) = TRANSACTION
         .try_with(|cx| {
             let cx = cx.borrow();
-            (cx.start.elapsed(), cx.call_ids.join(","))
+            (cx.clock.instant() - cx.start, cx.call_ids.join(","))
         })
         .unwrap_or_default();
     crate::metrics::mail_answered(t.protocol, t.reply, took);
@@ -236,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn call_ids_are_collected_inside_a_transaction_only() {
         note_call_id("outside@x");
-        let ids = in_transaction(Protocol::Smtp, async {
+        let ids = in_transaction(Protocol::Smtp, crate::clock::system(), async {
             note_call_id("a@x");
             note_call_id("b@x");
             note_call_id("a@x");

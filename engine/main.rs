@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use iwf::clock::{Clock, SystemClock};
 use iwf::dryrun::{self, Options};
 use iwf::envelope::{Client, MailFrom, Rcpt};
 use iwf::ids::{Ids, RandomIds, SequentialIds};
@@ -118,7 +119,7 @@ fn store(action: StoreAction, config: Option<PathBuf>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let run = async {
-        let s = cfg.store.open(cfg.store_limits)?;
+        let s = cfg.store.open(cfg.store_limits, iwf::clock::system())?;
         match action {
             StoreAction::Stats => {
                 let st = s.stats().await?;
@@ -321,7 +322,7 @@ fn map(a: MapArgs) -> ExitCode {
     let now = if a.deterministic {
         iwf::ids::fixed_now()
     } else {
-        chrono::Utc::now()
+        SystemClock.now()
     };
     let run = dryrun::run(
         &rules,
@@ -432,7 +433,7 @@ fn map_sip(
     let (token, now) = if a.deterministic {
         (SequentialIds::new().token(), iwf::ids::fixed_now())
     } else {
-        (RandomIds.token(), chrono::Utc::now())
+        (RandomIds.token(), SystemClock.now())
     };
     let run =
         iwf::reverse::uas::dry_run_with_record(rules, raw, &caps, token, now, a.explain, record);

@@ -34,7 +34,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::metrics::{
     Counter, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
@@ -43,6 +43,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::clock::Clock;
 use crate::outcome::Outcome;
 use crate::plan::Delivery;
 use crate::reply::Reply;
@@ -294,17 +295,14 @@ pub fn mail_answered(p: Protocol, reply: &Reply, took: Duration) {
     histogram!("iwf_smtp_transaction_seconds", "protocol" => protocol).record(took.as_secs_f64());
 }
 
-/// A successful (re)load: generation `generation` serves from now on.
-pub fn reload_succeeded(generation: u64, initial: bool) {
+/// A successful (re)load at `now`: generation `generation` serves from now on.
+pub fn reload_succeeded(generation: u64, initial: bool, now: chrono::DateTime<chrono::Utc>) {
     if !initial {
         counter!("iwf_reloads_total", "result" => "ok").increment(1);
     }
     gauge!("iwf_rules_generation").set(generation as f64);
     gauge!("iwf_rules_reload_problems").set(0.0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = now.timestamp_micros() as f64 / 1e6;
     gauge!("iwf_rules_last_reload_timestamp_seconds").set(now);
 }
 
@@ -348,15 +346,16 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// A [`SipBackend`] that counts and times every request of the one it wraps.
-pub struct MeteredSip(pub Arc<dyn SipBackend>);
+/// A [`SipBackend`] that counts and times (on the clock) every request of the one it
+/// wraps.
+pub struct MeteredSip(pub Arc<dyn SipBackend>, pub Arc<dyn Clock>);
 
 impl SipBackend for MeteredSip {
     fn send_message<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let start = Instant::now();
+            let start = self.1.instant();
             let outcome = self.0.send_message(delivery).await;
-            sip_request("MESSAGE", &outcome, start.elapsed());
+            sip_request("MESSAGE", &outcome, self.1.instant() - start);
             outcome
         })
     }
@@ -368,9 +367,9 @@ impl SipBackend for MeteredSip {
         contact: &'a str,
     ) -> BoxFuture<'a, InviteOutcome> {
         Box::pin(async move {
-            let start = Instant::now();
+            let start = self.1.instant();
             let out = self.0.send_invite(delivery, sdp_offer, contact).await;
-            sip_request("INVITE", &out.outcome, start.elapsed());
+            sip_request("INVITE", &out.outcome, self.1.instant() - start);
             out
         })
     }

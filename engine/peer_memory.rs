@@ -199,11 +199,12 @@ impl PeerCaps for Snapshot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
 
     #[test]
     fn learns_expires_and_stays_bounded() {
         let m = PeerMemory::new(Duration::from_secs(60), 3);
-        let t0 = Instant::now();
+        let t0 = crate::clock::SystemClock.instant();
         let uri = "tel:+15551234567";
         assert_eq!(m.at(t0).caps(uri), Caps::default());
         m.learn(uri, Learned::NoCpim, t0);

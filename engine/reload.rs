@@ -25,13 +25,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify_debouncer_full::notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, DebouncedEvent, new_debouncer};
 use tokio::sync::mpsc;
 
+use crate::clock::Clock;
 use crate::ruleset::{self, Diagnostic, RuleSet};
 use crate::selftest;
 use crate::shutdown::Shutdown;
@@ -110,11 +111,13 @@ pub struct Reloader {
     rules: Arc<ArcSwap<RuleSet>>,
     /// Serializes reloads: generation numbers are taken and published in order.
     busy: Mutex<()>,
+    /// Reload timestamps and durations.
+    clock: Arc<dyn Clock>,
 }
 
 impl Reloader {
     /// Builds generation 1 from `dir`; fails if it does not load or its self-tests fail.
-    pub fn start(dir: &Path) -> Result<Reloader, ReloadError> {
+    pub fn start(dir: &Path, clock: Arc<dyn Clock>) -> Result<Reloader, ReloadError> {
         let rules = build(dir, 1)?;
         tracing::info!(
             generation = 1,
@@ -122,11 +125,12 @@ impl Reloader {
             dir = %dir.display(),
             "rule set generation 1 serving"
         );
-        crate::metrics::reload_succeeded(1, true);
+        crate::metrics::reload_succeeded(1, true, clock.now());
         Ok(Reloader {
             dir: dir.to_path_buf(),
             rules: Arc::new(ArcSwap::from_pointee(rules)),
             busy: Mutex::new(()),
+            clock,
         })
     }
 
@@ -149,13 +153,13 @@ impl Reloader {
     pub fn reload(&self, cause: &str) -> Result<u64, ReloadError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let serving = self.generation();
-        let start = Instant::now();
+        let start = self.clock.instant();
         match build(&self.dir, serving + 1) {
             Ok(rules) => {
                 let generation = rules.generation;
                 let count = rules.rule_count();
                 self.rules.store(Arc::new(rules));
-                crate::metrics::reload_succeeded(generation, false);
+                crate::metrics::reload_succeeded(generation, false, self.clock.now());
                 tracing::info!(
                     generation,
                     rules = count,
@@ -335,7 +339,7 @@ mod tests {
     fn a_bad_set_never_replaces_the_good_one() {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(Path::new("rules"), dir.path());
-        let r = Reloader::start(dir.path()).unwrap();
+        let r = Reloader::start(dir.path(), crate::clock::system()).unwrap();
         let serving = r.rules();
         let file = dir.path().join("40-message-headers.yaml");
         let good = std::fs::read_to_string(&file).unwrap();
@@ -368,7 +372,7 @@ mod tests {
     fn failing_self_tests_keep_the_old_set() {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(Path::new("rules"), dir.path());
-        let r = Reloader::start(dir.path()).unwrap();
+        let r = Reloader::start(dir.path(), crate::clock::system()).unwrap();
         let file = dir.path().join("settings.yaml");
         let s = std::fs::read_to_string(&file).unwrap();
         std::fs::write(&file, s.replace("max_forwards: 70", "max_forwards: 69")).unwrap();

@@ -19,6 +19,9 @@ pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> any
 
 /// Runs with a checked configuration until SIGTERM/SIGINT, then drains and returns.
 pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
+    // The one clock and the one id source of the whole process.
+    let clock = crate::clock::system();
+    let ids: Arc<dyn crate::ids::Ids> = Arc::new(RandomIds);
     // --- operations: signals, metrics, generation 1 (before anything can be asked) ---
     let shutdown = crate::shutdown::on_signals()?;
     if let Some(addr) = cfg.metrics_listen {
@@ -30,9 +33,11 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         );
         tokio::spawn(crate::metrics::serve(listener, handle, shutdown.clone()));
     }
-    let reloader = Arc::new(crate::reload::Reloader::start(&cfg.rules).map_err(|e| {
-        anyhow::anyhow!("the rule set {} is not usable:\n{e}", cfg.rules.display())
-    })?);
+    let reloader = Arc::new(
+        crate::reload::Reloader::start(&cfg.rules, clock.clone()).map_err(|e| {
+            anyhow::anyhow!("the rule set {} is not usable:\n{e}", cfg.rules.display())
+        })?,
+    );
     // --- end operations ---
     let mut _demo = None;
     if demo {
@@ -52,7 +57,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             cfg.smarthost = Some(sink);
         }
     }
-    let store = cfg.store.open(cfg.store_limits)?;
+    let store = cfg.store.open(cfg.store_limits, clock.clone())?;
     crate::store::describe_metrics();
     tracing::info!(store = ?cfg.store, "store open");
     // Reports across the border (engine/reports), shared by both directions.
@@ -61,6 +66,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         cfg.smarthost.clone(),
         cfg.hostname.clone(),
         cfg.store_limits.report_ttl,
+        clock.clone(),
     ));
     // CPM -> e-mail: the UAS on the same SIP sockets (engine/reverse), sharing the thread
     // store with the mail -> CPM direction (which remembers what the CPM side accepted).
@@ -69,7 +75,8 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     let uas = Arc::new(
         crate::reverse::Uas::new(
             reloader.rules(),
-            Arc::new(RandomIds),
+            ids.clone(),
+            clock.clone(),
             threads.clone(),
             crate::reverse::UasConfig {
                 smarthost: cfg.smarthost.clone(),
@@ -81,9 +88,10 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         )
         .with_reports(reports.clone()),
     );
-    let backend = RsipBackend::start_with_uas(cfg.sip.clone(), Some(uas))
-        .await
-        .map_err(|e| anyhow::anyhow!("SIP back end: {e}"))?;
+    let backend =
+        RsipBackend::start_with_uas(cfg.sip.clone(), Some(uas), clock.clone(), ids.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("SIP back end: {e}"))?;
     if let Some(a) = backend.udp_addr() {
         println!("iwf: SIP (CPM -> e-mail MESSAGE) listening on udp {a}");
     }
@@ -91,7 +99,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         println!("iwf: SIP (CPM -> e-mail MESSAGE) listening on tcp port {p}");
     }
     let sip: Arc<dyn SipBackend> = Arc::new(crate::reverse::threads::Remembering {
-        inner: Arc::new(crate::metrics::MeteredSip(Arc::new(backend))),
+        inner: Arc::new(crate::metrics::MeteredSip(Arc::new(backend), clock.clone())),
         threads,
     });
     let large = cfg.large.clone();
@@ -120,7 +128,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         let handler = Arc::new(Gateway {
             rules: rules.clone(),
             sip: sip.clone(),
-            ids: Arc::new(RandomIds),
+            ids: ids.clone(),
             store: store.clone(),
             peers: peers.clone(),
             protocol,

@@ -89,11 +89,15 @@ async fn start_with(next_hop: Option<(String, iwf::sip::Timers)>, limits: smtp::
             Default::default(),
         )
     });
-    let backend = RsipBackend::start(SipConfig {
-        outbound_proxy: Some(proxy),
-        timers,
-        ..SipConfig::default()
-    })
+    let backend = RsipBackend::start(
+        SipConfig {
+            outbound_proxy: Some(proxy),
+            timers,
+            ..SipConfig::default()
+        },
+        iwf::clock::system(),
+        iwf::ids::random(),
+    )
     .await
     .unwrap();
     let rules = iwf::ruleset::load(Path::new("rules"), 1).unwrap();

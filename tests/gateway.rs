@@ -73,10 +73,14 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
     .await
     .unwrap();
     let proxy = format!("sip:{};transport=udp", answerer.udp_addr().unwrap());
-    let backend = RsipBackend::start(SipConfig {
-        outbound_proxy: Some(proxy),
-        ..SipConfig::default()
-    })
+    let backend = RsipBackend::start(
+        SipConfig {
+            outbound_proxy: Some(proxy),
+            ..SipConfig::default()
+        },
+        iwf::clock::system(),
+        iwf::ids::random(),
+    )
     .await
     .unwrap();
     let rules = iwf::ruleset::load(Path::new("rules"), 1).unwrap();
@@ -114,6 +118,7 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
         Some(sh_addr.to_string()),
         "iwf.example.net".into(),
         std::time::Duration::from_secs(3600),
+        iwf::clock::system(),
     ));
     let mut addrs = Vec::new();
     for protocol in [Protocol::Smtp, Protocol::Lmtp] {

@@ -26,6 +26,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,8 +39,10 @@ use tokio_rustls::client::TlsStream;
 
 use super::codec::{
     ChunkTemplate, Chunks, FailureReport, Flag, Frame, Limits, Method, MsrpUri, Parser, Request,
-    UriError, random_ident,
+    UriError,
 };
+use crate::clock::Clock;
+use crate::ids::Ids;
 use crate::outcome::{FailureKind, Outcome, Protocol};
 use crate::plan::Mode;
 
@@ -55,6 +58,10 @@ pub struct ClientConfig {
     pub report_timeout: Duration,
     /// Parser limits for what the peer sends.
     pub limits: Limits,
+    /// Response and report deadlines are taken on this clock. Default: the system clock.
+    pub clock: Arc<dyn Clock>,
+    /// Message-IDs and transaction ids come from here. Default: random.
+    pub ids: Arc<dyn Ids>,
 }
 
 impl Default for ClientConfig {
@@ -67,6 +74,8 @@ impl Default for ClientConfig {
                 max_header_bytes: 16 * 1024,
                 max_body_bytes: 1024 * 1024,
             },
+            clock: crate::clock::system(),
+            ids: crate::ids::random(),
         }
     }
 }
@@ -330,7 +339,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 detail: why.clone(),
             };
         }
-        let message_id = msg.message_id.clone().unwrap_or_else(random_ident);
+        let message_id = msg
+            .message_id
+            .clone()
+            .unwrap_or_else(|| self.config.ids.ident());
         let template = ChunkTemplate {
             to_path: msg.to_path.clone(),
             from_path: msg.from_path.clone(),
@@ -340,7 +352,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             failure_report: (msg.failure_report != FailureReport::Yes)
                 .then_some(msg.failure_report),
         };
-        let mut chunks = Chunks::new(template, content, self.config.chunk_size);
+        let ids = self.config.ids.clone();
+        let mut chunks = Chunks::new(template, content, self.config.chunk_size, &*ids);
         let mut count = 0;
         let mut success_report = false;
         while let Some(chunk) = chunks.next() {
@@ -352,7 +365,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             if msg.failure_report != FailureReport::Yes {
                 continue;
             }
-            let deadline = Instant::now() + self.config.response_timeout;
+            let deadline = self.config.clock.instant() + self.config.response_timeout;
             let failed = match self
                 .wait(Some(&chunk.tid), &message_id, &mut success_report, deadline)
                 .await
@@ -372,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             return failed;
         }
         if msg.success_report && !success_report {
-            let deadline = Instant::now() + self.config.report_timeout;
+            let deadline = self.config.clock.instant() + self.config.report_timeout;
             match self
                 .wait(None, &message_id, &mut success_report, deadline)
                 .await
@@ -424,7 +437,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     /// Gives up on the message after `sent` octets: an empty SEND with flag `#`.
     async fn abort(&mut self, template: &ChunkTemplate, sent: u64, total: u64) {
-        let req = template.abort(random_ident(), sent, total);
+        let req = template.abort(self.config.ids.ident(), sent, total);
         if self.write_request(&req).await.is_err() {
             tracing::debug!("msrp client: could not send the abort");
         }
@@ -888,7 +901,7 @@ mod tests {
             content_type: body.map(|_| "text/plain".into()),
             body: body.map(Bytes::from_static),
             ..Request::new(
-                random_ident(),
+                crate::ids::RandomIds.ident(),
                 method,
                 vec![ME.into()],
                 vec!["msrp://198.51.100.7:2855/rA9xq;tcp".into()],
@@ -1000,7 +1013,7 @@ mod tests {
                     reason: Some("MIME-not-understood".into()),
                 }),
                 ..Request::new(
-                    random_ident(),
+                    crate::ids::RandomIds.ident(),
                     Method::Report,
                     first.from_path.clone(),
                     first.to_path.clone(),
@@ -1038,7 +1051,7 @@ mod tests {
                     reason: Some("OK".into()),
                 }),
                 ..Request::new(
-                    random_ident(),
+                    crate::ids::RandomIds.ident(),
                     Method::Report,
                     chunk.from_path.clone(),
                     chunk.to_path.clone(),

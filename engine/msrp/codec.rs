@@ -40,16 +40,14 @@
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use rand::Rng;
-use rand::distr::Alphanumeric;
+
+use crate::ids::Ids;
 
 /// The seven hyphens every end-line starts with.
 const END_HYPHENS: &[u8] = b"-------";
 /// Longest transaction id / Message-ID the parser accepts. RFC 4975 `ident` allows 32
 /// characters; peers in the field sometimes use a few more, so the parser is lenient.
 pub const MAX_IDENT_LEN: usize = 64;
-/// Length of the transaction ids and Message-IDs this module generates.
-const GENERATED_IDENT_LEN: usize = 12;
 
 /// The continuation flag at the end of a request (RFC 4975 §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -914,15 +912,6 @@ fn finish(head: Head, body: Option<Bytes>, flag: Flag) -> Result<Frame, ParseErr
 // Chunking
 // ---------------------------------------------------------------------------------------
 
-/// A random RFC 4975 ident of 12 alphanumerics (a transaction id or Message-ID).
-pub fn random_ident() -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(GENERATED_IDENT_LEN)
-        .map(char::from)
-        .collect()
-}
-
 /// The headers every chunk of one message carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkTemplate {
@@ -979,10 +968,15 @@ pub struct Chunks<F = fn() -> String> {
 
 impl Chunks {
     /// Splits `content` into chunks of at most `chunk_size` octets (minimum 1), each
-    /// with a random transaction id. Empty content yields one SEND with an empty body
-    /// and `Byte-Range: 1-0/0`.
-    pub fn new(template: ChunkTemplate, content: Bytes, chunk_size: usize) -> Self {
-        Chunks::with_tid_source(template, content, chunk_size, random_ident)
+    /// with a transaction id from `ids` ([`Ids::ident`]). Empty content yields one SEND
+    /// with an empty body and `Byte-Range: 1-0/0`.
+    pub fn new(
+        template: ChunkTemplate,
+        content: Bytes,
+        chunk_size: usize,
+        ids: &dyn Ids,
+    ) -> Chunks<impl FnMut() -> String + Send + '_> {
+        Chunks::with_tid_source(template, content, chunk_size, move || ids.ident())
     }
 }
 
@@ -1143,6 +1137,7 @@ impl fmt::Display for MsrpUri {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::RandomIds;
     use proptest::prelude::*;
 
     /// Feeds `wire` split into pieces of `step` bytes; returns every frame.
@@ -1590,7 +1585,8 @@ From-Path: msrp://198.51.100.7:2855/rA9xq;tcp
         ];
         for (len, size, want) in cases {
             let content = Bytes::from((0..*len).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-            let chunks: Vec<Request> = Chunks::new(template(), content.clone(), *size).collect();
+            let chunks: Vec<Request> =
+                Chunks::new(template(), content.clone(), *size, &RandomIds).collect();
             let ranges: Vec<String> = chunks
                 .iter()
                 .map(|c| c.byte_range.expect("range").to_string())
@@ -1662,7 +1658,7 @@ Content-Type: message/cpim
     fn chunks_share_the_content_buffer() {
         let content = Bytes::from(vec![7u8; 10_000]);
         let base = content.as_ptr() as usize;
-        for (i, c) in Chunks::new(template(), content.clone(), 2048).enumerate() {
+        for (i, c) in Chunks::new(template(), content.clone(), 2048, &RandomIds).enumerate() {
             let body = c.body.expect("body");
             assert_eq!(
                 body.as_ptr() as usize,

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::codec::{
-    ByteRange, FailureReport, Flag, Frame, Limits, Method, Parser, Request, Status, random_ident,
+    ByteRange, FailureReport, Flag, Frame, Limits, Method, Parser, Request, Status,
 };
 
 /// One reassembled message.
@@ -66,6 +66,8 @@ pub struct ReceiverConfig {
     pub fault: Fault,
     /// Send a success REPORT when a complete message asked for one.
     pub success_reports: bool,
+    /// Transaction ids of the REPORTs it sends. Default: random.
+    pub ids: std::sync::Arc<dyn crate::ids::Ids>,
 }
 
 impl Default for ReceiverConfig {
@@ -76,6 +78,7 @@ impl Default for ReceiverConfig {
             max_in_progress: 16,
             fault: Fault::None,
             success_reports: true,
+            ids: crate::ids::random(),
         }
     }
 }
@@ -245,7 +248,7 @@ async fn serve_connection(
             }
             if let Some(msg) = complete {
                 if config.success_reports && req.success_report == Some(true) {
-                    success_report(&req, &msg).render(&mut out);
+                    success_report(&*config.ids, &req, &msg).render(&mut out);
                 }
                 if !out.is_empty() && stream.write_all(&out).await.is_err() {
                     return;
@@ -261,7 +264,11 @@ async fn serve_connection(
 }
 
 /// `REPORT` with `Status: 000 200 OK` for a complete message (RFC 4975 §7.1.2).
-fn success_report(last_chunk: &Request, msg: &ReceivedMessage) -> Request {
+fn success_report(
+    ids: &dyn crate::ids::Ids,
+    last_chunk: &Request,
+    msg: &ReceivedMessage,
+) -> Request {
     let total = msg.content.len() as u64;
     Request {
         message_id: Some(msg.message_id.clone()),
@@ -276,7 +283,7 @@ fn success_report(last_chunk: &Request, msg: &ReceivedMessage) -> Request {
             reason: Some("OK".into()),
         }),
         ..Request::new(
-            random_ident(),
+            ids.ident(),
             Method::Report,
             last_chunk.from_path.iter().take(1).cloned().collect(),
             last_chunk.to_path.iter().take(1).cloned().collect(),
@@ -639,7 +646,7 @@ mod tests {
         };
         let mut r = Reassembler::new(1 << 20, 4);
         let mut got = None;
-        for c in Chunks::new(template, content.clone(), 2048) {
+        for c in Chunks::new(template, content.clone(), 2048, &crate::ids::RandomIds) {
             if let Absorbed::Complete(m) = r.absorb(&c) {
                 got = Some(m);
             }
@@ -660,7 +667,7 @@ mod tests {
             from_path: req.from_path.clone(),
             chunks: 1,
         };
-        let rep = success_report(&req, &msg);
+        let rep = success_report(&crate::ids::RandomIds, &req, &msg);
         let wire = String::from_utf8(rep.to_bytes().to_vec()).expect("utf8");
         let tail = wire.split_once("\r\n").expect("start line").1;
         assert_eq!(

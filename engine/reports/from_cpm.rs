@@ -151,7 +151,15 @@ pub async fn imdn_from_cpm(
             return SipAnswer::new(200, "OK");
         }
     };
-    let mails = match plan(rules, &imdn, &rec, &reports.hostname, ids, Utc::now(), None) {
+    let mails = match plan(
+        rules,
+        &imdn,
+        &rec,
+        &reports.hostname,
+        ids,
+        reports.clock.now(),
+        None,
+    ) {
         Ok(m) => m,
         Err(e) => return unavailable(format!("rules: {e}")),
     };

@@ -254,7 +254,15 @@ async fn handle(
             return Verdict::DamagedRecord;
         }
     };
-    let (what, delivery) = match plan(rules, &rec, &rcpt.address, raw, ids, Utc::now(), None) {
+    let (what, delivery) = match plan(
+        rules,
+        &rec,
+        &rcpt.address,
+        raw,
+        ids,
+        reports.clock.now(),
+        None,
+    ) {
         ImdnPlan::Send { what, delivery } => (what, delivery),
         ImdnPlan::Nothing => return Verdict::NotAsked,
         ImdnPlan::NotAReport(why) => return Verdict::NotAReport(why),
@@ -277,7 +285,7 @@ async fn handle(
                 cpim_body: true,
                 retried: &spent,
                 imdn_requested: false,
-                now: Utc::now(),
+                now: reports.clock.now(),
             };
             match crate::mapper::respond(rules, &input, None) {
                 crate::mapper::ResponseDecision::Reply(r) if r.is_positive() => Ok(()),

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::store::{Fields, Store, StoreError};
 
 use super::records::{MailedRecord, SentRecord, mailed_key, sent_key};
@@ -22,6 +23,8 @@ pub struct Reports {
     pub hostname: String,
     /// How long a correlation record lives.
     pub ttl: Duration,
+    /// The time of report documents and of the rules that map them.
+    pub clock: Arc<dyn Clock>,
     /// Reports being sent now (key `record|what`): a copy of a report that arrives while
     /// the first is on its way waits for it, then finds it sent (or tries itself if the
     /// first failed) — so no copy is answered 2xx before the report was handed over.
@@ -43,12 +46,14 @@ impl Reports {
         smarthost: Option<String>,
         hostname: String,
         ttl: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Reports {
         Reports {
             store,
             smarthost,
             hostname,
             ttl,
+            clock,
             in_flight: Mutex::new(HashMap::new()),
         }
     }
@@ -198,10 +203,11 @@ mod tests {
     #[tokio::test]
     async fn a_report_is_sent_once() {
         let r = Reports::new(
-            Arc::new(MemoryStore::new(Limits::default())),
+            Arc::new(MemoryStore::new(Limits::default(), crate::clock::system())),
             None,
             "iwf.example.net".into(),
             Duration::from_secs(60),
+            crate::clock::system(),
         );
         let mut sends = 0;
         for _ in 0..3 {
@@ -229,9 +235,22 @@ mod tests {
     /// it, the other waits for it and answers only once it was handed over.
     #[tokio::test]
     async fn two_instances_send_a_report_once() {
-        let store: Arc<dyn crate::store::Store> = Arc::new(MemoryStore::new(Limits::default()));
-        let a = Reports::new(store.clone(), None, "a".into(), Duration::from_secs(60));
-        let b = Reports::new(store, None, "b".into(), Duration::from_secs(60));
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(MemoryStore::new(Limits::default(), crate::clock::system()));
+        let a = Reports::new(
+            store.clone(),
+            None,
+            "a".into(),
+            Duration::from_secs(60),
+            crate::clock::system(),
+        );
+        let b = Reports::new(
+            store,
+            None,
+            "b".into(),
+            Duration::from_secs(60),
+            crate::clock::system(),
+        );
         let sends = std::sync::atomic::AtomicUsize::new(0);
         let send = || async {
             sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -30,9 +30,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use super::{Incoming, SipAnswer, uas::Uas};
+use crate::clock::Clock;
+use crate::ids::Ids;
 use crate::msrp::ReceivedMessage;
 use crate::msrp::codec::{
-    ByteRange, FailureReport, Frame, Limits, Method, Parser, Request, Status, random_ident,
+    ByteRange, FailureReport, Frame, Limits, Method, Parser, Request, Status,
 };
 use crate::msrp::receiver::{Absorbed, Reassembler};
 use crate::render::sdp::{msrp_path, parse_answer};
@@ -99,7 +101,7 @@ pub async fn invite(uas: Arc<Uas>, mut tx: Transaction, inc: Incoming) {
         .and_then(|c| c.get_addr().get_socketaddr().ok())
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
     let prepared = async {
-        super::target(&rules, &inc)?;
+        super::target(&rules, &inc, uas.clock.now())?;
         if inc.content_type().as_deref() != Some("application/sdp") {
             return Err(SipAnswer::new(415, "Unsupported Media Type")
                 .with_header("Accept", "application/sdp"));
@@ -126,14 +128,14 @@ pub async fn invite(uas: Arc<Uas>, mut tx: Transaction, inc: Incoming) {
         }
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let session = random_ident();
+    let session = uas.ids.ident();
     let path = msrp_path(local.ip(), port, &session, false);
     let max = rules
         .setting("cpm_max_large_body")
         .and_then(crate::dsl::Value::as_int)
         .unwrap_or(10 << 20)
         .max(0) as usize;
-    let sdp = answer_sdp(local.ip(), port, &path, max);
+    let sdp = answer_sdp(local.ip(), port, &path, max, uas.ids.bits() as u32);
     let transport = if inc.transport.eq_ignore_ascii_case("UDP") {
         String::new()
     } else {
@@ -171,7 +173,15 @@ pub async fn invite(uas: Arc<Uas>, mut tx: Transaction, inc: Incoming) {
         }
     });
 
-    let ended = run(listener, max, uas.config.msrp_idle, &mut bye_rx).await;
+    let ended = run(
+        listener,
+        max,
+        uas.config.msrp_idle,
+        &*uas.clock,
+        &uas.ids,
+        &mut bye_rx,
+    )
+    .await;
     let (msg, mut conn, last) = match ended {
         Ended::Complete(done) => *done,
         Ended::Bye(conn, done) => {
@@ -251,7 +261,7 @@ pub async fn invite(uas: Arc<Uas>, mut tx: Transaction, inc: Incoming) {
         last.response(status, reason(status)).render(&mut out);
     }
     if status == 200 && last.success_report == Some(true) {
-        report(&last, &msg).render(&mut out);
+        report(&*uas.ids, &last, &msg).render(&mut out);
     }
     tracing::info!(
         call_id,
@@ -289,16 +299,19 @@ struct Conn {
     /// Messages begun and not finished: Message-ID → (the head of its last chunk, octets
     /// received), for failure REPORTs.
     pending: HashMap<String, (Request, u64)>,
+    /// Transaction ids of the REPORTs sent on it.
+    ids: Arc<dyn Ids>,
 }
 
 impl Conn {
-    fn new(stream: TcpStream, max: usize) -> Conn {
+    fn new(stream: TcpStream, max: usize, ids: Arc<dyn Ids>) -> Conn {
         let _ = stream.set_nodelay(true);
         Conn {
             stream,
             parser: Parser::new(Limits::default()),
             reasm: Reassembler::new(max, 4),
             pending: HashMap::new(),
+            ids,
         }
     }
 
@@ -368,7 +381,7 @@ impl Conn {
             if head.failure_report == Some(FailureReport::No) {
                 continue;
             }
-            failure_report(&id, &head, got, code).render(&mut out);
+            failure_report(&*self.ids, &id, &head, got, code).render(&mut out);
         }
         if !out.is_empty() {
             let _ = tokio::time::timeout(BYE_REPORT_WAIT, self.stream.write_all(&out)).await;
@@ -410,11 +423,13 @@ impl Conn {
 
 /// Accepts the sender's connection and answers its chunks until one message is complete,
 /// the BYE comes, the sender falls silent mid-message for `idle`, the connection ends, or
-/// the session cap passes.
+/// the session cap passes. Deadlines are taken on `clock`; REPORT ids come from `ids`.
 async fn run(
     listener: TcpListener,
     max: usize,
     idle: Duration,
+    clock: &dyn Clock,
+    ids: &Arc<dyn Ids>,
     bye_rx: &mut oneshot::Receiver<ByeSignal>,
 ) -> Ended {
     enum Ev {
@@ -423,13 +438,13 @@ async fn run(
         Bye(Option<ByeSignal>),
         Timer,
     }
-    let cap = tokio::time::Instant::now() + SESSION_CAP;
+    let cap = clock.instant() + SESSION_CAP;
     let mut listener = Some(listener);
     let mut conn: Option<Conn> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let idle_at = match &conn {
-            Some(c) if !c.pending.is_empty() => (tokio::time::Instant::now() + idle).min(cap),
+            Some(c) if !c.pending.is_empty() => (clock.instant() + idle).min(cap),
             _ => cap,
         };
         let ev = match (&mut conn, &listener) {
@@ -448,13 +463,13 @@ async fn run(
         match ev {
             Ev::Accepted(Some(s)) => {
                 listener = None;
-                conn = Some(Conn::new(s, max));
+                conn = Some(Conn::new(s, max, ids.clone()));
             }
             Ev::Accepted(None) => return Ended::Gone,
             Ev::Bye(Some(done)) => return Ended::Bye(conn, done),
             // The session table dropped us (cannot happen while we run): end quietly.
             Ev::Bye(None) => return Ended::Gone,
-            Ev::Timer if tokio::time::Instant::now() >= cap => return Ended::Cap(conn),
+            Ev::Timer if clock.instant() >= cap => return Ended::Cap(conn),
             Ev::Timer => match conn {
                 Some(c) => return Ended::Idle(c),
                 None => return Ended::Cap(None),
@@ -479,7 +494,7 @@ async fn run(
 
 /// A failure `REPORT` (RFC 4975 §7.1.2): the unfinished message's Message-ID, the octets
 /// received as Byte-Range, `Status: 000 <code>`, back along the sender's From-Path.
-fn failure_report(id: &str, head: &Request, received: u64, code: u16) -> Request {
+fn failure_report(ids: &dyn Ids, id: &str, head: &Request, received: u64, code: u16) -> Request {
     Request {
         message_id: Some(id.to_string()),
         byte_range: Some(ByteRange {
@@ -493,7 +508,7 @@ fn failure_report(id: &str, head: &Request, received: u64, code: u16) -> Request
             reason: Some(reason(code).into()),
         }),
         ..Request::new(
-            random_ident(),
+            ids.ident(),
             Method::Report,
             head.from_path.clone(),
             head.to_path.iter().take(1).cloned().collect(),
@@ -514,7 +529,7 @@ fn msrp_status(sip: u16) -> u16 {
 }
 
 /// `REPORT` with `Status: 000 200 OK` for the delivered message (RFC 4975 §7.1.2).
-fn report(last: &Request, msg: &ReceivedMessage) -> Request {
+fn report(ids: &dyn Ids, last: &Request, msg: &ReceivedMessage) -> Request {
     let total = msg.content.len() as u64;
     Request {
         message_id: Some(msg.message_id.clone()),
@@ -529,7 +544,7 @@ fn report(last: &Request, msg: &ReceivedMessage) -> Request {
             reason: Some("OK".into()),
         }),
         ..Request::new(
-            random_ident(),
+            ids.ident(),
             Method::Report,
             last.from_path.iter().take(1).cloned().collect(),
             last.to_path.iter().take(1).cloned().collect(),
@@ -551,12 +566,12 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Our SDP answer: passive, receive only (RFC 4975 §8.1, RFC 6135).
-fn answer_sdp(ip: IpAddr, port: u16, path: &str, max: usize) -> String {
+/// `id` is the o= line's session id and version (random).
+fn answer_sdp(ip: IpAddr, port: u16, path: &str, max: usize, id: u32) -> String {
     let (fam, ip) = match ip {
         IpAddr::V4(a) => ("IP4", a.to_string()),
         IpAddr::V6(a) => ("IP6", a.to_string()),
     };
-    let id = rand::random::<u32>();
     format!(
         "v=0\r\no=iwf {id} {id} IN {fam} {ip}\r\ns=-\r\nc=IN {fam} {ip}\r\nt=0 0\r\n\
          m=message {port} TCP/MSRP *\r\na=recvonly\r\na=accept-types:message/cpim text/plain\r\n\

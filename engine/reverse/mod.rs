@@ -332,9 +332,9 @@ fn plan_inner(
 }
 
 /// The recipient: the Request-URI mapped by `cpm_address` (no relay: an unmapped one is
-/// refused with 404, or what the rules say).
-pub fn target(rules: &RuleSet, inc: &Incoming) -> Result<String, SipAnswer> {
-    target_with(rules, inc, Utc::now().timestamp(), None)
+/// refused with 404, or what the rules say). `now` is the rules' `cpm_now`.
+pub fn target(rules: &RuleSet, inc: &Incoming, now: DateTime<Utc>) -> Result<String, SipAnswer> {
+    target_with(rules, inc, now.timestamp(), None)
 }
 
 fn target_with(
@@ -506,7 +506,11 @@ pub fn respond(
     rules: &RuleSet,
     outcome: &crate::smtp_client::SmtpOutcome,
     target: Option<&str>,
+    now: DateTime<Utc>,
     explain: Option<&mut Vec<Fired>>,
 ) -> SipAnswer {
-    complete(phases::map_response(rules, outcome, target, explain), rules)
+    complete(
+        phases::map_response(rules, outcome, target, now, explain),
+        rules,
+    )
 }

@@ -261,6 +261,7 @@ pub fn map_message(
 struct ResponseState<'a> {
     outcome: &'a SmtpOutcome,
     target: Option<&'a str>,
+    now: i64,
     answer: Option<SipAnswer>,
     headers: Vec<(String, String)>,
 }
@@ -275,7 +276,7 @@ impl Input for ResponseState<'_> {
             Some(F::SmtpStage) => Value::str(o.stage().as_str()),
             Some(F::SmtpFailure) => Value::opt_str(o.failure()),
             Some(F::TargetAddress) => Value::opt_str(self.target),
-            Some(F::CpmNow) => Value::Int(chrono::Utc::now().timestamp()),
+            Some(F::CpmNow) => Value::Int(self.now),
             _ => Value::Null,
         }
     }
@@ -308,11 +309,13 @@ pub fn map_response(
     rules: &RuleSet,
     outcome: &SmtpOutcome,
     target: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
     explain: Option<&mut Vec<Fired>>,
 ) -> SipAnswer {
     let mut st = ResponseState {
         outcome,
         target,
+        now: now.timestamp(),
         answer: None,
         headers: Vec::new(),
     };

@@ -116,7 +116,7 @@ pub fn run(rules: &RuleSet, t: &SelfTest, now: DateTime<Utc>) -> Vec<String> {
                 continue;
             }
         };
-        let a = super::respond(rules, &outcome, Some("alice@mail.example.org"), None);
+        let a = super::respond(rules, &outcome, Some("alice@mail.example.org"), now, None);
         if a.status != c.sip {
             errs.push(format!(
                 "cpm_response case {i} ({outcome}): SIP {}, expected {}",

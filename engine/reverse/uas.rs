@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::{Ctx, Incoming, SipAnswer, ThreadStore, accept, complete, plan, respond};
+use crate::clock::Clock;
 use crate::ids::Ids;
 use crate::mapper::run::Fired;
 use crate::ruleset::RuleSet;
@@ -60,10 +61,13 @@ impl Default for UasConfig {
 pub struct Uas {
     pub rules: Arc<ArcSwap<RuleSet>>,
     pub ids: Arc<dyn Ids>,
+    /// Wall time of the rules (`cpm_now`), Date: of the mails; the answer cache and the
+    /// MSRP session deadlines run on its monotonic time.
+    pub clock: Arc<dyn Clock>,
     pub threads: Arc<dyn ThreadStore>,
     pub config: UasConfig,
     in_flight: Semaphore,
-    answers: Mutex<HashMap<String, (Instant, Option<SipAnswer>)>>,
+    answers: Mutex<HashMap<String, (tokio::time::Instant, Option<SipAnswer>)>>,
     /// Large Message Mode sessions in progress.
     pub sessions: super::large::Sessions,
     /// The report loop: records of mails that owe IMDNs, and IMDNs that owe DSN/MDN mails.
@@ -75,12 +79,14 @@ impl Uas {
     pub fn new(
         rules: Arc<ArcSwap<RuleSet>>,
         ids: Arc<dyn Ids>,
+        clock: Arc<dyn Clock>,
         threads: Arc<dyn ThreadStore>,
         config: UasConfig,
     ) -> Uas {
         Uas {
             rules,
             ids,
+            clock,
             threads,
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
             config,
@@ -116,7 +122,7 @@ impl Uas {
 
     pub(crate) async fn message(&self, rules: &RuleSet, inc: &Incoming) -> SipAnswer {
         let ctx = Ctx {
-            now: Utc::now(),
+            now: self.clock.now(),
             token: self.ids.token(),
             explain: false,
             threads: Some(&*self.threads),
@@ -183,7 +189,7 @@ impl Uas {
             Ok(o) => o,
             Err(a) => return a,
         };
-        let answer = respond(rules, &outcome, Some(&target), None);
+        let answer = respond(rules, &outcome, Some(&target), self.clock.now(), None);
         // Not taken: a late DSN about it (the smarthost may have queued it after all) must
         // not become a negative IMDN (RFC 5438 §12.1.3.1).
         if answer.status / 100 != 2
@@ -230,7 +236,7 @@ impl Uas {
     /// it is being handled, `None` for a new one (now marked as being handled).
     fn seen(&self, key: &str) -> Option<Option<SipAnswer>> {
         let mut g = self.answers.lock().ok()?;
-        let now = Instant::now();
+        let now = self.clock.instant();
         let keep = self.config.answer_cache;
         if g.len() > 1024 {
             g.retain(|_, (t, a)| a.is_none() || now.duration_since(*t) < keep);
@@ -246,7 +252,7 @@ impl Uas {
 
     fn answered(&self, key: &str, a: &SipAnswer) {
         if let Ok(mut g) = self.answers.lock() {
-            g.insert(key.to_string(), (Instant::now(), Some(a.clone())));
+            g.insert(key.to_string(), (self.clock.instant(), Some(a.clone())));
         }
     }
 }
@@ -400,7 +406,7 @@ pub fn dry_run_with_record(
         return DryRun {
             envelope: None,
             mail: None,
-            response: match super::target(rules, &inc) {
+            response: match super::target(rules, &inc, now) {
                 Ok(t) => format!(
                     "(INVITE: a Large Message Mode session for <{t}>; the dry run does not simulate MSRP)\r\n"
                 ),
@@ -482,7 +488,7 @@ pub fn dry_run_with_record(
                 status: Some("2.0.0".into()),
                 text: "queued".into(),
             };
-            let a = respond(rules, &ok, Some(&e.rcpt), Some(&mut explain));
+            let a = respond(rules, &ok, Some(&e.rcpt), now, Some(&mut explain));
             DryRun {
                 envelope: Some(vec![mail, rcpt]),
                 mail: Some(String::from_utf8_lossy(&p.message).into_owned()),

@@ -14,15 +14,16 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::Rng;
 use rsipstack::platform::CancellationToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use super::next_hop::Transport;
+use crate::clock::Clock;
+use crate::ids::Ids;
 
 /// Largest header section and body accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -118,6 +119,11 @@ pub struct AnswererConfig {
     /// Default none.
     pub tls: Option<AnswererTls>,
     pub policy: Policy,
+    /// How long UDP transactions are remembered is measured on this clock. Default: the
+    /// system clock.
+    pub clock: Arc<dyn Clock>,
+    /// To tags come from here. Default: random.
+    pub ids: Arc<dyn Ids>,
 }
 
 /// A TLS listener: address, certificate chain and private key, PEM.
@@ -166,6 +172,8 @@ impl AnswererConfig {
             tcp: Some(local),
             tls: None,
             policy: Arc::new(f),
+            clock: crate::clock::system(),
+            ids: Arc::new(crate::ids::RandomIds),
         }
     }
 }
@@ -204,6 +212,8 @@ impl Answerer {
             udp_addr = Some(sock.local_addr()?);
             tokio::spawn(serve_udp(
                 sock,
+                config.clock.clone(),
+                config.ids.clone(),
                 config.policy.clone(),
                 report.clone(),
                 cancel.clone(),
@@ -215,6 +225,7 @@ impl Answerer {
             tokio::spawn(serve_tcp(
                 listener,
                 None,
+                config.ids.clone(),
                 config.policy.clone(),
                 report.clone(),
                 cancel.clone(),
@@ -228,6 +239,7 @@ impl Answerer {
             tokio::spawn(serve_tcp(
                 listener,
                 Some(acceptor),
+                config.ids,
                 config.policy,
                 report,
                 cancel.clone(),
@@ -281,10 +293,12 @@ impl Drop for Answerer {
 }
 
 /// UDP: per branch, the response sent (None while a delayed answer is pending).
-type Remembered = Arc<Mutex<HashMap<String, (Instant, Option<Vec<u8>>)>>>;
+type Remembered = Arc<Mutex<HashMap<String, (tokio::time::Instant, Option<Vec<u8>>)>>>;
 
 async fn serve_udp(
     sock: Arc<UdpSocket>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn Ids>,
     policy: Policy,
     report: mpsc::UnboundedSender<ReceivedRequest>,
     cancel: CancellationToken,
@@ -305,7 +319,7 @@ async fn serve_udp(
         let key = format!("{} {}", req.method, top_branch(&req).unwrap_or_default());
         {
             let mut seen = lock(&remembered);
-            let now = Instant::now();
+            let now = clock.instant();
             seen.retain(|_, (at, _)| now.duration_since(*at) < REMEMBER);
             if let Some((_, sent)) = seen.get(&key) {
                 if let Some(bytes) = sent {
@@ -327,7 +341,7 @@ async fn serve_udp(
         else {
             continue;
         };
-        let bytes = response_bytes(&req, status, &reason, &headers, body.as_ref());
+        let bytes = response_bytes(&*ids, &req, status, &reason, &headers, body.as_ref());
         let (sock, remembered, cancel) = (sock.clone(), remembered.clone(), cancel.clone());
         let send = async move {
             if !delay.is_zero() {
@@ -352,6 +366,7 @@ async fn serve_udp(
 async fn serve_tcp(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    ids: Arc<dyn Ids>,
     policy: Policy,
     report: mpsc::UnboundedSender<ReceivedRequest>,
     cancel: CancellationToken,
@@ -364,13 +379,15 @@ async fn serve_tcp(
                 Err(_) => continue,
             },
         };
-        let (policy, report, cancel) = (policy.clone(), report.clone(), cancel.clone());
+        let (ids, policy, report, cancel) =
+            (ids.clone(), policy.clone(), report.clone(), cancel.clone());
         match &tls {
             None => {
                 tokio::spawn(serve_stream(
                     stream,
                     Transport::Tcp,
                     peer,
+                    ids,
                     policy,
                     report,
                     cancel,
@@ -382,7 +399,7 @@ async fn serve_tcp(
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream));
                     if let Ok(Ok(tls)) = handshake.await {
-                        serve_stream(tls, Transport::Tls, peer, policy, report, cancel).await;
+                        serve_stream(tls, Transport::Tls, peer, ids, policy, report, cancel).await;
                     }
                 });
             }
@@ -394,6 +411,7 @@ async fn serve_stream<S>(
     stream: S,
     transport: Transport,
     peer: SocketAddr,
+    ids: Arc<dyn Ids>,
     policy: Policy,
     report: mpsc::UnboundedSender<ReceivedRequest>,
     cancel: CancellationToken,
@@ -435,7 +453,8 @@ async fn serve_stream<S>(
                         delay,
                     } = reply
                     {
-                        let bytes = response_bytes(&req, status, &reason, &headers, body.as_ref());
+                        let bytes =
+                            response_bytes(&*ids, &req, status, &reason, &headers, body.as_ref());
                         let wr = wr.clone();
                         let cancel = cancel.clone();
                         tokio::spawn(async move {
@@ -585,6 +604,7 @@ fn top_branch(req: &ReceivedRequest) -> Option<String> {
 
 /// A response to `req`: its Via, From, To (with a tag), Call-ID and CSeq, then `extra`.
 fn response_bytes(
+    ids: &dyn Ids,
     req: &ReceivedRequest,
     status: u16,
     reason: &str,
@@ -600,7 +620,7 @@ fn response_bytes(
         }
         out.push_str(&format!("{n}: {v}"));
         if (lower == "to" || lower == "t") && !v.to_ascii_lowercase().contains(";tag=") {
-            out.push_str(&format!(";tag={:08x}", rand::rng().random::<u32>()));
+            out.push_str(&format!(";tag={}", ids.hex(8)));
         }
         out.push_str("\r\n");
     }
@@ -739,6 +759,7 @@ mod tests {
         let peer = "127.0.0.1:9".parse().unwrap();
         let r = parse_datagram(REQ.as_bytes(), peer).unwrap();
         let bytes = response_bytes(
+            &crate::ids::RandomIds,
             &r,
             302,
             "Moved\r\nX: y",

@@ -6,8 +6,6 @@
 //! MD5 is implemented here (RFC 1321) because it is the only hash digest needs and the
 //! project takes no extra dependency for it; it is used for nothing else.
 
-use rand::Rng;
-
 /// A parsed `Digest` challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
@@ -166,8 +164,9 @@ pub fn digest_response(d: &DigestInput<'_>) -> String {
 }
 
 /// Answers `challenge` for `method uri`: the value of the `Authorization` (or
-/// `Proxy-Authorization`) header.
+/// `Proxy-Authorization`) header. The client nonce comes from `ids`.
 pub fn authorization(
+    ids: &dyn crate::ids::Ids,
     challenge: &Challenge,
     username: &str,
     password: &str,
@@ -195,7 +194,7 @@ pub fn authorization(
     } else {
         return Err(AuthError::Qop(challenge.qop.clone()));
     };
-    let cnonce = format!("{:016x}", rand::rng().random::<u64>());
+    let cnonce = ids.hex(16);
     let nc = 1u32;
     let response = digest_response(&DigestInput {
         username,
@@ -347,7 +346,16 @@ mod tests {
     fn authorization_round_trips_through_verify() {
         let c =
             Challenge::parse(r#"Digest realm="iwf", nonce="n1", qop="auth", opaque="o""#).unwrap();
-        let v = authorization(&c, "alice", "pw", None, "MESSAGE", "sip:bob@x").unwrap();
+        let v = authorization(
+            &crate::ids::RandomIds,
+            &c,
+            "alice",
+            "pw",
+            None,
+            "MESSAGE",
+            "sip:bob@x",
+        )
+        .unwrap();
         assert!(v.starts_with("Digest username=\"alice\", realm=\"iwf\""));
         assert!(v.contains("qop=auth, nc=00000001, cnonce=\""));
         assert!(v.contains("opaque=\"o\""));
@@ -355,16 +363,41 @@ mod tests {
         assert!(!verify(&v, "wrong", "MESSAGE"));
         // RFC 2069 form (no qop)
         let c = Challenge::parse(r#"Digest realm="iwf", nonce="n1""#).unwrap();
-        let v = authorization(&c, "alice", "pw", Some("iwf"), "MESSAGE", "sip:bob@x").unwrap();
+        let v = authorization(
+            &crate::ids::RandomIds,
+            &c,
+            "alice",
+            "pw",
+            Some("iwf"),
+            "MESSAGE",
+            "sip:bob@x",
+        )
+        .unwrap();
         assert!(!v.contains("qop"));
         assert!(verify(&v, "pw", "MESSAGE"));
         assert!(matches!(
-            authorization(&c, "alice", "pw", Some("other"), "MESSAGE", "sip:b@x"),
+            authorization(
+                &crate::ids::RandomIds,
+                &c,
+                "alice",
+                "pw",
+                Some("other"),
+                "MESSAGE",
+                "sip:b@x"
+            ),
             Err(AuthError::Realm { .. })
         ));
         let c = Challenge::parse(r#"Digest realm="r", nonce="n", qop="auth-int""#).unwrap();
         assert!(matches!(
-            authorization(&c, "a", "p", None, "MESSAGE", "sip:b@x"),
+            authorization(
+                &crate::ids::RandomIds,
+                &c,
+                "a",
+                "p",
+                None,
+                "MESSAGE",
+                "sip:b@x"
+            ),
             Err(AuthError::Qop(_))
         ));
     }

@@ -51,6 +51,8 @@ use super::config::{Credentials, SipConfig, Timers};
 use super::next_hop::{self, Dns, HickoryDns, HopHost, HopUri, Target, Transport};
 use super::response::{self, LOCAL_MARKER};
 use super::{BoxFuture, InviteOutcome, Session, SipBackend, auth, stamp};
+use crate::clock::Clock;
+use crate::ids::Ids;
 use crate::outcome::{FailureKind, Outcome};
 use crate::plan::{Delivery, Stamp};
 use crate::render::sip::{render_invite, render_message};
@@ -84,6 +86,10 @@ pub struct RsipBackend {
 
 struct Inner {
     endpoint: Arc<EndpointInner>,
+    /// Deadlines (Timer F/B budgets) come from here.
+    clock: Arc<dyn Clock>,
+    /// Via branches, Call-IDs, From tags, digest cnonces, SRV draws.
+    ids: Arc<dyn Ids>,
     cancel: rsipstack::platform::CancellationToken,
     timers: Timers,
     host: String,
@@ -168,8 +174,13 @@ enum TxEnd {
 impl RsipBackend {
     /// Binds the sockets and starts the endpoint. Must run inside a tokio runtime.
     /// Incoming requests are answered 501 (OPTIONS 200); see [`Self::start_with_uas`].
-    pub async fn start(config: SipConfig) -> Result<Self, SipError> {
-        Self::start_with_uas(config, None).await
+    /// Deadlines are taken on `clock`, branches, Call-IDs and tags drawn from `ids`.
+    pub async fn start(
+        config: SipConfig,
+        clock: Arc<dyn Clock>,
+        ids: Arc<dyn Ids>,
+    ) -> Result<Self, SipError> {
+        Self::start_with_uas(config, None, clock, ids).await
     }
 
     /// As [`Self::start`], with incoming requests served by `uas` (the CPM → e-mail
@@ -177,6 +188,8 @@ impl RsipBackend {
     pub async fn start_with_uas(
         config: SipConfig,
         uas: Option<Arc<crate::reverse::Uas>>,
+        clock: Arc<dyn Clock>,
+        ids: Arc<dyn Ids>,
     ) -> Result<Self, SipError> {
         let cancel = rsipstack::platform::CancellationToken::new();
         let transport_layer = TransportLayer::new(cancel.clone());
@@ -299,6 +312,8 @@ impl RsipBackend {
         Ok(RsipBackend {
             inner: Arc::new(Inner {
                 endpoint: endpoint.inner.clone(),
+                clock,
+                ids,
                 cancel,
                 timers: config.timers,
                 host,
@@ -333,7 +348,7 @@ impl RsipBackend {
         let Some(proxy) = self.inner.proxy.clone() else {
             return Ok(());
         };
-        let deadline = Instant::now() + self.inner.timers.timer_f();
+        let deadline = self.inner.clock.instant() + self.inner.timers.timer_f();
         let targets = self.inner.locate(&proxy, deadline).await?;
         self.inner.connect_any(&targets, deadline).await.map(|_| ())
     }
@@ -455,7 +470,7 @@ impl InviteSession {
         let inner = &self.inner;
         let mode = crate::plan::Mode::Large;
         let fail = |kind: FailureKind, detail: String| response::failure(kind, detail, mode);
-        let deadline = Instant::now() + inner.timers.timer_f();
+        let deadline = inner.clock.instant() + inner.timers.timer_f();
         // Next hop: proxy, else the first route, else the remote target (RFC 3261 §12.2.1.1
         // with loose routing), else where the INVITE went.
         let hop_text = match self.routes.first() {
@@ -513,7 +528,7 @@ impl InviteSession {
             format!(
                 "SIP/2.0/{} {sent_by};branch={}",
                 transport.via_name(),
-                stamp::new_branch()
+                stamp::new_branch(&*self.inner.ids)
             ),
         )];
         lines.push(("Max-Forwards".into(), "70".into()));
@@ -587,7 +602,7 @@ impl Inner {
     async fn exchange(&self, delivery: &Delivery, kind: Kind<'_>) -> Result<Exchanged, Outcome> {
         let mode = delivery.mode;
         let fail = |kind: FailureKind, detail: String| response::failure(kind, detail, mode);
-        let deadline = Instant::now() + self.timers.timer_f();
+        let deadline = self.clock.instant() + self.timers.timer_f();
         let base = self.base_delivery(delivery);
         let mut request_uri = delivery.request_uri.clone();
         let mut tried = vec![request_uri.clone()];
@@ -606,7 +621,7 @@ impl Inner {
                 .map_err(|d| fail(FailureKind::Transport, d))?;
             let (target, conn, stream) =
                 self.connect_any(&targets, deadline).await.map_err(|d| {
-                    if Instant::now() >= deadline {
+                    if self.clock.instant() >= deadline {
                         fail(FailureKind::Timeout, d)
                     } else {
                         fail(FailureKind::Transport, d)
@@ -615,11 +630,16 @@ impl Inner {
             let sent_by = self.sent_by(target.transport, &conn);
             let stamp = match &prev {
                 None => {
-                    let s = stamp::first(target.transport.via_name(), &sent_by, &self.host);
+                    let s = stamp::first(
+                        &*self.ids,
+                        target.transport.via_name(),
+                        &sent_by,
+                        &self.host,
+                    );
                     crate::logging::note_call_id(&s.call_id);
                     s
                 }
-                Some(p) => stamp::follow_up(p, target.transport.via_name(), &sent_by),
+                Some(p) => stamp::follow_up(&*self.ids, p, target.transport.via_name(), &sent_by),
             };
             let mut request = self
                 .render(&base, &request_uri, &stamp, kind)
@@ -754,6 +774,7 @@ impl Inner {
             return Err("no credentials".into());
         };
         auth::authorization(
+            &*self.ids,
             challenge,
             &c.username,
             &c.password,
@@ -799,7 +820,7 @@ impl Inner {
     async fn locate(&self, hop: &HopUri, deadline: Instant) -> Result<Vec<Target>, String> {
         let supported = self.supported();
         let targets = if let HopHost::Ip(_) = hop.host {
-            next_hop::locate(hop, &supported, &NoDns).await
+            next_hop::locate(hop, &supported, &NoDns, &*self.ids).await
         } else {
             let dns = self
                 .dns
@@ -807,7 +828,7 @@ impl Inner {
                 .await
                 .as_ref()
                 .map_err(|e| format!("DNS unavailable: {e}"))?;
-            tokio::time::timeout_at(deadline, next_hop::locate(hop, &supported, dns))
+            tokio::time::timeout_at(deadline, next_hop::locate(hop, &supported, dns, &*self.ids))
                 .await
                 .map_err(|_| "DNS resolution did not finish within Timer F".to_string())?
         }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use rsipstack::sip::{self, Host, Uri};
 
 use super::BoxFuture;
+use crate::ids::Ids;
 
 /// The transports the back end speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -209,11 +210,13 @@ pub trait Dns: Send + Sync {
 }
 
 /// Resolves `hop` to targets in the order to try them (RFC 3263 §4).
-/// `supported` lists the transports the caller can use (TLS only when configured).
+/// `supported` lists the transports the caller can use (TLS only when configured); `ids`
+/// draws among SRV records of equal priority.
 pub async fn locate(
     hop: &HopUri,
     supported: &[Transport],
     dns: &dyn Dns,
+    ids: &dyn Ids,
 ) -> Result<Vec<Target>, NextHopError> {
     let fallback = if hop.secure {
         Transport::Tls
@@ -280,7 +283,7 @@ pub async fn locate(
             continue;
         }
         let mut out = Vec::new();
-        let ordered = order_srv(records, &mut rand::rng());
+        let ordered = order_srv(records, ids);
         for rec in ordered {
             if let Ok(mut a) = addresses(dns, &rec.target, rec.port, *t).await {
                 out.append(&mut a);
@@ -345,7 +348,7 @@ fn naptr_transport(service: &str, secure: bool) -> Option<Transport> {
 }
 
 /// RFC 2782 order: ascending priority; within one priority a weighted random draw.
-pub fn order_srv(mut records: Vec<Srv>, rng: &mut impl rand::Rng) -> Vec<Srv> {
+pub fn order_srv(mut records: Vec<Srv>, ids: &dyn Ids) -> Vec<Srv> {
     records.sort_by_key(|r| r.priority);
     let mut out = Vec::with_capacity(records.len());
     let mut rest = records.as_slice();
@@ -363,7 +366,7 @@ pub fn order_srv(mut records: Vec<Srv>, rng: &mut impl rand::Rng) -> Vec<Srv> {
             let pick = if total == 0 {
                 0
             } else {
-                let draw = rng.random_range(0..=total);
+                let draw = (ids.bits() % (u64::from(total) + 1)) as u32;
                 let mut running = 0u32;
                 group
                     .iter()
@@ -607,7 +610,7 @@ mod tests {
         dns.ip
             .insert("c.example.com".into(), vec!["192.0.2.3".parse().unwrap()]);
         let hop = HopUri::parse("sip:bob@example.com").unwrap();
-        let got = run(locate(&hop, &ALL, &dns)).unwrap();
+        let got = run(locate(&hop, &ALL, &dns, &crate::ids::RandomIds)).unwrap();
         assert_eq!(
             got,
             vec![
@@ -618,7 +621,13 @@ mod tests {
         // Without TCP support the UDP NAPTR is used (its SRV is missing: A record).
         dns.ip
             .insert("example.com".into(), vec!["192.0.2.9".parse().unwrap()]);
-        let got = run(locate(&hop, &[Transport::Udp], &dns)).unwrap();
+        let got = run(locate(
+            &hop,
+            &[Transport::Udp],
+            &dns,
+            &crate::ids::RandomIds,
+        ))
+        .unwrap();
         assert_eq!(got, vec![t(Transport::Udp, "192.0.2.9:5060")]);
     }
 
@@ -631,7 +640,7 @@ mod tests {
         );
         let hop = HopUri::parse("sip:example.org").unwrap();
         assert_eq!(
-            run(locate(&hop, &ALL, &dns)).unwrap(),
+            run(locate(&hop, &ALL, &dns, &crate::ids::RandomIds)).unwrap(),
             vec![t(Transport::Tcp, "192.0.2.7:5090")]
         );
         // explicit port: A record only, no SRV
@@ -639,26 +648,26 @@ mod tests {
             .insert("example.org".into(), vec!["192.0.2.8".parse().unwrap()]);
         let hop = HopUri::parse("sip:example.org:5099").unwrap();
         assert_eq!(
-            run(locate(&hop, &ALL, &dns)).unwrap(),
+            run(locate(&hop, &ALL, &dns, &crate::ids::RandomIds)).unwrap(),
             vec![t(Transport::Udp, "192.0.2.8:5099")]
         );
         // sips: TLS on 5061
         let hop = HopUri::parse("sips:example.org").unwrap();
         assert_eq!(
-            run(locate(&hop, &ALL, &dns)).unwrap(),
+            run(locate(&hop, &ALL, &dns, &crate::ids::RandomIds)).unwrap(),
             vec![t(Transport::Tls, "192.0.2.8:5061")]
         );
         // nothing at all
         let hop = HopUri::parse("sip:nowhere.example").unwrap();
         assert!(matches!(
-            run(locate(&hop, &ALL, &dns)),
+            run(locate(&hop, &ALL, &dns, &crate::ids::RandomIds)),
             Err(NextHopError::Dns(_))
         ));
     }
 
     #[test]
     fn srv_order_is_priority_then_weight() {
-        let mut rng = rand::rng();
+        let ids = crate::ids::RandomIds;
         for _ in 0..50 {
             let got = order_srv(
                 vec![
@@ -667,7 +676,7 @@ mod tests {
                     srv(1, 0, 1, "b"),
                     srv(1, 90, 1, "d"),
                 ],
-                &mut rng,
+                &ids,
             );
             let names: Vec<&str> = got.iter().map(|s| s.target.as_str()).collect();
             assert_eq!(names.len(), 4);

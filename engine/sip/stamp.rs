@@ -1,47 +1,41 @@
 //! Per-transmission values: Via branch, Call-ID, From tag, CSeq.
 
-use rand::Rng;
-
+use crate::ids::Ids;
 use crate::plan::Stamp;
 
 /// RFC 3261 §8.1.1.7 magic cookie.
 pub const BRANCH_COOKIE: &str = "z9hG4bK";
 
-fn random_hex(bits: u32) -> String {
-    let mut rng = rand::rng();
-    let mut s = String::with_capacity((bits / 4) as usize);
-    for _ in 0..bits.div_ceil(64) {
-        s.push_str(&format!("{:016x}", rng.random::<u64>()));
-    }
-    s.truncate((bits / 4) as usize);
-    s
+/// `bits` random bits from `ids` as hex digits.
+fn random_hex(ids: &dyn Ids, bits: usize) -> String {
+    ids.hex(bits / 4)
 }
 
 /// A fresh branch: the magic cookie plus 96 random bits.
-pub fn new_branch() -> String {
-    format!("{BRANCH_COOKIE}{}", random_hex(96))
+pub fn new_branch(ids: &dyn Ids) -> String {
+    format!("{BRANCH_COOKIE}{}", random_hex(ids, 96))
 }
 
 /// The stamp of the first request of a delivery: fresh branch, random Call-ID at `host`,
 /// random From tag, CSeq 1. `sent_by` is `host[:port]` (IPv6 in brackets).
-pub fn first(transport: &str, sent_by: &str, host: &str) -> Stamp {
+pub fn first(ids: &dyn Ids, transport: &str, sent_by: &str, host: &str) -> Stamp {
     Stamp {
         transport: transport.to_string(),
         sent_by: sent_by.to_string(),
-        branch: new_branch(),
-        call_id: format!("{}@{}", random_hex(128), host),
-        from_tag: random_hex(64),
+        branch: new_branch(ids),
+        call_id: format!("{}@{}", random_hex(ids, 128), host),
+        from_tag: random_hex(ids, 64),
         cseq: 1,
     }
 }
 
 /// The stamp of a follow-up request (redirect, authentication retry): same Call-ID and
 /// From tag, new branch, CSeq + 1 (RFC 3261 §8.1.3.5, §22.2).
-pub fn follow_up(prev: &Stamp, transport: &str, sent_by: &str) -> Stamp {
+pub fn follow_up(ids: &dyn Ids, prev: &Stamp, transport: &str, sent_by: &str) -> Stamp {
     Stamp {
         transport: transport.to_string(),
         sent_by: sent_by.to_string(),
-        branch: new_branch(),
+        branch: new_branch(ids),
         call_id: prev.call_id.clone(),
         from_tag: prev.from_tag.clone(),
         cseq: prev.cseq.saturating_add(1),
@@ -60,6 +54,7 @@ pub fn sent_by(host: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::RandomIds;
 
     fn is_hex(s: &str) -> bool {
         s.chars().all(|c| c.is_ascii_hexdigit())
@@ -67,7 +62,7 @@ mod tests {
 
     #[test]
     fn first_stamp_format() {
-        let s = first("UDP", "192.0.2.10:5060", "192.0.2.10");
+        let s = first(&RandomIds, "UDP", "192.0.2.10:5060", "192.0.2.10");
         assert_eq!(s.transport, "UDP");
         assert_eq!(s.sent_by, "192.0.2.10:5060");
         let rand = s.branch.strip_prefix("z9hG4bK").unwrap();
@@ -81,8 +76,8 @@ mod tests {
 
     #[test]
     fn stamps_are_unique() {
-        let a = first("UDP", "h:1", "h");
-        let b = first("UDP", "h:1", "h");
+        let a = first(&RandomIds, "UDP", "h:1", "h");
+        let b = first(&RandomIds, "UDP", "h:1", "h");
         assert_ne!(a.branch, b.branch);
         assert_ne!(a.call_id, b.call_id);
         assert_ne!(a.from_tag, b.from_tag);
@@ -90,8 +85,8 @@ mod tests {
 
     #[test]
     fn follow_up_keeps_dialog_ids() {
-        let a = first("UDP", "h:1", "h");
-        let b = follow_up(&a, "TCP", "h:2");
+        let a = first(&RandomIds, "UDP", "h:1", "h");
+        let b = follow_up(&RandomIds, &a, "TCP", "h:2");
         assert_eq!(
             (b.call_id.as_str(), b.from_tag.as_str()),
             (a.call_id.as_str(), a.from_tag.as_str())

@@ -46,7 +46,9 @@ pub(super) fn timers(t1_ms: u64) -> Timers {
 }
 
 pub(super) async fn backend(config: SipConfig) -> RsipBackend {
-    RsipBackend::start(config).await.expect("backend starts")
+    RsipBackend::start(config, crate::clock::system(), crate::ids::random())
+        .await
+        .expect("backend starts")
 }
 
 fn status_of(o: &Outcome) -> Option<u16> {

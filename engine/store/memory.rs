@@ -1,8 +1,10 @@
 //! The in-memory store: one process, forgotten on restart (`store: memory`, tests).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::clock::Clock;
 
 use super::{BoxFuture, Fields, Limits, Lookup, Stats, Store, StoreError, ms, now_ms, rcpt_key};
 
@@ -12,11 +14,14 @@ pub struct MemoryStore {
     delivered: Mutex<HashMap<(String, String), u64>>,
     correlation: Mutex<HashMap<String, (Fields, u64)>>,
     limits: Limits,
+    clock: Arc<dyn Clock>,
 }
 
 impl MemoryStore {
-    pub fn new(limits: Limits) -> Self {
+    /// An empty store whose records expire on `clock`.
+    pub fn new(limits: Limits, clock: Arc<dyn Clock>) -> Self {
         MemoryStore {
+            clock,
             delivered: Mutex::new(HashMap::new()),
             correlation: Mutex::new(HashMap::new()),
             limits: Limits {
@@ -41,9 +46,9 @@ impl MemoryStore {
 }
 
 impl Default for MemoryStore {
-    /// Five days, one million records of each kind.
+    /// Five days, one million records of each kind, on the system clock.
     fn default() -> Self {
-        MemoryStore::new(Limits::default())
+        MemoryStore::new(Limits::default(), crate::clock::system())
     }
 }
 
@@ -77,7 +82,7 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
         Box::pin(async move {
             let r = self.delivered.lock().map_err(|_| Self::unavailable())?;
-            let now = now_ms();
+            let now = now_ms(&*self.clock);
             Ok(rcpts
                 .iter()
                 .map(|rc| {
@@ -95,7 +100,7 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut r = self.delivered.lock().map_err(|_| Self::unavailable())?;
-            let now = now_ms();
+            let now = now_ms(&*self.clock);
             let expires = now.saturating_add(ms(self.limits.delivery_ttl));
             for rc in rcpts {
                 make_room(&mut r, self.limits.max_records, now, |e| *e);
@@ -113,7 +118,7 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut c = self.correlation.lock().map_err(|_| Self::unavailable())?;
-            let now = now_ms();
+            let now = now_ms(&*self.clock);
             if !c.contains_key(key) {
                 make_room(&mut c, self.limits.max_records, now, |(_, e)| *e);
             }
@@ -128,14 +133,14 @@ impl Store for MemoryStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Fields>, StoreError>> {
         Box::pin(async move {
             let c = self.correlation.lock().map_err(|_| Self::unavailable())?;
-            let now = now_ms();
+            let now = now_ms(&*self.clock);
             Ok(c.get(key).filter(|(_, e)| *e > now).map(|(f, _)| f.clone()))
         })
     }
 
     fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, StoreError>> {
         Box::pin(async move {
-            let now = now_ms();
+            let now = now_ms(&*self.clock);
             let delivered = {
                 let r = self.delivered.lock().map_err(|_| Self::unavailable())?;
                 r.iter()
@@ -152,7 +157,7 @@ impl Store for MemoryStore {
 
     fn stats(&self) -> BoxFuture<'_, Result<Stats, StoreError>> {
         Box::pin(async move {
-            let now = now_ms();
+            let now = now_ms(&*self.clock);
             let d = self.delivered.lock().map_err(|_| Self::unavailable())?;
             let c = self.correlation.lock().map_err(|_| Self::unavailable())?;
             Ok(Stats {
@@ -170,7 +175,7 @@ impl Store for MemoryStore {
         Box::pin(async move {
             let mut c = self.correlation.lock().map_err(|_| Self::unavailable())?;
             let key = format!("claim:{key}");
-            let now = now_ms();
+            let now = now_ms(&*self.clock);
             if c.get(&key).is_some_and(|(_, e)| *e > now) {
                 return Ok(false);
             }

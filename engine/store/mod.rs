@@ -23,7 +23,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -204,11 +206,14 @@ impl Backend {
 
     /// Opens the store (a SQLite file is created with its directory; Redis is connected
     /// lazily, so iwf starts while Redis is down and answers 4xx until it is back).
-    pub fn open(&self, limits: Limits) -> anyhow::Result<Arc<dyn Store>> {
+    /// Records expire on `clock`.
+    pub fn open(&self, limits: Limits, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Store>> {
         Ok(match self {
-            Backend::Memory => Arc::new(MemoryStore::new(limits)),
-            Backend::Sqlite(path) => Arc::new(SqliteStore::open(path, limits)?),
-            Backend::Redis { urls, cluster } => Arc::new(RedisStore::new(urls, *cluster, limits)?),
+            Backend::Memory => Arc::new(MemoryStore::new(limits, clock)),
+            Backend::Sqlite(path) => Arc::new(SqliteStore::open(path, limits, clock)?),
+            Backend::Redis { urls, cluster } => {
+                Arc::new(RedisStore::new(urls, *cluster, limits, clock)?)
+            }
         })
     }
 }
@@ -251,12 +256,9 @@ pub(crate) fn rcpt_key(rcpt: &str) -> String {
     rcpt.to_ascii_lowercase()
 }
 
-/// Now, in Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Now on `clock`, in Unix milliseconds.
+pub(crate) fn now_ms(clock: &dyn Clock) -> u64 {
+    u64::try_from(clock.now().timestamp_millis()).unwrap_or(0)
 }
 
 pub(crate) fn ms(d: Duration) -> u64 {

@@ -16,11 +16,14 @@
 //! The connection is made lazily and re-made after a failure (redis's `ConnectionManager`,
 //! or the cluster client), so iwf starts, and answers 4xx, while Redis is down.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::Mutex;
+
+use crate::clock::Clock;
 
 use super::{BoxFuture, Fields, Limits, Lookup, Stats, Store, StoreError, failed, ms, rcpt_key};
 
@@ -41,6 +44,7 @@ pub struct RedisStore {
     conn: Conn,
     location: String,
     limits: Limits,
+    clock: Arc<dyn Clock>,
 }
 
 fn delivered_key(mail: &str, rcpt: &str) -> String {
@@ -77,7 +81,12 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 impl RedisStore {
     /// Prepares the connection (made on first use). Needs a Tokio runtime.
-    pub fn new(urls: &[String], cluster: bool, limits: Limits) -> anyhow::Result<RedisStore> {
+    pub fn new(
+        urls: &[String],
+        cluster: bool,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<RedisStore> {
         let location = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
         let conn = if cluster {
             let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
@@ -105,6 +114,7 @@ impl RedisStore {
             conn,
             location,
             limits,
+            clock,
         })
     }
 
@@ -291,7 +301,7 @@ impl Store for RedisStore {
                 if left > 0
                     && let Some(rcpt) = k.strip_prefix(&prefix)
                 {
-                    delivered.insert(rcpt.to_string(), super::now_ms() + left as u64);
+                    delivered.insert(rcpt.to_string(), super::now_ms(&*self.clock) + left as u64);
                 }
             }
             Ok(Lookup {

@@ -24,10 +24,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
+
+use crate::clock::Clock;
 
 use super::{
     BoxFuture, Fields, Limits, Lookup, Stats, Store, StoreError, failed, ms, now_ms, rcpt_key,
@@ -84,6 +86,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Request>>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     limits: Limits,
+    clock: Arc<dyn Clock>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -105,8 +108,8 @@ fn as_i64(v: u64) -> i64 {
 
 impl SqliteStore {
     /// Opens (creating it and its directory if needed) the database at `path` and starts
-    /// the writer thread.
-    pub fn open(path: &Path, limits: Limits) -> anyhow::Result<SqliteStore> {
+    /// the writer thread. Records expire on `clock`.
+    pub fn open(path: &Path, limits: Limits, clock: Arc<dyn Clock>) -> anyhow::Result<SqliteStore> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -125,7 +128,7 @@ impl SqliteStore {
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
         let (tx, rx) = mpsc::channel();
-        let mut w = Writer::new(writer_conn, limits)
+        let mut w = Writer::new(writer_conn, limits, clock.clone())
             .map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
         let thread = std::thread::Builder::new()
             .name("iwf-store-writer".into())
@@ -135,6 +138,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             readers: Arc::new(readers),
             limits,
+            clock,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -200,13 +204,15 @@ impl Drop for SqliteStore {
 struct Writer {
     conn: Connection,
     limits: Limits,
+    /// Record expiry and the sweep interval.
+    clock: Arc<dyn Clock>,
     /// Upper bounds of the row counts (recounted when they pass the limit).
     delivered_rows: u64,
     correlation_rows: u64,
 }
 
 impl Writer {
-    fn new(conn: Connection, limits: Limits) -> rusqlite::Result<Writer> {
+    fn new(conn: Connection, limits: Limits, clock: Arc<dyn Clock>) -> rusqlite::Result<Writer> {
         let count = |t: &str| {
             conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
                 r.get::<_, i64>(0)
@@ -217,19 +223,20 @@ impl Writer {
         Ok(Writer {
             conn,
             limits,
+            clock,
             delivered_rows: d,
             correlation_rows: c,
         })
     }
 
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
-        let mut last_sweep = Instant::now();
+        let mut last_sweep = self.clock.instant();
         loop {
             let first = match rx.recv_timeout(SWEEP_EVERY) {
                 Ok(r) => r,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.sweep();
-                    last_sweep = Instant::now();
+                    last_sweep = self.clock.instant();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -250,9 +257,9 @@ impl Writer {
                 ::metrics::counter!("iwf_store_records_committed_total", "backend" => "sqlite")
                     .increment(batch.len() as u64);
             }
-            if sweep_asked || last_sweep.elapsed() >= SWEEP_EVERY {
+            if sweep_asked || self.clock.instant() - last_sweep >= SWEEP_EVERY {
                 self.sweep();
-                last_sweep = Instant::now();
+                last_sweep = self.clock.instant();
             }
             for r in batch {
                 let _ = r.done.send(result.clone());
@@ -316,7 +323,7 @@ impl Writer {
     }
 
     fn sweep(&mut self) {
-        let now = as_i64(now_ms());
+        let now = as_i64(now_ms(&*self.clock));
         for (table, key) in [("delivered", "(mail, rcpt)"), ("correlation", "key")] {
             loop {
                 let cols = key.trim_matches(['(', ')']);
@@ -386,7 +393,7 @@ impl Store for SqliteStore {
         let mail = mail.to_string();
         let rcpts: Vec<String> = rcpts.iter().map(|r| rcpt_key(r)).collect();
         Box::pin(async move {
-            let now = as_i64(now_ms());
+            let now = as_i64(now_ms(&*self.clock));
             let r = self
                 .read(move |c| {
                     let mut q = c.prepare_cached(
@@ -414,7 +421,7 @@ impl Store for SqliteStore {
             if rcpts.is_empty() {
                 return Ok(());
             }
-            let expires = as_i64(now_ms().saturating_add(ms(self.limits.delivery_ttl)));
+            let expires = as_i64(now_ms(&*self.clock).saturating_add(ms(self.limits.delivery_ttl)));
             let r = self
                 .submit(Job::Delivered {
                     mail: mail.to_string(),
@@ -445,7 +452,7 @@ impl Store for SqliteStore {
                 .submit(Job::Put {
                     key: key.to_string(),
                     fields,
-                    expires: as_i64(now_ms().saturating_add(ms(ttl))),
+                    expires: as_i64(now_ms(&*self.clock).saturating_add(ms(ttl))),
                 })
                 .await;
             if let Err(e) = &r {
@@ -458,7 +465,7 @@ impl Store for SqliteStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Fields>, StoreError>> {
         let key = key.to_string();
         Box::pin(async move {
-            let now = as_i64(now_ms());
+            let now = as_i64(now_ms(&*self.clock));
             let json = self
                 .read(move |c| {
                     c.query_row(
@@ -480,7 +487,7 @@ impl Store for SqliteStore {
     fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, StoreError>> {
         let k = key.to_string();
         Box::pin(async move {
-            let now = as_i64(now_ms());
+            let now = as_i64(now_ms(&*self.clock));
             let delivered = self
                 .read(move |c| {
                     let mut q = c.prepare(
@@ -501,7 +508,7 @@ impl Store for SqliteStore {
 
     fn stats(&self) -> BoxFuture<'_, Result<Stats, StoreError>> {
         Box::pin(async move {
-            let now = as_i64(now_ms());
+            let now = as_i64(now_ms(&*self.clock));
             let (d, c) = self
                 .read(move |c| {
                     let n = |t: &str| {

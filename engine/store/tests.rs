@@ -70,21 +70,29 @@ async fn claims(s: &dyn Store) {
 
 #[tokio::test]
 async fn claims_are_exclusive_until_released_or_expired() {
-    claims(&MemoryStore::new(Limits::default())).await;
+    claims(&MemoryStore::new(Limits::default(), crate::clock::system())).await;
     let dir = tempfile::tempdir().unwrap();
-    claims(&SqliteStore::open(&dir.path().join("c.sqlite3"), Limits::default()).unwrap()).await;
+    claims(
+        &SqliteStore::open(
+            &dir.path().join("c.sqlite3"),
+            Limits::default(),
+            crate::clock::system(),
+        )
+        .unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn memory_store_expires() {
-    expiry_and_case(&MemoryStore::new(limits(150, 100))).await;
+    expiry_and_case(&MemoryStore::new(limits(150, 100), crate::clock::system())).await;
 }
 
 #[tokio::test]
 async fn sqlite_store_expires_and_sweeps() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s/iwf.sqlite3");
-    let s = SqliteStore::open(&path, limits(150, 100)).unwrap();
+    let s = SqliteStore::open(&path, limits(150, 100), crate::clock::system()).unwrap();
     expiry_and_case(&s).await;
     s.sweep().await.unwrap();
     let c = rusqlite::Connection::open(&path).unwrap();
@@ -99,7 +107,9 @@ async fn sqlite_records_survive_reopening_and_concurrent_writers_share_commits()
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("iwf.sqlite3");
     {
-        let s = std::sync::Arc::new(SqliteStore::open(&path, Limits::default()).unwrap());
+        let s = std::sync::Arc::new(
+            SqliteStore::open(&path, Limits::default(), crate::clock::system()).unwrap(),
+        );
         let mut tasks = Vec::new();
         for i in 0..200 {
             let s = s.clone();
@@ -112,7 +122,7 @@ async fn sqlite_records_survive_reopening_and_concurrent_writers_share_commits()
             t.await.unwrap().unwrap();
         }
     }
-    let s = SqliteStore::open(&path, Limits::default()).unwrap();
+    let s = SqliteStore::open(&path, Limits::default(), crate::clock::system()).unwrap();
     for i in [0, 77, 199] {
         assert_eq!(
             s.delivered(&format!("id:{i}"), &rcpts(&["A@B", "c@d", "e@f"]))
@@ -127,7 +137,12 @@ async fn sqlite_records_survive_reopening_and_concurrent_writers_share_commits()
 #[tokio::test]
 async fn sqlite_store_stays_bounded_and_keeps_the_newest() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("b.sqlite3"), limits(3_600_000, 10)).unwrap();
+    let s = SqliteStore::open(
+        &dir.path().join("b.sqlite3"),
+        limits(3_600_000, 10),
+        crate::clock::system(),
+    )
+    .unwrap();
     for i in 0..50 {
         s.record_delivered(&format!("id:{i}"), &rcpts(&["r@y"]))
             .await
@@ -164,7 +179,7 @@ proptest! {
         writes in proptest::collection::vec((0u8..40, 0u8..4), 1..120),
     ) {
         let rt = runtime();
-        let s = MemoryStore::new(limits(3_600_000, max));
+        let s = MemoryStore::new(limits(3_600_000, max), crate::clock::system());
         for (mail, rcpt) in writes {
             let (m, r) = (format!("id:{mail}"), vec![format!("r{rcpt}@x")]);
             rt.block_on(s.record_delivered(&m, &r)).unwrap();
@@ -180,7 +195,7 @@ proptest! {
         asked in proptest::collection::vec((0u8..10, 0u8..5), 1..30),
     ) {
         let rt = runtime();
-        let s = MemoryStore::new(limits(3_600_000, 1000));
+        let s = MemoryStore::new(limits(3_600_000, 1000), crate::clock::system());
         for (m, r) in &recorded {
             rt.block_on(s.record_delivered(&format!("id:{m}"), &[format!("R{r}@X")])).unwrap();
         }

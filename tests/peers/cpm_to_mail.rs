@@ -620,6 +620,7 @@ async fn large_pair_idle(
     let uas = Arc::new(Uas::new(
         Arc::new(arc_swap::ArcSwap::from_pointee(rules)),
         Arc::new(iwf::ids::RandomIds),
+        iwf::clock::system(),
         Arc::new(MemoryThreads::default()),
         UasConfig {
             smarthost: Some(format!("127.0.0.1:{port}")),
@@ -627,14 +628,23 @@ async fn large_pair_idle(
             ..UasConfig::default()
         },
     ));
-    let server = RsipBackend::start_with_uas(SipConfig::default(), Some(uas))
-        .await
-        .unwrap();
+    let server = RsipBackend::start_with_uas(
+        SipConfig::default(),
+        Some(uas),
+        iwf::clock::system(),
+        iwf::ids::random(),
+    )
+    .await
+    .unwrap();
     let addr = server.udp_addr().unwrap();
-    let client = RsipBackend::start(SipConfig {
-        outbound_proxy: Some(format!("sip:{addr};transport=udp")),
-        ..SipConfig::default()
-    })
+    let client = RsipBackend::start(
+        SipConfig {
+            outbound_proxy: Some(format!("sip:{addr};transport=udp")),
+            ..SipConfig::default()
+        },
+        iwf::clock::system(),
+        iwf::ids::random(),
+    )
     .await
     .unwrap();
     let cfg = iwf::large::LargeConfig {

@@ -650,7 +650,7 @@ async fn the_redis_store_keeps_and_expires_records() {
         max_records: 1000,
         report_ttl: Duration::from_millis(300),
     };
-    let s = RedisStore::new(&[url], false, limits).unwrap();
+    let s = RedisStore::new(&[url], false, limits, iwf::clock::system()).unwrap();
     // A report claim (engine/reports: one instance sends it): SET NX, exclusive until
     // released or expired.
     assert!(
