@@ -35,24 +35,7 @@ pub struct LargeConfig {
 }
 
 /// A TLS client configuration trusting the CA certificates in `ca_pem` (and nothing else).
-pub fn tls_client_config(ca_pem: &[u8]) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
-        roots
-            .add(cert.map_err(|e| format!("CA file: {e}"))?)
-            .map_err(|e| format!("CA certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("no certificate in the CA file".into());
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(std::sync::Arc::new(config))
-}
+pub use crate::tls::client_config_from_ca_pem as tls_client_config;
 
 impl Default for LargeConfig {
     fn default() -> Self {

@@ -67,3 +67,4 @@ pub mod smarthost;
 pub mod smtp;
 pub mod smtp_client;
 pub mod store;
+pub mod tls;

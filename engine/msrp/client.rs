@@ -25,17 +25,14 @@
 //! the client waits up to [`ClientConfig::report_timeout`] for it.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use super::codec::{
     ChunkTemplate, Chunks, FailureReport, Flag, Frame, Limits, Method, MsrpUri, Parser, Request,
@@ -190,52 +187,8 @@ impl From<ConnectError> for SendOutcome {
     }
 }
 
-/// A connection opened by [`connect`]: plain TCP or TLS.
-#[derive(Debug)]
-pub enum MsrpStream {
-    Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for MsrpStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MsrpStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            MsrpStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for MsrpStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MsrpStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            MsrpStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MsrpStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            MsrpStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MsrpStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            MsrpStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection opened by [`connect`]: plain TCP or TLS ([`crate::tls::MaybeTls`]).
+pub type MsrpStream = crate::tls::MaybeTls;
 
 /// Opens a connection to the host and port of an MSRP URI (`msrp://host:port/s;tcp`,
 /// or `msrps://…` over TLS, which needs `tls`). The whole connect, TLS handshake
@@ -265,7 +218,7 @@ pub async fn connect(
             })?;
         let _ = tcp.set_nodelay(true);
         let Some(connector) = tls else {
-            return Ok(MsrpStream::Tcp(tcp));
+            return Ok(MsrpStream::Plain(tcp));
         };
         let name = rustls::pki_types::ServerName::try_from(uri.host.clone())
             .map_err(|_| ConnectError::BadServerName(uri.host.clone()))?;
@@ -276,7 +229,7 @@ pub async fn connect(
                 addr: addr.clone(),
                 source,
             })?;
-        Ok(MsrpStream::Tls(Box::new(stream)))
+        Ok(MsrpStream::from(stream))
     };
     timeout(connect_timeout, work)
         .await

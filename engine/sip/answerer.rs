@@ -135,17 +135,13 @@ pub struct AnswererTls {
 }
 
 fn tls_acceptor(t: &AnswererTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
-    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-    let certs =
-        rustls_pemfile::certs(&mut t.cert_chain_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut t.key_pem.as_slice())?
-        .ok_or_else(|| bad("no private key in key_pem".into()))?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| bad(e.to_string()))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    use crate::tls::TlsConfigError;
+    let config =
+        crate::tls::server_config_from_pem(&t.cert_chain_pem, &t.key_pem).map_err(|e| match e {
+            TlsConfigError::Pem(e) => e,
+            e => std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(config))
 }
 
 impl Default for AnswererConfig {

@@ -9,8 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
+
+use crate::tls::MaybeTls;
 
 /// Longest reply line and most lines of one reply accepted from the server.
 const MAX_LINE: usize = 4096;
@@ -168,12 +170,9 @@ pub struct Envelope {
     pub by: Option<i64>,
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// An open session with the smarthost, after EHLO (and STARTTLS when offered).
 pub struct Session {
-    io: BufStream<Box<dyn Io>>,
+    io: BufStream<MaybeTls>,
     caps: Caps,
 }
 
@@ -216,7 +215,7 @@ impl Session {
             .map_err(|e| SmtpOutcome::failure_at(Stage::Connect, "connect", e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let mut s = Session {
-            io: BufStream::new(Box::new(tcp)),
+            io: BufStream::new(MaybeTls::Plain(tcp)),
             caps: Caps::default(),
         };
         let greeting = s.read_reply(Stage::Connect).await?;
@@ -234,15 +233,16 @@ impl Session {
                 .map(|(h, _)| h.trim_matches(['[', ']']))
                 .unwrap_or(smarthost)
                 .to_string();
-            let plain =
-                std::mem::replace(&mut s.io, BufStream::new(Box::new(tokio::io::duplex(1).0)))
-                    .into_inner();
-            let tls = tls_connector()
-                .map_err(|e| SmtpOutcome::failure_at(Stage::Starttls, "protocol", e))?
-                .connect(server_name(&host), plain)
+            let mut stream =
+                std::mem::replace(&mut s.io, BufStream::new(MaybeTls::Upgrading)).into_inner();
+            let connector = crate::tls::opportunistic_client_config()
+                .map(tokio_rustls::TlsConnector::from)
+                .map_err(|e| SmtpOutcome::failure_at(Stage::Starttls, "protocol", e))?;
+            stream
+                .connect_tls(&connector, server_name(&host))
                 .await
                 .map_err(|e| SmtpOutcome::failure_at(Stage::Starttls, "protocol", e.to_string()))?;
-            s.io = BufStream::new(Box::new(tls));
+            s.io = BufStream::new(stream);
             s.ehlo(helo).await?;
         }
         Ok(s)
@@ -453,64 +453,6 @@ fn server_name(host: &str) -> rustls::pki_types::ServerName<'static> {
         Err(_) => rustls::pki_types::ServerName::try_from(host.to_string()).unwrap_or_else(|_| {
             rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
         }),
-    }
-}
-
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Opportunistic(provider)))
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-/// Opportunistic TLS (RFC 7435 §1.3): encryption without authentication of the server;
-/// the signatures of the handshake are still checked.
-#[derive(Debug)]
-struct Opportunistic(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for Opportunistic {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
