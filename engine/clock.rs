@@ -47,6 +47,33 @@ impl FixedClock {
     }
 }
 
+/// Wall time that moves with tokio's clock, from a fixed start: on a paused runtime
+/// (`#[tokio::test(start_paused = true)]`) record TTLs and other wall-clock deadlines pass
+/// as tokio time advances, without real sleeps. Read it on a runtime thread (elsewhere
+/// tokio's clock is the real one).
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start: DateTime<Utc>,
+    at: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// Starts at `start`, now.
+    pub fn starting_at(start: DateTime<Utc>) -> Self {
+        TokioClock {
+            start,
+            at: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = tokio::time::Instant::now() - self.at;
+        self.start + chrono::TimeDelta::from_std(elapsed).unwrap_or(chrono::TimeDelta::MAX)
+    }
+}
+
 /// The system clock, shared.
 pub fn system() -> Arc<dyn Clock> {
     Arc::new(SystemClock)

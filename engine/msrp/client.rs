@@ -1038,14 +1038,15 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    /// On tokio's paused clock: the response and report timeouts fire without real waits.
+    #[tokio::test(start_paused = true)]
     async fn silent_pipe_times_out_and_missing_report_is_not_failure() {
         let (mut client, mut peer) = pipe(config(2048, Duration::from_millis(100)));
         let script = tokio::spawn(async move {
             let _ = peer.request().await;
             peer
         });
-        let started = Instant::now();
+        let started = crate::clock::SystemClock.instant();
         let outcome = client
             .send(
                 &OutgoingMessage::new("msrp://198.51.100.7:2855/rA9xq;tcp", ME, "message/cpim"),

@@ -232,24 +232,28 @@ mod tests {
     }
 
     /// Two instances sharing one store get the same report at the same time: one sends
-    /// it, the other waits for it and answers only once it was handed over.
-    #[tokio::test]
+    /// it, the other waits for it and answers only once it was handed over. On tokio's
+    /// paused clock: the send's 300 ms and the waiter's polling pass without real waits.
+    #[tokio::test(start_paused = true)]
     async fn two_instances_send_a_report_once() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::TokioClock::starting_at(
+            crate::ids::fixed_now(),
+        ));
         let store: Arc<dyn crate::store::Store> =
-            Arc::new(MemoryStore::new(Limits::default(), crate::clock::system()));
+            Arc::new(MemoryStore::new(Limits::default(), clock.clone()));
         let a = Reports::new(
             store.clone(),
             None,
             "a".into(),
             Duration::from_secs(60),
-            crate::clock::system(),
+            clock.clone(),
         );
         let b = Reports::new(
             store,
             None,
             "b".into(),
             Duration::from_secs(60),
-            crate::clock::system(),
+            clock.clone(),
         );
         let sends = std::sync::atomic::AtomicUsize::new(0);
         let send = || async {
@@ -257,7 +261,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             Ok::<(), StoreError>(())
         };
-        let started = std::time::Instant::now();
+        let started = clock.instant();
         let (x, y) = tokio::join!(
             a.once("imdn:z", "dsn:r", send()),
             b.once("imdn:z", "dsn:r", send())
@@ -267,6 +271,6 @@ mod tests {
         got.sort_by_key(|o| matches!(o, Once::Duplicate));
         assert_eq!(got, [Once::Sent, Once::Duplicate]);
         // The copy was answered only after the first was handed over.
-        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(clock.instant() - started >= Duration::from_millis(300));
     }
 }

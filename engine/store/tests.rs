@@ -83,9 +83,11 @@ async fn claims_are_exclusive_until_released_or_expired() {
     .await;
 }
 
-#[tokio::test]
+/// On tokio's paused clock: the TTLs pass without real sleeps.
+#[tokio::test(start_paused = true)]
 async fn memory_store_expires() {
-    expiry_and_case(&MemoryStore::new(limits(150, 100), crate::clock::system())).await;
+    let clock = crate::clock::TokioClock::starting_at(crate::ids::fixed_now());
+    expiry_and_case(&MemoryStore::new(limits(150, 100), Arc::new(clock))).await;
 }
 
 #[tokio::test]
