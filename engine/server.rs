@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Config, Overrides};
-use crate::gateway::Gateway;
 use crate::ids::RandomIds;
+use crate::mail_to_cpm::Gateway;
 use crate::sip::{RsipBackend, SipBackend};
 use crate::smtp::{self, Protocol};
 
@@ -121,6 +121,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             rules: rules.clone(),
             sip: sip.clone(),
             ids: Arc::new(RandomIds),
+            clock: crate::clock::system(),
             store: store.clone(),
             peers: peers.clone(),
             protocol,
