@@ -381,3 +381,104 @@ fn wrap_in_cpim(d: &mut Delivery) {
         d.content.body = doc.into();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(content_type: &str, body: &str, inner: Option<&str>) -> Delivery {
+        Delivery {
+            recipient: "+15551234567@cpm.example.net".into(),
+            mode: Mode::Pager,
+            request_uri: "tel:+15551234567".into(),
+            headers: vec![
+                ("From".into(), "<sip:alice@iwf.example.net>".into()),
+                ("To".into(), "<tel:+15551234567>".into()),
+            ],
+            content: Content {
+                content_type: content_type.into(),
+                body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            },
+            cpim_inner: inner.map(|t| bytes::Bytes::copy_from_slice(t.as_bytes())),
+            imdn_message_id: Some("t000000000000001".into()),
+            imdn_dispositions: vec!["positive-delivery".into()],
+            success_report: false,
+        }
+    }
+
+    /// A `text` retry sends the plan's inner text, not bytes cut out of the rendered CPIM
+    /// document: a text with blank lines, or a list body around the CPIM document, stays
+    /// whole.
+    #[test]
+    fn a_text_retry_takes_the_planned_text() {
+        let text = "line one\r\n\r\nafter a blank line\r\n\r\nand another";
+        for content_type in ["message/cpim", "multipart/mixed;boundary=iwf-x"] {
+            let d = planned(content_type, "whatever was rendered", Some(text));
+            let next = retry(RetryForm::Text, &d, || unreachable!()).unwrap();
+            assert_eq!(next.content.content_type, "text/plain;charset=UTF-8");
+            assert_eq!(&next.content.body[..], text.as_bytes());
+            assert_eq!(next.mode, Mode::Pager);
+            assert!(next.imdn_message_id.is_none() && next.imdn_dispositions.is_empty());
+        }
+        // Plain text already: no text form left but large mode.
+        let d = planned("text/plain;charset=UTF-8", text, None);
+        let next = retry(RetryForm::Text, &d, || unreachable!()).unwrap();
+        assert_eq!(next.mode, Mode::Large);
+        assert_eq!(next.content, d.content);
+    }
+
+    /// A `large` retry of plain text wraps it in CPIM (the SDP offer's accept-types) with
+    /// the request's From and To; a later `text` retry gets the text back whole.
+    #[test]
+    fn a_large_retry_wraps_plain_text_in_cpim() {
+        let d = planned("text/plain;charset=UTF-8", "hello\r\n\r\nworld", None);
+        let next = retry(RetryForm::Large, &d, || unreachable!()).unwrap();
+        assert_eq!(next.mode, Mode::Large);
+        assert_eq!(next.content.content_type, "message/cpim");
+        let doc = String::from_utf8_lossy(&next.content.body);
+        assert!(
+            doc.starts_with("From: <sip:alice@iwf.example.net>\r\nTo: <tel:+15551234567>\r\n"),
+            "{doc}"
+        );
+        assert!(doc.ends_with("hello\r\n\r\nworld"), "{doc}");
+        let back = retry(RetryForm::Text, &next, || unreachable!()).unwrap();
+        assert_eq!(&back.content.body[..], b"hello\r\n\r\nworld");
+        // CPIM already: only the mode changes.
+        let cpim = planned("message/cpim", "From: x\r\n\r\ndoc", Some("doc"));
+        let next = retry(RetryForm::Large, &cpim, || unreachable!()).unwrap();
+        assert_eq!((next.mode, &next.content), (Mode::Large, &cpim.content));
+    }
+
+    /// A `pager` retry is the recipient planned again, and only a pager-mode plan counts.
+    #[test]
+    fn a_pager_retry_is_planned_again() {
+        let d = planned("message/cpim", "doc", Some("doc"));
+        let mut again = planned("text/plain;charset=UTF-8", "new plan", None);
+        assert_eq!(
+            retry(RetryForm::Pager, &d, || Some(again.clone())),
+            Some(again.clone())
+        );
+        again.mode = Mode::Large;
+        assert_eq!(retry(RetryForm::Pager, &d, || Some(again)), None);
+        assert_eq!(retry(RetryForm::Pager, &d, || None), None);
+    }
+
+    #[test]
+    fn words_round_trip() {
+        for f in RetryForm::ALL {
+            assert_eq!(RetryForm::parse(f.as_str()), Some(f));
+        }
+        for l in [
+            RecipientList::None,
+            RecipientList::History,
+            RecipientList::Exploder,
+        ] {
+            assert_eq!(RecipientList::parse(l.as_str()), Some(l));
+        }
+        for m in [Mode::Pager, Mode::Large] {
+            assert_eq!(Mode::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(RetryForm::parse("LARGE"), None);
+        assert_eq!(Mode::parse(""), None);
+    }
+}

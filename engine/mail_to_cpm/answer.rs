@@ -117,3 +117,128 @@ impl Answer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Client, MailFrom, Rcpt};
+    use crate::plan::Route;
+
+    fn rules() -> RuleSet {
+        crate::ruleset::load(std::path::Path::new("rules"), 1)
+            .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)))
+    }
+
+    fn envelope(rcpts: &[&str]) -> Envelope {
+        Envelope {
+            mail_from: MailFrom::parse("<alice@mail.example.org>").unwrap(),
+            rcpts: rcpts
+                .iter()
+                .map(|r| Rcpt::parse(&format!("<{r}> NOTIFY=SUCCESS,FAILURE")).unwrap())
+                .collect(),
+            client: Client::default(),
+            received_at: crate::ids::fixed_now(),
+        }
+    }
+
+    fn sent(reply: &str, relayed: bool) -> Dispatched {
+        Dispatched {
+            reply: Reply::parse(reply).unwrap(),
+            relayed,
+            answered: None,
+        }
+    }
+
+    /// Every route gets its reply: delivered before, refused, dispatched, covered by an
+    /// exploder request, relayed; a route nothing answered is a 451, never a 250.
+    #[test]
+    fn every_route_gets_its_reply() {
+        let env = envelope(&[
+            "a@cpm.example.net",
+            "b@cpm.example.net",
+            "c@cpm.example.net",
+            "d@cpm.example.net",
+            "e@cpm.example.net",
+            "f@cpm.example.net",
+        ]);
+        let plan = TransactionPlan {
+            routes: vec![
+                Route::AlreadyDelivered,
+                Route::Refused(Reply::parse("550 5.1.1 <b@cpm.example.net>: unknown").unwrap()),
+                Route::Cpm(0),
+                Route::Covered(0),
+                Route::Mailbox("postmaster@mail.example.org".into()),
+                Route::Cpm(1),
+            ],
+            deliveries: Vec::new(),
+            explain: Vec::new(),
+        };
+        let side = vec![
+            None,
+            None,
+            None,
+            None,
+            Some(Reply::parse("250 2.0.0 relayed").unwrap()),
+            None,
+        ];
+        // deliveries[1] was never dispatched.
+        let dispatched = [sent("250 2.0.0 <c@cpm.example.net>: delivered", true)];
+        let a = answer(
+            &rules(),
+            &env,
+            &plan,
+            &side,
+            &dispatched,
+            crate::ids::fixed_now(),
+        );
+        let got: Vec<String> = a.per_recipient.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "250 2.0.0 <a@cpm.example.net>: already delivered to CPM",
+                "550 5.1.1 <b@cpm.example.net>: unknown",
+                "250 2.0.0 <c@cpm.example.net>: delivered",
+                "250 2.0.0 <c@cpm.example.net>: delivered",
+                "250 2.0.0 relayed",
+                "451 4.3.0 recipient not processed",
+            ]
+        );
+        // Relayed is owed to the request's own recipient (NOTIFY=SUCCESS), once.
+        assert_eq!(a.relayed, [false, false, true, false, false, false]);
+        assert_eq!(
+            a.delivered_now(
+                &env,
+                &[true, false, false, false, false, false],
+                &["c@cpm.example.net".into()]
+            ),
+            ["d@cpm.example.net", "e@cpm.example.net"]
+        );
+        let mut a = a;
+        a.unrecorded(&[true, false, false, false, false, false]);
+        assert!(
+            a.per_recipient[0].is_positive(),
+            "delivered by an earlier attempt"
+        );
+        assert!(a.per_recipient[2..5].iter().all(|r| r.code == 451));
+        assert_eq!(a.transaction.code, 451);
+    }
+
+    /// A mail to report addresses only is answered with what became of the report.
+    #[test]
+    fn a_report_mail_is_answered_with_the_report_reply() {
+        let env = envelope(&["b+tok1@iwf.example.net", "b+tok2@iwf.example.net"]);
+        let plan = TransactionPlan {
+            routes: vec![Route::Report("tok1".into()), Route::Report("tok2".into())],
+            ..TransactionPlan::default()
+        };
+        let side = vec![
+            Some(Reply::parse("250 2.0.0 <b+tok1@iwf.example.net>: report delivered").unwrap()),
+            Some(Reply::parse("250 2.0.0 <b+tok2@iwf.example.net>: report dropped").unwrap()),
+        ];
+        let a = answer(&rules(), &env, &plan, &side, &[], crate::ids::fixed_now());
+        assert_eq!(
+            a.transaction.to_string(),
+            "250 2.0.0 <b+tok1@iwf.example.net>: report delivered"
+        );
+    }
+}
