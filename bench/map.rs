@@ -42,9 +42,17 @@ fn bench(c: &mut Criterion) {
         client: Client::default(),
         received_at: fixed_now(),
     };
-    let accepted = vec![(rcpt, "tel:+15551234567".to_string())];
+    let accepted = mapper::RcptDecision::Accept {
+        uri: "tel:+15551234567".to_string(),
+    };
     let ids = SequentialIds::new();
-    let stamp = iwf::dryrun::stamp(&ids, &rules);
+    let stamp = iwf::mail_to_cpm::dryrun::stamp(&ids, &rules);
+    let ctx = iwf::plan::PlanContext {
+        now: fixed_now(),
+        ids: &ids,
+        peers: &iwf::peer_memory::Unknown,
+        explain: false,
+    };
 
     let mut g = c.benchmark_group("1KB mail");
     g.bench_function("parse (mail-parser)", |b| {
@@ -52,15 +60,14 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("parse + rules + render", |b| {
         b.iter(|| {
-            let plan = mapper::plan_mail(
+            // The plan step `iwf serve` runs at the end of DATA, for a recipient the
+            // RCPT step accepted.
+            let plan = iwf::plan::plan_decided(
                 &rules,
                 &envelope,
-                &accepted,
                 black_box(&raw),
-                &ids,
-                &iwf::peer_memory::Unknown,
-                fixed_now(),
-                false,
+                vec![Some(accepted.clone())],
+                &ctx,
             );
             let req = sip::render_message(&plan.deliveries[0], &stamp).unwrap();
             black_box(req.to_bytes())

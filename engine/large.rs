@@ -234,6 +234,7 @@ mod tests {
                 content_type: "message/cpim".into(),
                 body: body.clone().into(),
             },
+            cpim_inner: None,
             imdn_message_id: None,
             imdn_dispositions: Vec::new(),
             success_report: false,

@@ -26,7 +26,7 @@
 //! that refuses CR/LF), and the protocol front and back ends.
 //!
 //! ```
-//! use iwf::{dryrun, ids, ruleset, envelope::Rcpt};
+//! use iwf::{mail_to_cpm::dryrun, ids, ruleset, envelope::Rcpt};
 //! let rules = ruleset::load(std::path::Path::new("rules"), 1).unwrap();
 //! let ids = ids::SequentialIds::new();
 //! let run = dryrun::run(&rules, b"From: a@mail.example.org\r\nTo: +15551234567@cpm.example.net\r\n\r\nhi\r\n",
@@ -38,15 +38,14 @@
 pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod dryrun;
 pub mod dsl;
 pub mod dsn;
 pub mod envelope;
-pub mod gateway;
 pub mod ids;
 pub mod large;
 pub mod logging;
 pub mod mail;
+pub mod mail_to_cpm;
 pub mod mapper;
 pub mod metrics;
 pub mod msrp;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use iwf::clock::{Clock, SystemClock};
-use iwf::dryrun::{self, Options};
 use iwf::envelope::{Client, MailFrom, Rcpt};
 use iwf::ids::{Ids, RandomIds, SequentialIds};
+use iwf::mail_to_cpm::dryrun::{self, Options};
 use iwf::ruleset::{self, diag};
 
 #[derive(Parser)]

@@ -1,9 +1,9 @@
 //! Running a rule set's own self-tests (`rules/tests/*.yaml`): each case maps a mail (or an
 //! outcome) and compares what the rules produced with what the case expects.
 
-use crate::dryrun::{self, Options};
 use crate::envelope::{Client, Envelope, MailFrom, Rcpt};
 use crate::ids::{SequentialIds, fixed_now};
+use crate::mail_to_cpm::dryrun::{self, Options};
 use crate::outcome::{FailureKind, Outcome, Protocol};
 use crate::plan::Mode;
 use crate::ruleset::RuleSet;

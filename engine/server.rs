@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Config, Overrides};
-use crate::gateway::Gateway;
 use crate::ids::RandomIds;
+use crate::mail_to_cpm::Gateway;
 use crate::sip::{RsipBackend, SipBackend};
 use crate::smtp::{self, Protocol};
 
@@ -129,6 +129,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             rules: rules.clone(),
             sip: sip.clone(),
             ids: ids.clone(),
+            clock: clock.clone(),
             store: store.clone(),
             peers: peers.clone(),
             protocol,

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use iwf::envelope::{Envelope, Rcpt};
-use iwf::gateway::{Gateway, MemoryStore};
 use iwf::ids::RandomIds;
+use iwf::mail_to_cpm::{Gateway, MemoryStore};
 use iwf::reply::Reply;
 use iwf::sip::{Answerer, AnswererConfig, ReceivedRequest, RsipBackend, SipConfig};
 use iwf::smtp::{self, BoxFuture, DataReplies, MailHandler, Protocol, SmtpConfig};
@@ -127,6 +127,7 @@ async fn start_with(next_hop: Option<(String, iwf::sip::Timers)>, limits: smtp::
         rules: Arc::new(ArcSwap::from_pointee(rules)),
         sip: Arc::new(backend),
         ids: Arc::new(RandomIds),
+        clock: iwf::clock::system(),
         store: Arc::new(MemoryStore::default()),
         protocol: Protocol::Smtp,
         large: iwf::large::LargeConfig::default(),
@@ -899,10 +900,10 @@ async fn header_name_with_a_multibyte_character_at_octet_8_gets_a_reply() {
         // and the dry run (`iwf map`) on the same bytes
         let ids = iwf::ids::SequentialIds::new();
         let rules = iwf::ruleset::load(Path::new("rules"), 1).unwrap();
-        let _ = iwf::dryrun::run(
+        let _ = iwf::mail_to_cpm::dryrun::run(
             &rules,
             &mail[..mail.len() - 3],
-            &iwf::dryrun::Options {
+            &iwf::mail_to_cpm::dryrun::Options {
                 mail_from: None,
                 rcpts: vec![],
                 client: Default::default(),

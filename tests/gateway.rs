@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use iwf::envelope::{Envelope, Rcpt};
-use iwf::gateway::{Gateway, MemoryStore};
 use iwf::ids::RandomIds;
+use iwf::mail_to_cpm::{Gateway, MemoryStore};
 use iwf::reply::Reply;
 use iwf::sip::{Answerer, AnswererConfig, ReceivedRequest, RsipBackend, SipConfig};
 use iwf::smtp::{self, BoxFuture, DataReplies, MailHandler, Protocol, SmtpConfig};
@@ -129,6 +129,7 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
             rules: rules.clone(),
             sip: sip.clone(),
             ids: Arc::new(RandomIds),
+            clock: iwf::clock::system(),
             store: store.clone(),
             protocol,
             large: iwf::large::LargeConfig::default(),

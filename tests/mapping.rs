@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use iwf::dryrun::{self, DryRun, Options};
 use iwf::envelope::{Client, MailFrom, Rcpt};
 use iwf::ids::{SequentialIds, fixed_now};
+use iwf::mail_to_cpm::dryrun::{self, DryRun, Options};
 use iwf::ruleset::{self, RuleSet, diag};
 
 pub(crate) fn rules() -> RuleSet {

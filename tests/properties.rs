@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use iwf::dryrun::{self, Options};
 use iwf::dsl::parser::{parse_expression, parse_template};
 use iwf::envelope::{Client, Rcpt};
 use iwf::ids::{SequentialIds, fixed_now};
+use iwf::mail_to_cpm::dryrun::{self, Options};
 use proptest::prelude::*;
 
 proptest! {

@@ -21,13 +21,13 @@ use crate::envelope::{Envelope, Rcpt};
 use crate::ids::Ids;
 use crate::mail::Mail;
 use crate::outcome::Outcome;
-use crate::plan::{Content, Delivery, Mode, Stamp};
+use crate::plan::{Content, Delivery, Mode, RecipientList, RetryForm, Stamp};
 use crate::render::{cpim, resource_lists, sip};
 use crate::reply::Reply;
 use crate::ruleset::RuleSet;
 use crate::ruleset::schema::{Action, F, FIELD_FNS, FIELDS, Fn};
 pub use facts::{Facts, MailFacts};
-pub use run::{Fired, RunError};
+pub use run::{ActionError, Fault, Fired, RunError};
 
 fn field_of(slot: u16) -> Option<F> {
     FIELDS.get(slot as usize).map(|f| f.1)
@@ -58,14 +58,13 @@ fn words(v: &Value) -> Vec<String> {
 /// A reply a rule rendered. The rule's own text was checked when it loaded, so a control
 /// character here came in through a value of the mail (or of a peer): that is the mail's
 /// fault, a permanent refusal (`554 5.6.0`), not a local error the sender should retry.
-fn reply_of(v: &Value) -> Result<Reply, String> {
+fn reply_of(v: &Value) -> Result<Reply, ActionError> {
     let text = v.to_string();
     Reply::parse(&text).map_err(|e| match e {
-        crate::reply::ReplyError::ControlCharacter => format!(
-            "{}a value of the message would put a control character into the reply",
-            run::CONTENT_ERROR
+        crate::reply::ReplyError::ControlCharacter => ActionError::Content(
+            "a value of the message would put a control character into the reply".into(),
         ),
-        e => format!("invalid SMTP reply `{}`: {e}", text.escape_debug()),
+        _ => ActionError::unexpected("an SMTP reply", "`NNN x.y.z text`", &text),
     })
 }
 
@@ -103,7 +102,7 @@ impl Input for AddressState<'_> {
 }
 
 impl run::PhaseState for AddressState<'_> {
-    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), ActionError> {
         if action == Action::Uri && !value.is_null() {
             self.uri = Some(value.to_string());
         }
@@ -183,16 +182,17 @@ impl Input for RecipientState<'_, '_> {
 }
 
 impl run::PhaseState for RecipientState<'_, '_> {
-    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), ActionError> {
         match action {
             Action::Uri if !value.is_null() => self.uri = Some(value.to_string()),
             Action::Reject => self.reject = Some(reply_of(&value)?),
             Action::Mailbox if !value.is_null() => {
                 let address = value.to_string();
                 if !crate::envelope::is_mailbox(&address) {
-                    return Err(format!(
-                        "`mailbox` must be a mail address, got `{}`",
-                        address.escape_debug()
+                    return Err(ActionError::unexpected(
+                        "`mailbox`",
+                        "a mail address",
+                        &address,
                     ));
                 }
                 self.mailbox = Some(address);
@@ -205,9 +205,10 @@ impl run::PhaseState for RecipientState<'_, '_> {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 {
-                    return Err(format!(
-                        "`report_token` must be 1-64 letters, digits, - or _, got `{}`",
-                        token.escape_debug()
+                    return Err(ActionError::unexpected(
+                        "`report_token`",
+                        "1-64 letters, digits, - or _",
+                        &token,
                     ));
                 }
                 self.report = Some(token);
@@ -275,28 +276,22 @@ pub fn resolve_recipient(
         (Some(r), _, _) => RcptDecision::Reject(r),
         (None, Some(uri), _) => RcptDecision::Accept { uri },
         (None, None, Some(address)) => RcptDecision::Mailbox { address },
-        (None, None, None) => RcptDecision::Reject(Reply::new(
-            550,
-            "5.1.1",
-            format!("<{}>: no rule accepted this recipient", rcpt.address),
-        )),
+        (None, None, None) => {
+            RcptDecision::Reject(crate::smtp::replies::no_rule_accepted(&rcpt.address))
+        }
     }
 }
 
 /// A rule failed at run time (step limit, overflow): a temporary local error, logged.
 fn rule_failure(e: &RunError) -> Reply {
-    if e.permanent {
+    if e.fault == Fault::Content {
         crate::metrics::rule_failed(&e.rule, "content");
         tracing::info!(rule = %e.rule, at = %e.at, "mail refused: {}", e.message);
-        return Reply::new(
-            554,
-            "5.6.0",
-            format!("the message cannot be converted: {}", e.message),
-        );
+        return crate::smtp::replies::content_refused(&e.message);
     }
     crate::metrics::rule_failed(&e.rule, "local");
     tracing::error!(rule = %e.rule, at = %e.at, "rule evaluation failed: {}", e.message);
-    Reply::new(451, "4.3.0", format!("local error in rule {}", e.rule))
+    crate::smtp::replies::rule_error(&e.rule)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -312,7 +307,7 @@ pub struct Draft {
     pub imdn: Vec<String>,
     pub cpim_body: bool,
     pub text: Option<std::sync::Arc<str>>,
-    pub recipient_list: &'static str,
+    pub recipient_list: RecipientList,
     pub exploder: Option<String>,
     pub reject: Option<Reply>,
 }
@@ -339,7 +334,7 @@ impl Input for MessageState<'_, '_> {
             F::PlanImdn => Value::list_of_str(d.imdn.iter().map(String::as_str)),
             F::PlanRequestUri => Value::str(d.request_uri.as_str()),
             F::PlanBody => Value::str(if d.cpim_body { "cpim" } else { "text" }),
-            F::PlanRecipientList => Value::str(d.recipient_list),
+            F::PlanRecipientList => Value::str(d.recipient_list.as_str()),
             F::PeerAcceptsCpim => Value::Bool(self.peer.accepts_cpim),
             F::PeerAcceptsMsrp => Value::Bool(self.peer.accepts_msrp),
             F::PeerMaxBytes => self
@@ -365,7 +360,12 @@ impl Input for MessageState<'_, '_> {
 }
 
 impl run::PhaseState for MessageState<'_, '_> {
-    fn apply(&mut self, action: Action, header: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(
+        &mut self,
+        action: Action,
+        header: Option<&str>,
+        value: Value,
+    ) -> Result<(), ActionError> {
         let d = &mut self.draft;
         // The value's text: a string as it is (no formatting machinery, no copy until one
         // is kept), anything else as it interpolates.
@@ -384,7 +384,7 @@ impl run::PhaseState for MessageState<'_, '_> {
                 }
                 let v = word();
                 crate::render::encoder::check_value(name, &v)
-                    .map_err(|e| format!("{}{e}", run::CONTENT_ERROR))?;
+                    .map_err(|e| ActionError::Content(e.to_string()))?;
                 let v = v.into_owned();
                 let list = if action == Action::CpimHeader {
                     &mut d.cpim
@@ -397,11 +397,9 @@ impl run::PhaseState for MessageState<'_, '_> {
                 list.push((name.to_string(), v));
             }
             Action::Mode => {
-                d.mode = match &*word() {
-                    "large" => Mode::Large,
-                    "pager" => Mode::Pager,
-                    other => return Err(format!("mode must be pager or large, found `{other}`")),
-                }
+                let w = word();
+                d.mode = Mode::parse(&w)
+                    .ok_or_else(|| ActionError::unexpected("mode", "pager or large", &w))?;
             }
             Action::RequestUri if !value.is_null() => d.request_uri = text(),
             Action::Imdn => {
@@ -420,7 +418,7 @@ impl run::PhaseState for MessageState<'_, '_> {
                 d.cpim_body = match &*word() {
                     "cpim" => true,
                     "text" => false,
-                    other => return Err(format!("body must be text or cpim, found `{other}`")),
+                    other => return Err(ActionError::unexpected("body", "text or cpim", other)),
                 }
             }
             // A text taken whole from a field (`${mail.text}`) shares its buffer.
@@ -432,16 +430,10 @@ impl run::PhaseState for MessageState<'_, '_> {
                 }
             }
             Action::RecipientList => {
-                d.recipient_list = match &*word() {
-                    "none" => "none",
-                    "history" => "history",
-                    "exploder" => "exploder",
-                    other => {
-                        return Err(format!(
-                            "recipient_list must be none, history or exploder, found `{other}`"
-                        ));
-                    }
-                }
+                let w = word();
+                d.recipient_list = RecipientList::parse(&w).ok_or_else(|| {
+                    ActionError::unexpected("recipient_list", "none, history or exploder", &w)
+                })?;
             }
             Action::Exploder => d.exploder = (!value.is_null()).then(text),
             Action::Reject => d.reject = Some(reply_of(&value)?),
@@ -494,9 +486,9 @@ impl MessageState<'_, '_> {
     fn pager_request_size(&self) -> Option<Result<usize, ()>> {
         let d = &self.draft;
         let list = match d.recipient_list {
-            "history" => self.history.iter().any(|e| e.uri != d.request_uri),
-            "exploder" => true,
-            _ => false,
+            RecipientList::History => self.history.iter().any(|e| e.uri != d.request_uri),
+            RecipientList::Exploder => true,
+            RecipientList::None => false,
         };
         if d.mode != Mode::Pager || list {
             return None;
@@ -552,6 +544,19 @@ impl MessageState<'_, '_> {
     }
 }
 
+/// Why the delivery a draft describes cannot be assembled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// A CPIM header value the mail supplied cannot be encoded.
+    #[error("{0}")]
+    Cpim(#[from] crate::render::encoder::EncodeError),
+    #[error("recipient_list: exploder needs an `exploder:` URI")]
+    NoExploder,
+    /// The address phase failed while listing the exploder's recipients.
+    #[error("{0}")]
+    Rule(#[from] RunError),
+}
+
 /// Assembles the delivery the draft describes (the mechanism part of the message phase).
 fn build_delivery(
     rules: &RuleSet,
@@ -559,7 +564,7 @@ fn build_delivery(
     d: &Draft,
     history: &[resource_lists::Entry],
     ids: &dyn Ids,
-) -> Result<Delivery, String> {
+) -> Result<Delivery, BuildError> {
     build_delivery_sized(rules, facts, d, history, ids, false)
 }
 
@@ -572,7 +577,7 @@ fn build_delivery_sized(
     history: &[resource_lists::Entry],
     ids: &dyn Ids,
     without_text: bool,
-) -> Result<Delivery, String> {
+) -> Result<Delivery, BuildError> {
     let text = if without_text {
         ""
     } else {
@@ -597,7 +602,7 @@ fn build_delivery_sized(
     // cc-entry (RFC 3862 §3.3-3.4 allow them repeated; MSRP UAs SHOULD read cc) instead of
     // an RFC 5365 body part. The list never vanishes with the mode.
     let large_history = d.mode == Mode::Large
-        && d.recipient_list == "history"
+        && d.recipient_list == RecipientList::History
         && history.iter().any(|e| e.uri != d.request_uri);
     let cpim_headers: std::borrow::Cow<'_, [(String, String)]> = if large_history {
         let mut h: Vec<(String, String)> = d
@@ -625,8 +630,7 @@ fn build_delivery_sized(
             imdn: imdn_id.as_deref().map(|id| (id, d.imdn.as_slice())),
             inner: &[&inner_head, inner_body],
         }
-        .render()
-        .map_err(|e| e.to_string())?;
+        .render()?;
         ("message/cpim".to_string(), doc)
     } else {
         (
@@ -637,7 +641,7 @@ fn build_delivery_sized(
     let mut headers = d.headers.clone();
     let mut request_uri = d.request_uri.clone();
     let list: Option<(Vec<resource_lists::Entry>, &str)> = match d.recipient_list {
-        "history" => {
+        RecipientList::History => {
             // No list when To+Cc name only this recipient (CR Table 2).
             let others = history.iter().any(|e| e.uri != d.request_uri);
             (others && d.mode == Mode::Pager).then(|| {
@@ -647,11 +651,8 @@ fn build_delivery_sized(
                 )
             })
         }
-        "exploder" => {
-            let exploder = d
-                .exploder
-                .clone()
-                .ok_or("recipient_list: exploder needs an `exploder:` URI")?;
+        RecipientList::Exploder => {
+            let exploder = d.exploder.clone().ok_or(BuildError::NoExploder)?;
             // RFC 5365 §5: the request goes to the exploder, addressed to it.
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case("To"));
             headers.push(("To".into(), format!("<{exploder}>")));
@@ -660,7 +661,7 @@ fn build_delivery_sized(
             let entries = exploder_entries(rules, facts)?;
             Some((entries, "recipient-list"))
         }
-        _ => None,
+        RecipientList::None => None,
     };
     let content = match list {
         Some((entries, disposition)) if d.mode == Mode::Pager => {
@@ -698,6 +699,7 @@ fn build_delivery_sized(
         request_uri,
         headers,
         content,
+        cpim_inner: cpim_needed.then(|| bytes::Bytes::copy_from_slice(inner_body)),
         imdn_dispositions: if imdn_id.is_some() {
             d.imdn.clone()
         } else {
@@ -709,7 +711,10 @@ fn build_delivery_sized(
 }
 
 /// Exploder list: every envelope recipient, copyControl from where the mail names it.
-fn exploder_entries(rules: &RuleSet, facts: &Facts) -> Result<Vec<resource_lists::Entry>, String> {
+fn exploder_entries(
+    rules: &RuleSet,
+    facts: &Facts,
+) -> Result<Vec<resource_lists::Entry>, RunError> {
     let mut out = Vec::new();
     for r in &facts.envelope.rcpts {
         let role = match facts.mail {
@@ -729,9 +734,7 @@ fn exploder_entries(rules: &RuleSet, facts: &Facts) -> Result<Vec<resource_lists
             }
             _ => "bcc",
         };
-        if let Some(uri) = address_uri(rules, &r.address, None, "rcpt", facts.now, None)
-            .map_err(|e| e.to_string())?
-        {
+        if let Some(uri) = address_uri(rules, &r.address, None, "rcpt", facts.now, None)? {
             out.push(resource_lists::Entry {
                 uri,
                 copy_control: role,
@@ -764,14 +767,21 @@ fn history_entries(
     Ok(out)
 }
 
-/// The result of mapping one mail.
+/// What the message phase decided for one accepted recipient.
+#[derive(Debug, Clone)]
+pub enum Planned {
+    Deliver(Delivery),
+    /// Covered by the exploder delivery planned for the accepted recipient at this index:
+    /// it shares that delivery's outcome.
+    Covered(usize),
+    /// Refused by the message phase (or because the mail cannot be mapped).
+    Refused(Reply),
+}
+
+/// The result of mapping one mail: one [`Planned`] per accepted recipient, in order.
 #[derive(Debug, Clone, Default)]
 pub struct MailPlan {
-    pub deliveries: Vec<Delivery>,
-    /// Recipients refused by the message phase (or because the mail cannot be mapped).
-    pub rejections: Vec<(String, Reply)>,
-    /// Recipients covered by an exploder delivery (they share its outcome).
-    pub covered: Vec<(String, usize)>,
+    pub planned: Vec<Planned>,
     pub explain: Vec<Fired>,
 }
 
@@ -794,12 +804,8 @@ pub fn plan_mail(
     let mail = match Mail::parse(raw) {
         Ok(m) => MailFacts::new(m),
         Err(e) => {
-            for (r, _) in accepted {
-                plan.rejections.push((
-                    r.address.clone(),
-                    Reply::new(554, "5.6.0", format!("message cannot be parsed: {e}")),
-                ));
-            }
+            let reply = crate::smtp::replies::unparsable_message(&e);
+            plan.planned = vec![Planned::Refused(reply); accepted.len()];
             return plan;
         }
     };
@@ -817,10 +823,7 @@ pub fn plan_mail(
         match address_uri(rules, &addr, name.as_deref(), "from", now, fired.as_mut()) {
             Ok(u) => mail.from_uri = u,
             Err(e) => {
-                let reply = rule_failure(&e);
-                for (r, _) in accepted {
-                    plan.rejections.push((r.address.clone(), reply.clone()));
-                }
+                plan.planned = vec![Planned::Refused(rule_failure(&e)); accepted.len()];
                 return plan;
             }
         }
@@ -828,10 +831,7 @@ pub fn plan_mail(
     let history = match history_entries(rules, &mail, now) {
         Ok(h) => h,
         Err(e) => {
-            let reply = rule_failure(&e);
-            for (r, _) in accepted {
-                plan.rejections.push((r.address.clone(), reply.clone()));
-            }
+            plan.planned = vec![Planned::Refused(rule_failure(&e)); accepted.len()];
             return plan;
         }
     };
@@ -855,52 +855,41 @@ pub fn plan_mail(
                 imdn: Vec::new(),
                 cpim_body: false,
                 text: None,
-                recipient_list: "none",
+                recipient_list: RecipientList::None,
                 exploder: None,
                 reject: None,
             },
             history: &history,
         };
-        if let Err(e) = run::run(
+        let planned = if let Err(e) = run::run(
             "message",
             rules.rules("message"),
             &mut st,
             rules.step_limit,
             fired.as_mut(),
         ) {
-            plan.rejections
-                .push((rcpt.address.clone(), rule_failure(&e)));
-            continue;
-        }
-        if let Some(r) = st.draft.reject.take() {
-            plan.rejections.push((rcpt.address.clone(), r));
-            continue;
-        }
-        if st.draft.recipient_list == "exploder"
+            Planned::Refused(rule_failure(&e))
+        } else if let Some(r) = st.draft.reject.take() {
+            Planned::Refused(r)
+        } else if st.draft.recipient_list == RecipientList::Exploder
             && let Some(i) = exploder_index
         {
-            plan.covered.push((rcpt.address.clone(), i));
-            continue;
-        }
-        match build_delivery(rules, &st.facts, &st.draft, &history, ids) {
-            Ok(d) => {
-                if st.draft.recipient_list == "exploder" {
-                    exploder_index = Some(plan.deliveries.len());
+            Planned::Covered(i)
+        } else {
+            match build_delivery(rules, &st.facts, &st.draft, &history, ids) {
+                Ok(d) => {
+                    if st.draft.recipient_list == RecipientList::Exploder {
+                        exploder_index = Some(plan.planned.len());
+                    }
+                    Planned::Deliver(d)
                 }
-                plan.deliveries.push(d);
+                Err(e) => {
+                    tracing::error!(recipient = %rcpt.address, "cannot build the request: {e}");
+                    Planned::Refused(crate::smtp::replies::unconvertible(&rcpt.address, &e))
+                }
             }
-            Err(e) => {
-                tracing::error!(recipient = %rcpt.address, "cannot build the request: {e}");
-                plan.rejections.push((
-                    rcpt.address.clone(),
-                    Reply::new(
-                        554,
-                        "5.6.0",
-                        format!("<{}>: the message cannot be converted: {e}", rcpt.address),
-                    ),
-                ));
-            }
-        }
+        };
+        plan.planned.push(planned);
     }
     plan.explain = fired.unwrap_or_default();
     plan
@@ -913,8 +902,8 @@ pub fn plan_mail(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ResponseDecision {
     Reply(Reply),
-    /// Retry once in another form: `large`, `text` or `pager`.
-    Retry(String),
+    /// Retry once in another form.
+    Retry(RetryForm),
 }
 
 /// What the response phase noted besides its decision.
@@ -930,10 +919,10 @@ struct ResponseState<'a, 'x> {
     facts: Facts<'a, 'x>,
     outcome: &'a Outcome,
     cpim_body: bool,
-    retried: &'a [String],
+    retried: &'a [RetryForm],
     imdn_requested: bool,
     reply: Option<Reply>,
-    retry: Option<String>,
+    retry: Option<RetryForm>,
     notes: ResponseNotes,
 }
 
@@ -956,7 +945,7 @@ impl Input for ResponseState<'_, '_> {
             }
             (F::Mode | F::PlanMode, o) => Value::str(o.mode().as_str()),
             (F::PlanBody, _) => Value::str(if self.cpim_body { "cpim" } else { "text" }),
-            (F::Retried, _) => Value::list_of_str(self.retried.iter().map(String::as_str)),
+            (F::Retried, _) => Value::list_of_str(self.retried.iter().map(|r| r.as_str())),
             (F::PlanImdnRequested, _) => Value::Bool(self.imdn_requested),
             (other, _) => self.facts.field(other),
         }
@@ -976,11 +965,13 @@ impl Input for ResponseState<'_, '_> {
 }
 
 impl run::PhaseState for ResponseState<'_, '_> {
-    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), ActionError> {
         match action {
             Action::Reply => self.reply = Some(reply_of(&value)?),
             Action::Retry => {
-                let r = value.to_string();
+                let w = value.to_string();
+                let r = RetryForm::parse(&w)
+                    .ok_or_else(|| ActionError::unexpected("retry", "large, text or pager", &w))?;
                 if !self.retried.contains(&r) {
                     self.retry = Some(r);
                 }
@@ -1006,7 +997,7 @@ pub struct ResponseInput<'a> {
     /// Whether the body was a CPIM document.
     pub cpim_body: bool,
     /// Retries already made (a retry is offered at most once per kind).
-    pub retried: &'a [String],
+    pub retried: &'a [RetryForm],
     /// Whether the request that got this outcome asked for an IMDN.
     pub imdn_requested: bool,
     pub now: DateTime<Utc>,
@@ -1068,11 +1059,9 @@ pub fn respond_noting(
     let decision = match (st.retry, st.reply) {
         (Some(r), _) => ResponseDecision::Retry(r),
         (None, Some(reply)) => ResponseDecision::Reply(reply),
-        (None, None) => ResponseDecision::Reply(Reply::new(
-            451,
-            "4.3.0",
-            format!("<{}>: no response rule matched the outcome", rcpt.address),
-        )),
+        (None, None) => {
+            ResponseDecision::Reply(crate::smtp::replies::no_response_rule(&rcpt.address))
+        }
     };
     (decision, st.notes)
 }
@@ -1128,7 +1117,7 @@ impl Input for TransactionState<'_, '_> {
 }
 
 impl run::PhaseState for TransactionState<'_, '_> {
-    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), ActionError> {
         match action {
             Action::Reply => self.reply = Some(reply_of(&value)?),
             Action::Dsn => self.dsn = value.is_true(),
@@ -1174,7 +1163,7 @@ pub fn aggregate(
     let reply = st
         .reply
         .or_else(|| replies.first().cloned())
-        .unwrap_or_else(|| Reply::new(554, "5.5.1", "no valid recipients"));
+        .unwrap_or_else(crate::smtp::replies::no_recipient_left);
     (reply, st.dsn)
 }
 
@@ -1266,10 +1255,10 @@ mod tests {
             let mail = format!(
                 "From: a@mail.example.org\r\nTo: +15551234567@cpm.example.net\r\nSensitivity: {value}\r\n\r\nhi\r\n"
             );
-            let run = crate::dryrun::run(
+            let run = crate::mail_to_cpm::dryrun::run(
                 &rules,
                 mail.as_bytes(),
-                &crate::dryrun::Options {
+                &crate::mail_to_cpm::dryrun::Options {
                     mail_from: None,
                     rcpts: vec![],
                     client: Default::default(),
@@ -1333,7 +1322,7 @@ mod tests {
                     },
                     cpim_body,
                     text: Some(text.into()),
-                    recipient_list: list,
+                    recipient_list: RecipientList::parse(list).unwrap_or(RecipientList::None),
                     exploder: None,
                     reject: None,
                 },

@@ -262,6 +262,7 @@ mod tests {
                 content_type: "text/plain;charset=UTF-8".into(),
                 body: bytes::Bytes::from_static(b"hi"),
             },
+            cpim_inner: None,
             imdn_message_id: None,
             imdn_dispositions: Vec::new(),
             success_report: false,

@@ -153,7 +153,7 @@ pub fn mail_report(
         explain.then_some(&mut fired),
     ) {
         ImdnPlan::Send { delivery, .. } => {
-            let stamp = crate::dryrun::stamp(ids, rules);
+            let stamp = crate::mail_to_cpm::dryrun::stamp(ids, rules);
             match crate::render::sip::render_message(&delivery, &stamp) {
                 Ok(req) => {
                     out.sent

@@ -46,7 +46,10 @@ pub enum ImdnPlan {
     /// A report, but no IMDN is owed for it (no rule set `imdn_status`).
     Nothing,
     /// Send this IMDN; `what` is its notification (one IMDN per notification per message).
-    Send { what: String, delivery: Delivery },
+    Send {
+        what: String,
+        delivery: Box<Delivery>,
+    },
     /// The rules failed (logged; the report is kept for a retry).
     RuleError(String),
 }
@@ -105,7 +108,7 @@ pub fn plan(
     };
     ImdnPlan::Send {
         what: kind,
-        delivery: Delivery {
+        delivery: Box::new(Delivery {
             recipient: rcpt.to_string(),
             mode: Mode::Pager,
             request_uri: d.request_uri.unwrap_or_else(|| rec.sip_from_uri.clone()),
@@ -115,10 +118,11 @@ pub fn plan(
                 body: body.into(),
             },
             // No IMDN for an IMDN (RFC 5438 §7.2.1).
+            cpim_inner: None,
             imdn_message_id: None,
             imdn_dispositions: Vec::new(),
             success_report: false,
-        },
+        }),
     }
 }
 
@@ -143,35 +147,7 @@ impl Verdict {
     /// The SMTP reply for the report address `rcpt`: 451 only where a retry can help;
     /// everything else is 250 (a report is never bounced).
     pub fn reply(&self, rcpt: &str) -> Reply {
-        let ok = |text: String| Reply::new(250, "2.0.0", format!("<{rcpt}>: {text}"));
-        match self {
-            Verdict::Uncorrelated => {
-                ok("report accepted; no message of ours to report on (dropped)".into())
-            }
-            Verdict::DamagedRecord => ok("report accepted; its record is damaged (dropped)".into()),
-            Verdict::StoreUnavailable(e) => Reply::new(
-                451,
-                "4.3.0",
-                format!("report state unavailable ({e}); try again later"),
-            ),
-            Verdict::NotAsked => ok("report accepted; it owes no IMDN (not asked for, or not a notification the rules map)".into()),
-            Verdict::NotAReport(why) => ok(format!(
-                "accepted and dropped: not a delivery or disposition report ({why})"
-            )),
-            Verdict::RuleError => {
-                Reply::new(451, "4.3.0", "report could not be mapped; try again later")
-            }
-            Verdict::Sent => ok("report delivered to CPM as an IMDN".into()),
-            Verdict::Duplicate => ok("report already delivered to CPM".into()),
-            Verdict::Temporary(r) => Reply::new(
-                451,
-                "4.4.0",
-                format!("the IMDN could not be delivered now ({r})"),
-            ),
-            Verdict::Permanent(r) => ok(format!(
-                "report accepted; CPM refused the IMDN ({r}), dropped"
-            )),
-        }
+        crate::smtp::replies::report_verdict(self, rcpt)
     }
 
     /// The `result` label of `iwf_reports_total`.
@@ -198,7 +174,7 @@ enum NotSent {
 
 impl From<crate::store::StoreError> for NotSent {
     fn from(e: crate::store::StoreError) -> Self {
-        NotSent::Temporary(Reply::new(451, "4.3.0", format!("report state: {e}")))
+        NotSent::Temporary(crate::smtp::replies::report_state_error(&e))
     }
 }
 
@@ -276,7 +252,7 @@ async fn handle(
         .once(&key, &what, async {
             let outcome = sip.send_message(&delivery).await;
             // No retry in another form for an IMDN: every form counts as tried.
-            let spent = ["large".to_string(), "text".to_string(), "pager".to_string()];
+            let spent = crate::plan::RetryForm::ALL;
             let input = crate::mapper::ResponseInput {
                 envelope,
                 rcpt,
@@ -293,8 +269,8 @@ async fn handle(
                     Err(NotSent::Temporary(r))
                 }
                 crate::mapper::ResponseDecision::Reply(r) => Err(NotSent::Permanent(r)),
-                crate::mapper::ResponseDecision::Retry(kind) => Err(NotSent::Permanent(
-                    Reply::new(554, "5.0.0", format!("CPM asked for a retry as {kind}")),
+                crate::mapper::ResponseDecision::Retry(form) => Err(NotSent::Permanent(
+                    crate::smtp::replies::imdn_retry_asked(&form),
                 )),
             }
         })

@@ -9,7 +9,7 @@
 
 use crate::dsl::Value;
 use crate::dsl::eval::Input;
-use crate::mapper::run::{self, Fired, PhaseState, RunError};
+use crate::mapper::run::{self, ActionError, Fault, Fired, PhaseState, RunError};
 use crate::ruleset::RuleSet;
 use crate::ruleset::schema::{Action, F, FIELDS};
 
@@ -27,15 +27,15 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// A value that goes into a mail or SIP header line: no control character but HTAB.
-fn one_line(action: Action, v: &Value) -> Result<Option<String>, String> {
+fn one_line(action: Action, v: &Value) -> Result<Option<String>, ActionError> {
     let t = text(v);
     if let Some(t) = &t
         && t.chars().any(|c| c.is_control() && c != '\t')
     {
-        return Err(format!(
-            "`{}` produced a control character: `{}`",
-            action.key(),
-            t.escape_debug()
+        return Err(ActionError::unexpected(
+            format!("`{}`", action.key()),
+            "one line without control characters",
+            t,
         ));
     }
     Ok(t)
@@ -105,7 +105,7 @@ impl Input for CpmReportState<'_> {
 }
 
 impl PhaseState for CpmReportState<'_> {
-    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), ActionError> {
         let out = &mut self.out;
         match action {
             Action::DsnAction => out.dsn_action = text(&value),
@@ -146,7 +146,7 @@ pub fn map_cpm_report(
             rule: "cpm_report".into(),
             at: "dsn_status".into(),
             message: format!("`{s}` is not an RFC 3463 status code (class.subject.detail)"),
-            permanent: false,
+            fault: Fault::Rule,
         });
     }
     Ok(st.out)
@@ -226,7 +226,12 @@ impl Input for MailReportState<'_> {
 }
 
 impl PhaseState for MailReportState<'_> {
-    fn apply(&mut self, action: Action, header: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(
+        &mut self,
+        action: Action,
+        header: Option<&str>,
+        value: Value,
+    ) -> Result<(), ActionError> {
         let out = &mut self.out;
         match (action, header) {
             (Action::ImdnStatus, _) => {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crate::dsl::Value;
 use crate::dsl::eval::Input;
-use crate::mapper::run::{self, Fired, PhaseState, RunError};
+use crate::mapper::run::{self, ActionError, Fired, PhaseState, RunError};
 use crate::ruleset::RuleSet;
 use crate::ruleset::schema::{Action, F, FIELDS, Fn};
 use crate::smtp_client::SmtpOutcome;
@@ -17,8 +17,11 @@ fn field_of(slot: u16) -> Option<F> {
     FIELDS.get(slot as usize).map(|f| f.1)
 }
 
-fn answer_of(v: &Value) -> Result<SipAnswer, String> {
-    SipAnswer::parse(&v.to_string())
+fn answer_of(v: &Value) -> Result<SipAnswer, ActionError> {
+    let text = v.to_string();
+    SipAnswer::parse(&text).map_err(|_| {
+        ActionError::unexpected("`sip_reply`", "a final SIP status line (200-699)", &text)
+    })
 }
 
 /// Text of a header value an action produced: strings and integers; absent → `None`.
@@ -78,7 +81,7 @@ impl Input for AddressState<'_> {
 }
 
 impl PhaseState for AddressState<'_> {
-    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(&mut self, action: Action, _: Option<&str>, value: Value) -> Result<(), ActionError> {
         match action {
             Action::Address if !value.is_null() => self.address = Some(value.to_string()),
             Action::SipReply => self.refuse = Some(answer_of(&value)?),
@@ -182,7 +185,12 @@ impl Input for MessageState<'_> {
 }
 
 impl PhaseState for MessageState<'_> {
-    fn apply(&mut self, action: Action, header: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(
+        &mut self,
+        action: Action,
+        header: Option<&str>,
+        value: Value,
+    ) -> Result<(), ActionError> {
         let out = &mut self.out;
         match (action, header) {
             (Action::SetHeader, Some(name)) => {
@@ -286,7 +294,12 @@ impl Input for ResponseState<'_> {
 }
 
 impl PhaseState for ResponseState<'_> {
-    fn apply(&mut self, action: Action, header: Option<&str>, value: Value) -> Result<(), String> {
+    fn apply(
+        &mut self,
+        action: Action,
+        header: Option<&str>,
+        value: Value,
+    ) -> Result<(), ActionError> {
         match (action, header) {
             (Action::SipReply, _) => self.answer = Some(answer_of(&value)?),
             (Action::SetHeader, Some(name)) => {

@@ -255,7 +255,7 @@ pub struct ResponseCase {
     #[serde(default)]
     pub body: Option<String>,
     #[serde(default)]
-    pub retried: Vec<String>,
+    pub retried: Vec<crate::plan::RetryForm>,
     /// Whether the request asked for an IMDN (default: when `body` is `cpim`).
     #[serde(default)]
     pub imdn_requested: Option<bool>,
@@ -270,5 +270,5 @@ pub struct ResponseCase {
     pub reply: Option<String>,
     /// Expected retry instead of a reply.
     #[serde(default)]
-    pub retry: Option<String>,
+    pub retry: Option<crate::plan::RetryForm>,
 }

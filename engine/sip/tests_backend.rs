@@ -32,6 +32,7 @@ pub(super) fn delivery(uri: &str) -> Delivery {
             content_type: "text/plain;charset=UTF-8".into(),
             body: bytes::Bytes::from_static(b"Meet at 12:30?"),
         },
+        cpim_inner: None,
         imdn_message_id: None,
         imdn_dispositions: Vec::new(),
         success_report: false,

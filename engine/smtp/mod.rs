@@ -110,7 +110,7 @@ mod mail;
 mod params;
 mod rcpt;
 mod received;
-mod replies;
+pub(crate) mod replies;
 mod server;
 mod session;
 mod tls;

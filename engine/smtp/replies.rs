@@ -317,6 +317,195 @@ pub(crate) fn is_protocol_error(reply: &Reply) -> bool {
             .is_some_and(|s| s.starts_with("5.5."))
 }
 
+// ---- the mail's outcome (engine/mapper, the gateway, the report loop) --------------------
+//
+// The replies iwf writes itself about a mail, not about the protocol: what the rules did not
+// decide, what the mechanism could not do. Replies the rules decide are in `rules/`.
+
+/// The mail cannot be parsed as RFC 5322 / MIME.
+pub(crate) fn unparsable_message(e: &dyn std::fmt::Display) -> Reply {
+    r(554, "5.6.0", format!("message cannot be parsed: {e}"))
+}
+
+/// A value of the mail cannot go where a rule puts it (a control character in a header).
+pub(crate) fn content_refused(why: &str) -> Reply {
+    r(
+        554,
+        "5.6.0",
+        format!("the message cannot be converted: {why}"),
+    )
+}
+
+/// The request the rules described for `rcpt` cannot be assembled.
+pub(crate) fn unconvertible(rcpt: &str, e: &dyn std::fmt::Display) -> Reply {
+    r(
+        554,
+        "5.6.0",
+        format!("<{rcpt}>: the message cannot be converted: {e}"),
+    )
+}
+
+/// The request for `rcpt` cannot be rendered (dry run).
+pub(crate) fn unrenderable(rcpt: &str, e: &dyn std::fmt::Display) -> Reply {
+    r(
+        554,
+        "5.6.0",
+        format!("<{rcpt}>: cannot render the request: {e}"),
+    )
+}
+
+/// A rule failed at run time (evaluation error, step limit): local and temporary.
+pub(crate) fn rule_error(rule: &str) -> Reply {
+    r(451, "4.3.0", format!("local error in rule {rule}"))
+}
+
+/// No address or recipient rule took `rcpt`.
+pub(crate) fn no_rule_accepted(rcpt: &str) -> Reply {
+    r(
+        550,
+        "5.1.1",
+        format!("<{rcpt}>: no rule accepted this recipient"),
+    )
+}
+
+/// No response rule mapped the CPM outcome for `rcpt` (fail safe: the sender retries).
+pub(crate) fn no_response_rule(rcpt: &str) -> Reply {
+    r(
+        451,
+        "4.3.0",
+        format!("<{rcpt}>: no response rule matched the outcome"),
+    )
+}
+
+/// No transaction rule decided and no recipient is left.
+pub(crate) fn no_recipient_left() -> Reply {
+    r(554, "5.5.1", "no valid recipients")
+}
+
+/// A recipient no step of the pipeline answered (fail safe).
+pub(crate) fn not_processed() -> Reply {
+    r(451, "4.3.0", "recipient not processed")
+}
+
+/// An earlier attempt of this transaction delivered `rcpt` already (the store says so).
+pub(crate) fn already_delivered(rcpt: &str) -> Reply {
+    r(250, "2.0.0", format!("<{rcpt}>: already delivered to CPM"))
+}
+
+/// The store cannot say who has the mail already: nothing is delivered now.
+pub(crate) fn delivery_state_unavailable() -> Reply {
+    r(451, "4.3.0", "delivery state unavailable; try again later")
+}
+
+/// Delivered, but the record that keeps a retry from delivering twice was not written.
+pub(crate) fn delivery_state_not_recorded() -> Reply {
+    r(
+        451,
+        "4.3.0",
+        "delivery state could not be recorded; try again later",
+    )
+}
+
+/// The DSN a positive reply promises could not be handed to the smarthost.
+pub(crate) fn dsn_not_handed_off() -> Reply {
+    r(
+        451,
+        "4.3.0",
+        "delivery report could not be handed off; delivered recipients will not receive it twice",
+    )
+}
+
+/// `rcpt` is a report address, but this instance keeps no report records.
+pub(crate) fn reports_not_taken(rcpt: &str) -> Reply {
+    r(
+        550,
+        "5.1.1",
+        format!("<{rcpt}>: reports are not taken here"),
+    )
+}
+
+/// A report arrived while the report loop is not running.
+pub(crate) fn reports_not_taken_now() -> Reply {
+    r(451, "4.3.0", "reports are not taken now")
+}
+
+/// A `mailbox` recipient relayed as mail: each relayed recipient's reply.
+pub(crate) fn relayed(rcpt: &str) -> Reply {
+    r(
+        250,
+        "2.0.0",
+        format!("<{rcpt}>: relayed as mail through the smarthost"),
+    )
+}
+
+pub(crate) fn relay_without_smarthost(rcpt: &str) -> Reply {
+    r(
+        451,
+        "4.3.5",
+        format!("<{rcpt}>: no smarthost configured to relay this recipient"),
+    )
+}
+
+pub(crate) fn relay_refused(rcpt: &str, e: &dyn std::fmt::Display) -> Reply {
+    r(
+        550,
+        "5.0.0",
+        format!("<{rcpt}>: relay refused by the smarthost ({e})"),
+    )
+}
+
+pub(crate) fn relay_failed(rcpt: &str, e: &dyn std::fmt::Display) -> Reply {
+    r(
+        451,
+        "4.4.0",
+        format!("<{rcpt}>: relay through the smarthost failed ({e})"),
+    )
+}
+
+// ---- a DSN/MDN mail for the report address (engine/reports/from_mail.rs) ----------------
+
+/// The reply to a report mail for the report address `rcpt`: 451 only where a retry can
+/// help; everything else is 250 (a report is never bounced).
+pub(crate) fn report_verdict(v: &crate::reports::from_mail::Verdict, rcpt: &str) -> Reply {
+    use crate::reports::from_mail::Verdict;
+    let ok = |text: &str| r(250, "2.0.0", format!("<{rcpt}>: {text}"));
+    match v {
+        Verdict::Uncorrelated => ok("report accepted; no message of ours to report on (dropped)"),
+        Verdict::DamagedRecord => ok("report accepted; its record is damaged (dropped)"),
+        Verdict::StoreUnavailable(e) => r(
+            451,
+            "4.3.0",
+            format!("report state unavailable ({e}); try again later"),
+        ),
+        Verdict::NotAsked => ok(
+            "report accepted; it owes no IMDN (not asked for, or not a notification the rules map)",
+        ),
+        Verdict::NotAReport(why) => ok(&format!(
+            "accepted and dropped: not a delivery or disposition report ({why})"
+        )),
+        Verdict::RuleError => r(451, "4.3.0", "report could not be mapped; try again later"),
+        Verdict::Sent => ok("report delivered to CPM as an IMDN"),
+        Verdict::Duplicate => ok("report already delivered to CPM"),
+        Verdict::Temporary(cpm) => r(
+            451,
+            "4.4.0",
+            format!("the IMDN could not be delivered now ({cpm})"),
+        ),
+        Verdict::Permanent(cpm) => ok(&format!(
+            "report accepted; CPM refused the IMDN ({cpm}), dropped"
+        )),
+    }
+}
+
+pub(crate) fn report_state_error(e: &dyn std::fmt::Display) -> Reply {
+    r(451, "4.3.0", format!("report state: {e}"))
+}
+
+/// CPM asked to retry an IMDN in another form: there is none.
+pub(crate) fn imdn_retry_asked(form: &dyn std::fmt::Display) -> Reply {
+    r(554, "5.0.0", format!("CPM asked for a retry as {form}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -676,6 +676,7 @@ fn large_delivery(payload: &[u8]) -> iwf::plan::Delivery {
             content_type: "message/cpim".into(),
             body: cpim.into(),
         },
+        cpim_inner: None,
         imdn_message_id: None,
         imdn_dispositions: Vec::new(),
         success_report: true,

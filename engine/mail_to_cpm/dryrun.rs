@@ -1,17 +1,26 @@
 //! The dry run behind `iwf map`, the self-tests and the snapshot tests: a mail and an
-//! envelope through every phase, with the requests rendered as they would be sent.
+//! envelope through the same plan, dispatch and answer steps as `iwf serve`, dispatched to
+//! a [`Recorder`] that renders the requests as they would be sent instead of sending them.
+
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::clock::FixedClock;
 use crate::envelope::{Client, Envelope, MailFrom, Rcpt};
 use crate::ids::Ids;
 use crate::mail::Mail;
-use crate::mapper::{self, Fired, RcptDecision};
-use crate::plan::{Delivery, Mode, Stamp};
+use crate::mapper::{Fired, RcptDecision};
+use crate::outcome::Outcome;
+use crate::plan::{self, Delivery, Mode, PlanContext, Route, Stamp};
 use crate::render::sip;
 use crate::reply::Reply;
 use crate::ruleset::RuleSet;
+use crate::sip::BoxFuture;
+
+use super::answer::{self, Answer};
+use super::dispatch::{Backend, Dispatch, Dispatched};
 
 /// One planned request, rendered.
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +71,9 @@ pub struct DryRun {
     pub reports: Vec<ReportAddress>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub explain: Vec<Fired>,
+    /// What the transaction would be answered if every request got `200 OK`.
+    #[serde(skip)]
+    pub answer: Answer,
 }
 
 /// Options of a dry run.
@@ -126,6 +138,9 @@ pub fn stamp(ids: &dyn Ids, rules: &RuleSet) -> Stamp {
     }
 }
 
+/// Runs the mail → CPM pipeline over one mail without the network: the RCPT step for each
+/// recipient, [`plan::plan_decided`], [`Dispatch`] to a [`Recorder`] (which renders each
+/// request and answers 200), and [`answer::answer`].
 pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
     let (implied_from, implied_rcpts) = implied_envelope(raw);
     let mail_from = opts.mail_from.clone().unwrap_or(implied_from);
@@ -143,70 +158,109 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
     };
     let mut explain: Vec<Fired> = Vec::new();
     let mut rejections = Vec::new();
-    let mut relayed = Vec::new();
-    let mut reports = Vec::new();
-    let mut accepted = Vec::new();
+    let mut decisions = Vec::new();
+    // The RCPT step: a refused recipient never enters the envelope.
     for r in rcpts {
-        match mapper::resolve_recipient(
+        match plan::route(
             rules,
             &envelope,
             &r,
             opts.now,
             opts.explain.then_some(&mut explain),
         ) {
-            RcptDecision::Accept { uri } => {
-                envelope.rcpts.push(r.clone());
-                accepted.push((r, uri));
-            }
-            RcptDecision::Mailbox { address } => relayed.push(Relayed {
-                recipient: r.address.clone(),
-                mailbox: address,
-            }),
-            RcptDecision::Report { token } => reports.push(ReportAddress {
-                recipient: r.address.clone(),
-                token,
-            }),
             RcptDecision::Reject(reply) => rejections.push(Rejection {
                 recipient: r.address.clone(),
                 reply: reply.to_string(),
             }),
+            accepted => {
+                envelope.rcpts.push(r);
+                decisions.push(Some(accepted));
+            }
         }
     }
-    let plan = mapper::plan_mail(
+    let ctx = PlanContext {
+        now: opts.now,
+        ids: opts.ids,
+        peers: &crate::peer_memory::Unknown,
+        explain: opts.explain,
+    };
+    let plan = plan::plan_decided(rules, &envelope, raw, decisions, &ctx);
+    explain.extend(plan.explain.iter().cloned());
+    let recorder = Recorder {
         rules,
-        &envelope,
-        &accepted,
+        ids: opts.ids,
+        chunk_size: opts.chunk_size,
+        sent: Mutex::new(Vec::new()),
+    };
+    let clock = FixedClock(opts.now);
+    let dispatch = Dispatch {
+        rules,
+        envelope: &envelope,
         raw,
-        opts.ids,
-        &crate::peer_memory::Unknown,
-        opts.now,
-        opts.explain,
-    );
-    explain.extend(plan.explain);
-    for (rcpt, reply) in plan.rejections {
-        rejections.push(Rejection {
-            recipient: rcpt,
-            reply: reply.to_string(),
-        });
-    }
+        backend: &recorder,
+        clock: &clock,
+        ids: opts.ids,
+        peers: None,
+    };
+    // One after the other: the requests are rendered in plan order (ids in sequence).
+    let mut first_sent = Vec::new();
+    let dispatched: Vec<Dispatched> = futures::executor::block_on(async {
+        let mut out = Vec::new();
+        for d in &plan.deliveries {
+            first_sent.push(recorder.count());
+            out.push(dispatch.one(d).await);
+        }
+        out
+    });
+    let answer = answer::answer(rules, &envelope, &plan, &[], &dispatched, opts.now);
+    let mut sent: Vec<Option<_>> = recorder
+        .sent
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut relayed = Vec::new();
+    let mut reports = Vec::new();
     let mut deliveries: Vec<RenderedDelivery> = Vec::new();
-    for d in plan.deliveries {
-        match render_delivery(&d, rules, opts) {
-            Ok(rd) => deliveries.push(rd),
-            Err(e) => rejections.push(Rejection {
-                recipient: d.recipient.clone(),
-                reply: Reply::new(
-                    554,
-                    "5.6.0",
-                    format!("<{}>: cannot render the request: {e}", d.recipient),
-                )
-                .to_string(),
+    let mut delivery_at = vec![None; plan.deliveries.len()];
+    for (i, route) in plan.routes.iter().enumerate() {
+        let recipient = envelope.rcpts[i].address.clone();
+        match route {
+            Route::Cpm(k) => {
+                // The plan's form: the first request its dispatch sent.
+                match first_sent.get(*k).and_then(|&at| sent.get_mut(at)?.take()) {
+                    Some(Ok(rendered)) => {
+                        delivery_at[*k] = Some(deliveries.len());
+                        deliveries.push(*rendered);
+                    }
+                    Some(Err(reply)) => rejections.push(Rejection {
+                        recipient,
+                        reply: reply.to_string(),
+                    }),
+                    None => {}
+                }
+            }
+            Route::Refused(reply) => rejections.push(Rejection {
+                recipient,
+                reply: reply.to_string(),
             }),
+            Route::Mailbox(mailbox) => relayed.push(Relayed {
+                recipient,
+                mailbox: mailbox.clone(),
+            }),
+            Route::Report(token) => reports.push(ReportAddress {
+                recipient,
+                token: token.clone(),
+            }),
+            Route::Covered(_) | Route::AlreadyDelivered => {}
         }
     }
-    for (rcpt, idx) in plan.covered {
-        if let Some(d) = deliveries.get_mut(idx) {
-            d.covers.push(rcpt);
+    for (i, route) in plan.routes.iter().enumerate() {
+        if let Route::Covered(k) = route
+            && let Some(d) = delivery_at[*k].and_then(|at| deliveries.get_mut(at))
+        {
+            d.covers.push(envelope.rcpts[i].address.clone());
         }
     }
     DryRun {
@@ -215,21 +269,64 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
         relayed,
         reports,
         explain,
+        answer,
     }
+}
+
+/// The dry run's back end: renders each request as it would go on the wire and answers
+/// `200 OK`.
+pub struct Recorder<'a> {
+    rules: &'a RuleSet,
+    ids: &'a dyn Ids,
+    chunk_size: usize,
+    /// Each request sent, in order, or the reply when it cannot be rendered.
+    sent: Mutex<Vec<Result<Box<RenderedDelivery>, Reply>>>,
+}
+
+impl Recorder<'_> {
+    fn count(&self) -> usize {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Backend for Recorder<'_> {
+    fn send<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        let rendered = render_delivery(d, self.rules, self.ids, self.chunk_size)
+            .map(Box::new)
+            .map_err(|e| crate::smtp::replies::unrenderable(&d.recipient, &e));
+        self.sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(rendered);
+        Box::pin(std::future::ready(Outcome::Final {
+            protocol: crate::outcome::Protocol::Sip,
+            status: 200,
+            reason: "OK".into(),
+            headers: Vec::new(),
+            mode: d.mode,
+        }))
+    }
+}
+
+/// Why a planned request cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{0}")]
+    Sip(#[from] sip::RenderError),
+    #[error("setting iwf_address: {0}")]
+    Address(#[from] std::net::AddrParseError),
 }
 
 fn render_delivery(
     d: &Delivery,
     rules: &RuleSet,
-    opts: &Options,
-) -> Result<RenderedDelivery, String> {
-    let st = stamp(opts.ids, rules);
+    ids: &dyn Ids,
+    chunk_size: usize,
+) -> Result<RenderedDelivery, RenderError> {
+    let st = stamp(ids, rules);
     let (request, msrp) = match d.mode {
-        Mode::Pager => (
-            sip::render_message(d, &st).map_err(|e| e.to_string())?,
-            Vec::new(),
-        ),
-        Mode::Large => large::render(d, &st, rules, opts)?,
+        Mode::Pager => (sip::render_message(d, &st)?, Vec::new()),
+        Mode::Large => large::render(d, &st, rules, ids, chunk_size)?,
     };
     Ok(RenderedDelivery {
         recipient: d.recipient.clone(),
@@ -250,13 +347,11 @@ mod large {
         d: &Delivery,
         st: &Stamp,
         rules: &RuleSet,
-        opts: &Options,
-    ) -> Result<(rsipstack::sip::Request, Vec<String>), String> {
-        let host: std::net::IpAddr = rules
-            .setting_str("iwf_address", "192.0.2.10")
-            .parse()
-            .map_err(|e| format!("setting iwf_address: {e}"))?;
-        let session = opts.ids.token();
+        ids: &dyn Ids,
+        chunk_size: usize,
+    ) -> Result<(rsipstack::sip::Request, Vec<String>), RenderError> {
+        let host: std::net::IpAddr = rules.setting_str("iwf_address", "192.0.2.10").parse()?;
+        let session = ids.token();
         let local_path = crate::render::sdp::msrp_path(host, 2855, &session, false);
         let sdp = crate::render::sdp::SdpOffer {
             session_id: 2890844526,
@@ -272,13 +367,12 @@ mod large {
         }
         .render();
         let contact = format!("sip:{}", st.sent_by);
-        let invite =
-            sip::render_invite(d, st, sdp.into_bytes(), &contact).map_err(|e| e.to_string())?;
+        let invite = sip::render_invite(d, st, sdp.into_bytes(), &contact)?;
         let peer_path = "msrp://198.51.100.7:2855/peer;tcp";
         let template = crate::msrp::codec::ChunkTemplate {
             to_path: vec![peer_path.to_string()],
             from_path: vec![local_path],
-            message_id: opts.ids.token(),
+            message_id: ids.token(),
             content_type: d.content.content_type.clone(),
             success_report: Some(d.success_report),
             failure_report: Some(crate::msrp::codec::FailureReport::Yes),
@@ -286,8 +380,8 @@ mod large {
         let chunks = crate::msrp::codec::Chunks::with_tid_source(
             template,
             d.content.body.clone(),
-            opts.chunk_size,
-            || opts.ids.token(),
+            chunk_size,
+            || ids.token(),
         )
         .map(|r| String::from_utf8_lossy(&r.to_bytes()).into_owned())
         .collect();
