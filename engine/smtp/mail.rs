@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 
-use chrono::Utc;
 use smtp_proto::{
     MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_BY_NOTIFY, MAIL_BY_RETURN,
     MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8,
@@ -99,7 +98,9 @@ impl Session {
     pub(super) fn mail(&mut self, from: ProtoMailFrom<'_>, line: &[u8]) -> Flow {
         match &self.state {
             State::Fresh => return self.reply(replies::need_hello(self.shared.protocol)),
-            State::Mail(_) | State::Data(..) => return self.reply(replies::nested_mail()),
+            State::Mail(_) | State::Data(..) | State::Complete(..) => {
+                return self.reply(replies::nested_mail());
+            }
             State::Ready => {}
         }
         if self.config().require_tls && !self.tls {
@@ -117,7 +118,7 @@ impl Session {
                 mail_from: MailFrom::from_proto(&from),
                 rcpts: Vec::new(),
                 client: self.client(),
-                received_at: Utc::now(),
+                received_at: self.shared.clock.now(),
             },
             id: self.new_id(),
         };

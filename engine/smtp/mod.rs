@@ -13,7 +13,8 @@
 //! | file | what |
 //! |---|---|
 //! | `server.rs` | listener loop, connection limits (total and per client IP), shutdown and drain |
-//! | `session.rs` | one connection: the `State` enum, read/flush loop, timeouts, dispatch |
+//! | `session.rs` | one session without I/O: the `State` enum, dispatch, replies; bytes in, replies and what to do next out (smtp-proto's `ingest` shape) |
+//! | `conn.rs` | the driver around a session: the socket, read deadlines, one write per reply batch, STARTTLS handshake, shutdown, lingering close |
 //! | `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs` | one file per verb or phase; `data.rs` also holds the I/O-free DATA receiver |
 //! | `params.rs` | I/O-free bounded checks of MAIL/RCPT parameter values on the raw line |
 //! | `line.rs` | I/O-free command-line framing: CRLF only, bare CR/LF and over-long lines refused |
@@ -101,6 +102,7 @@ use crate::envelope::{Envelope, Rcpt};
 use crate::reply::Reply;
 
 mod config;
+mod conn;
 mod data;
 mod ehlo;
 #[doc(hidden)]
@@ -117,9 +119,11 @@ mod tls;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_table;
 
 pub use config::{ESMTP_PARAMETER_ALLOWANCE, Limits, SmtpConfig, VrfyPolicy};
-pub use server::{ServeReport, serve};
+pub use server::{ServeReport, serve, serve_with_clock};
 pub use tls::{TlsConfigError, tls_config_from_pem, tls_config_from_pem_files};
 
 /// A boxed, sendable future borrowing from the handler (what [`MailHandler`] methods return).

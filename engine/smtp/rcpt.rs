@@ -48,7 +48,9 @@ impl Session {
         let (smtputf8, count) = match &self.state {
             State::Fresh => return self.reply(replies::need_hello(self.shared.protocol)),
             State::Ready => return self.reply(replies::need_mail("RCPT")),
-            State::Data(..) => unreachable!("no commands are read during DATA"),
+            State::Data(..) | State::Complete(..) => {
+                unreachable!("no commands are read during DATA")
+            }
             State::Mail(tx) => (tx.envelope.mail_from.smtputf8, tx.envelope.rcpts.len()),
         };
         if let Err(reply) =
