@@ -22,13 +22,16 @@ use super::{DataReplies, Protocol};
 const PREALLOCATE_MAX: usize = 1024 * 1024;
 
 /// Why a complete message is refused at the end of data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ContentError {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ContentError {
     /// Over [`Limits::message_size`](super::Limits).
+    #[error("the message is over the size limit")]
     TooBig,
     /// A text line over [`Limits::text_line`](super::Limits).
+    #[error("a text line is over the line limit")]
     LineTooLong,
     /// A CR not followed by LF, or an LF not preceded by CR.
+    #[error("a bare CR or LF where only CRLF ends a line")]
     BareLineEnd,
 }
 

@@ -267,7 +267,10 @@ async fn verbs_out_of_sequence() {
         (b"RCPT TO:<Postmaster>\r\n", RCPT_OK),
     ])
     .await;
-    assert_eq!(*h.handler.rcpts.lock().unwrap(), ["postmaster"]);
+    assert_eq!(
+        *h.handler.rcpts.lock().unwrap(),
+        ["b@cpm.example.net", "postmaster"]
+    );
 }
 
 #[tokio::test]
