@@ -15,7 +15,7 @@
 //! | `server.rs` | listener loop, connection limits (total and per client IP), shutdown and drain |
 //! | `session.rs` | one session without I/O: the `State` enum, dispatch, replies; bytes in, replies and what to do next out (smtp-proto's `ingest` shape) |
 //! | `conn.rs` | the driver around a session: the socket, read deadlines, one write per reply batch, STARTTLS handshake, shutdown, lingering close |
-//! | `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs` | one file per verb or phase; `data.rs` also holds the I/O-free DATA receiver |
+//! | `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs` | one file per verb or phase (`impl Session`); `data.rs` also holds the I/O-free DATA receiver |
 //! | `params.rs` | I/O-free bounded checks of MAIL/RCPT parameter values on the raw line |
 //! | `line.rs` | I/O-free command-line framing: CRLF only, bare CR/LF and over-long lines refused |
 //! | `received.rs` | the `Received:` trace header we prepend (RFC 5321 §4.4) |
@@ -27,8 +27,10 @@
 //! line), after the raw parameter values were checked against the RFC grammars here
 //! (`params`: smtp-proto's number parsers saturate). End-of-data detection and unstuffing are
 //! our own (`data`: only `CRLF.CRLF` ends DATA). Everything around them — framing, limits,
-//! what to reply — is here, and the pieces that need no socket (`line`, `data`, `params`,
-//! `received`, parameter checks in `mail`) have table tests of their own.
+//! what to reply — is here, and none of it needs a socket: the session itself is fed bytes
+//! and answers with replies (`session.rs`, driven by `conn.rs`), so verb sequencing has
+//! table tests (`tests_table.rs`) beside those of `line`, `data`, `params`, `received` and
+//! the parameter checks in `mail` and `rcpt`; `tests.rs` drives the real listener.
 //!
 //! # Extensions (EHLO / LHLO keywords)
 //! PIPELINING, SIZE n, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, DSN, DELIVERBY \[min\], and
