@@ -133,7 +133,10 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         let smtp_cfg = cfg.smtp.clone();
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let report = smtp::serve(listener, protocol, smtp_cfg, handler, sd.wait()).await;
+            let clock = crate::clock::system();
+            let report =
+                smtp::serve_with_clock(listener, protocol, smtp_cfg, handler, clock, sd.wait())
+                    .await;
             if report.aborted_sessions > 0 {
                 tracing::warn!(
                     aborted = report.aborted_sessions,
