@@ -19,8 +19,16 @@ pub trait Input {
 pub enum EvalError {
     #[error("step limit of {0} exceeded")]
     StepLimit(u32),
-    #[error("{0}")]
-    Runtime(String),
+    #[error("integer overflow")]
+    Overflow,
+    #[error("division by zero")]
+    DivisionByZero,
+    /// A built-in refused its arguments.
+    #[error("{name}(): {error}")]
+    Builtin {
+        name: &'static str,
+        error: functions::FnError,
+    },
 }
 
 /// Per-rule evaluation state: the step budget and the last regex captures.
@@ -72,7 +80,10 @@ pub fn eval(code: &Code, input: &dyn Input, frame: &mut Frame) -> Result<Value, 
             {
                 return Ok(Value::Null);
             }
-            (b.f)(vals).map_err(|e| EvalError::Runtime(format!("{}(): {e}", b.name)))?
+            (b.f)(vals).map_err(|error| EvalError::Builtin {
+                name: b.name,
+                error,
+            })?
         }
         Code::Lookup(table, key) => match eval(key, input, frame)? {
             Value::Str(k) => table.get(&*k).cloned().unwrap_or(Value::Null),
@@ -184,7 +195,7 @@ fn push_text(out: &mut String, v: &Value) {
 }
 
 fn overflow() -> EvalError {
-    EvalError::Runtime("integer overflow".into())
+    EvalError::Overflow
 }
 
 fn binary(
@@ -261,7 +272,7 @@ fn binary(
                 }
                 .ok_or_else(|| {
                     if y == 0 {
-                        EvalError::Runtime("division by zero".into())
+                        EvalError::DivisionByZero
                     } else {
                         overflow()
                     }
