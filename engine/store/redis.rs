@@ -22,7 +22,9 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::Mutex;
 
-use super::{BoxFuture, Fields, Limits, Lookup, Stats, Store, StoreError, failed, ms, rcpt_key};
+use super::{
+    BoxFuture, Fields, Limits, Lookup, OpenError, Stats, Store, StoreError, failed, ms, rcpt_key,
+};
 
 /// Deadline of every Redis call.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -77,7 +79,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 impl RedisStore {
     /// Prepares the connection (made on first use). Needs a Tokio runtime.
-    pub fn new(urls: &[String], cluster: bool, limits: Limits) -> anyhow::Result<RedisStore> {
+    pub fn new(urls: &[String], cluster: bool, limits: Limits) -> Result<RedisStore, OpenError> {
         let location = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
         let conn = if cluster {
             let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
@@ -90,9 +92,7 @@ impl RedisStore {
                 conn: Mutex::new(None),
             }
         } else {
-            let url = urls
-                .first()
-                .ok_or_else(|| anyhow::anyhow!("no Redis URL"))?;
+            let url = urls.first().ok_or(OpenError::NoRedisUrl)?;
             let client = redis::Client::open(url.as_str())?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(TIMEOUT))
