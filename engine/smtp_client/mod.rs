@@ -238,7 +238,7 @@ impl Session {
                 std::mem::replace(&mut s.io, BufStream::new(Box::new(tokio::io::duplex(1).0)))
                     .into_inner();
             let tls = tls_connector()
-                .map_err(|e| SmtpOutcome::failure_at(Stage::Starttls, "protocol", e))?
+                .map_err(|e| SmtpOutcome::failure_at(Stage::Starttls, "protocol", e.to_string()))?
                 .connect(server_name(&host), plain)
                 .await
                 .map_err(|e| SmtpOutcome::failure_at(Stage::Starttls, "protocol", e.to_string()))?;
@@ -456,11 +456,10 @@ fn server_name(host: &str) -> rustls::pki_types::ServerName<'static> {
     }
 }
 
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Opportunistic(provider)))
         .with_no_client_auth();
