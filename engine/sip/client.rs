@@ -113,7 +113,7 @@ pub enum ConnectError {
     #[error("UDP is not configured")]
     NoUdp,
     #[error("connect failed: {0}")]
-    Failed(rsipstack::Error),
+    Failed(Box<rsipstack::Error>),
     #[error("connect did not finish within Timer F")]
     Timeout,
 }
@@ -944,7 +944,7 @@ impl Inner {
         };
         let conn = match tokio::time::timeout_at(deadline, opening).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(ConnectError::Failed(e)),
+            Ok(Err(e)) => return Err(ConnectError::Failed(Box::new(e))),
             Err(_) => return Err(ConnectError::Timeout),
         };
         self.endpoint.transport_layer.add_connection(conn.clone());
