@@ -408,6 +408,41 @@ mod tests {
     }
 
     #[test]
+    fn runtime_errors_say_what_went_wrong() {
+        let cases = [
+            ("n / 0", EvalError::DivisionByZero, "division by zero"),
+            (
+                "n * 9223372036854775807",
+                EvalError::Overflow,
+                "integer overflow",
+            ),
+            (
+                "split(rcpt.local, \"\")",
+                EvalError::Builtin {
+                    name: "split",
+                    error: functions::FnError::EmptySeparator,
+                },
+                "split(): split() with an empty separator",
+            ),
+            (
+                "len(true)",
+                EvalError::Builtin {
+                    name: "len",
+                    error: functions::FnError::NoLength("bool"),
+                },
+                "len(): len() of a bool",
+            ),
+        ];
+        for (src, want, text) in cases {
+            let e = parse_expression(src).unwrap();
+            let (code, _) = compile(&e, &S).unwrap_or_else(|e| panic!("{src}: {e:?}"));
+            let got = eval(&code, &I, &mut Frame::new(1000)).unwrap_err();
+            assert_eq!(got, want, "{src}");
+            assert_eq!(got.to_string(), text, "{src}");
+        }
+    }
+
+    #[test]
     fn step_limit() {
         let e = parse_expression("n + n + n + n + n + n").unwrap();
         let (code, _) = compile(&e, &S).unwrap();

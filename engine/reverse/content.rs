@@ -436,3 +436,58 @@ fn split_blank(b: &[u8]) -> Option<(&[u8], &[u8])> {
 fn short(s: &str) -> String {
     s.chars().take(40).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_bodies_say_what_is_wrong() {
+        let accept = ["message/cpim".to_string(), "multipart/mixed".to_string()];
+        let cases: &[(&str, &[u8], ContentError, &str)] = &[
+            (
+                "message/cpim",
+                b"From: <sip:a@b>\r\nTo: <sip:c@d>\r\n",
+                ContentError::Malformed(Malformed::Cpim(CpimError::NoBlankLine)),
+                "malformed CPIM: no blank line after the headers",
+            ),
+            (
+                "message/cpim",
+                b"From: <sip:a@b>\r\n\r\nContent-Type: text/plain\r\n\r\nhi",
+                ContentError::Malformed(Malformed::Cpim(CpimError::NoFromOrTo)),
+                "malformed CPIM: From and To are required (RFC 3862 §3.2)",
+            ),
+            (
+                "message/cpim",
+                b"From: <sip:a@b>\r\nTo: <sip:c@d>\r\n\r\nhi",
+                ContentError::Malformed(Malformed::Cpim(CpimError::Entity(
+                    EntityError::NoBlankLine,
+                ))),
+                "malformed CPIM: the encapsulated entity has no blank line",
+            ),
+            (
+                "multipart/mixed",
+                b"--x\r\n\r\nhi\r\n--x--\r\n",
+                ContentError::Malformed(Malformed::Multipart(MultipartError::NoBoundary)),
+                "malformed multipart: no boundary",
+            ),
+            (
+                "text/html",
+                b"<p>hi</p>",
+                ContentError::Unsupported("text/html".into()),
+                "content type `text/html` not taken",
+            ),
+        ];
+        for (ct, body, want, text) in cases {
+            let got = parse(Some(ct), body, &accept).unwrap_err();
+            assert_eq!(&got, want, "{ct}");
+            assert_eq!(got.to_string(), *text, "{ct}");
+        }
+    }
+
+    #[test]
+    fn history_entries_need_a_uri() {
+        let xml = br#"<resource-lists xmlns="urn:ietf:params:xml:ns:resource-lists"><list><entry/></list></resource-lists>"#;
+        assert_eq!(resource_list(xml), Err(HistoryError::EntryWithoutUri));
+    }
+}

@@ -520,3 +520,33 @@ pub fn respond(
 ) -> SipAnswer {
     complete(phases::map_response(rules, outcome, target, explain), rules)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sip_answers_parse_or_say_why_not() {
+        assert_eq!(
+            SipAnswer::parse(" 486 Busy Here "),
+            Ok(SipAnswer::new(486, "Busy Here"))
+        );
+        let cases = [
+            (
+                "180 Ringing",
+                AnswerError::NotFinal("180 Ringing".into()),
+                "`180 Ringing` does not start with a final SIP status (200-699)",
+            ),
+            (
+                "603 No\u{7}",
+                AnswerError::ControlCharacter,
+                "control character in the reason phrase",
+            ),
+        ];
+        for (s, want, text) in cases {
+            let got = SipAnswer::parse(s).unwrap_err();
+            assert_eq!(got, want, "{s}");
+            assert_eq!(got.to_string(), text, "{s}");
+        }
+    }
+}

@@ -292,8 +292,45 @@ mod tests {
             name_addr(inc.header("From").unwrap()),
             Some((Some("B".into()), "tel:+1555".into()))
         );
-        assert!(Incoming::parse(b"MESSAGE x\r\n\r\n").is_err());
-        assert!(Incoming::parse(b"MESSAGE x SIP/2.0\r\nl: 9\r\n\r\nab").is_err());
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_request() {
+        let cases: &[(&[u8], RequestError, &str)] = &[
+            (
+                b"MESSAGE x SIP/2.0\r\n",
+                RequestError::NoBlankLine,
+                "no blank line after the SIP headers",
+            ),
+            (
+                b"MESSAGE x\r\n\r\n",
+                RequestError::RequestLine("MESSAGE x".into()),
+                "bad request line `MESSAGE x`",
+            ),
+            (
+                b"MESSAGE x SIP/3.0\r\n\r\n",
+                RequestError::Version("MESSAGE x SIP/3.0".into()),
+                "not a SIP/2.0 request line: `MESSAGE x SIP/3.0`",
+            ),
+            (
+                b"MESSAGE x SIP/2.0\r\nno colon\r\n\r\n",
+                RequestError::HeaderLine("no colon".into()),
+                "bad header line `no colon`",
+            ),
+            (
+                b"MESSAGE x SIP/2.0\r\nl: 9\r\n\r\nab",
+                RequestError::ShortBody {
+                    content_length: 9,
+                    body: 2,
+                },
+                "Content-Length 9 but only 2 body bytes",
+            ),
+        ];
+        for (wire, want, text) in cases {
+            let got = Incoming::parse(wire).unwrap_err();
+            assert_eq!(&got, want);
+            assert_eq!(got.to_string(), *text);
+        }
     }
 
     #[test]
