@@ -269,10 +269,12 @@ impl Config {
             smtp.shutdown_grace = Duration::from_secs(v);
         }
         let log_format = match o.log_format.clone().or(file.log_format) {
-            Some(f) => f.parse().map_err(|message| ConfigError {
-                where_: "log_format".into(),
-                message,
-            })?,
+            Some(f) => f
+                .parse()
+                .map_err(|e: crate::logging::UnknownLogFormat| ConfigError {
+                    where_: "log_format".into(),
+                    message: e.to_string(),
+                })?,
             None => crate::logging::LogFormat::default(),
         };
         let metrics_listen = o
@@ -354,13 +356,12 @@ impl Config {
                 where_: "large.tls_ca".into(),
                 message: format!("cannot read {}: {e}", ca.display()),
             })?;
-            large.tls =
-                Some(
-                    crate::large::tls_client_config(&pem).map_err(|message| ConfigError {
-                        where_: "large.tls_ca".into(),
-                        message,
-                    })?,
-                );
+            large.tls = Some(
+                crate::large::tls_client_config(&pem).map_err(|e| ConfigError {
+                    where_: "large.tls_ca".into(),
+                    message: e.to_string(),
+                })?,
+            );
         }
         if let Some(v) = file.large.chunk_size {
             if v == 0 {
@@ -380,9 +381,9 @@ impl Config {
         let state_dir = file.state_dir.unwrap_or_else(|| "state".into());
         let store =
             crate::store::Backend::parse(file.store.as_deref().unwrap_or("sqlite"), &state_dir)
-                .map_err(|message| ConfigError {
+                .map_err(|e| ConfigError {
                     where_: "store".into(),
-                    message,
+                    message: e.to_string(),
                 })?;
         let mut store_limits = crate::store::Limits::default();
         if let Some(v) = file.store_ttl_secs {

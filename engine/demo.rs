@@ -24,12 +24,26 @@ pub fn sdp_answer(msrp_uri: &str, host: &str, port: u16) -> String {
     )
 }
 
-pub async fn start() -> anyhow::Result<DemoEndpoint> {
+/// Why the demo endpoint did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The MSRP receiver could not bind.
+    #[error(transparent)]
+    Msrp(std::io::Error),
+    /// The SIP answerer could not start.
+    #[error(transparent)]
+    Sip(std::io::Error),
+    #[error("demo endpoint has no UDP address")]
+    NoUdpAddress,
+}
+
+pub async fn start() -> Result<DemoEndpoint, DemoError> {
     let (receiver, mut messages) = Receiver::bind(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         ReceiverConfig::default(),
     )
-    .await?;
+    .await
+    .map_err(DemoError::Msrp)?;
     let msrp_addr = receiver.local_addr();
     let msrp_uri = receiver.uri("demo");
     let answer = sdp_answer(&msrp_uri, &msrp_addr.ip().to_string(), msrp_addr.port());
@@ -51,14 +65,15 @@ pub async fn start() -> anyhow::Result<DemoEndpoint> {
         }
     };
     let (answerer, mut received) = Answerer::start(AnswererConfig {
-        udp: Some("127.0.0.1:0".parse()?),
+        udp: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         ..AnswererConfig::with_policy(policy)
     })
-    .await?;
+    .await
+    .map_err(DemoError::Sip)?;
     let uri = answerer
         .udp_addr()
         .map(|a| format!("sip:{a};transport=udp"))
-        .ok_or_else(|| anyhow::anyhow!("demo endpoint has no UDP address"))?;
+        .ok_or(DemoError::NoUdpAddress)?;
     if let Some(a) = answerer.udp_addr() {
         let _ = contact.set(format!("<sip:demo@{a}>"));
     }

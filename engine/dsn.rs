@@ -287,10 +287,13 @@ fn one_line(s: &str) -> String {
 }
 
 /// Hands a DSN to the smarthost (`host:port`): `MAIL FROM:<>` (RFC 3461 §6.2), one RCPT.
-pub async fn send(smarthost: &str, helo: &str, to: &str, dsn: Vec<u8>) -> Result<(), String> {
-    crate::smarthost::send(smarthost, helo, "", &[to], dsn)
-        .await
-        .map_err(|e| e.to_string())
+pub async fn send(
+    smarthost: &str,
+    helo: &str,
+    to: &str,
+    dsn: Vec<u8>,
+) -> Result<(), crate::smarthost::SendError> {
+    crate::smarthost::send(smarthost, helo, "", &[to], dsn).await
 }
 
 #[cfg(test)]

@@ -45,13 +45,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// A `log_format` value that is neither `text` nor `json`: what arrived.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a log format (text or json)")]
+pub struct UnknownLogFormat(pub String);
+
 impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownLogFormat;
+    fn from_str(s: &str) -> Result<Self, UnknownLogFormat> {
         match s {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            _ => Err(format!("`{s}` is not a log format (text or json)")),
+            _ => Err(UnknownLogFormat(s.to_string())),
         }
     }
 }

@@ -181,7 +181,7 @@ fn serve(a: ServeArgs, demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(iwf::server::serve(cfg, demo));
+    let result = rt.block_on(async { anyhow::Ok(iwf::server::serve(cfg, demo).await?) });
     // Whatever is still running (a reload in progress, idle tasks) may not hold up exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
@@ -287,7 +287,7 @@ fn map(a: MapArgs) -> ExitCode {
         None => None,
         Some(p) => match std::fs::read_to_string(p)
             .map_err(|e| e.to_string())
-            .and_then(|t| iwf::reports::dryrun::read_record(&t))
+            .and_then(|t| iwf::reports::dryrun::read_record(&t).map_err(|e| e.to_string()))
         {
             Ok(r) => Some(r),
             Err(e) => {

@@ -4,38 +4,74 @@
 //! Operations (metrics, rule reload, shutdown, logs) live in their own modules
 //! (`metrics`, `reload`, `shutdown`, `logging`); this file only wires them in.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, Overrides};
+use crate::config::{Config, ConfigError, Overrides};
 use crate::ids::RandomIds;
 use crate::mail_to_cpm::Gateway;
 use crate::sip::{RsipBackend, SipBackend};
 use crate::smtp::{self, Protocol};
 
-pub async fn run(config: Option<&Path>, overrides: Overrides, demo: bool) -> anyhow::Result<()> {
+/// Why the server did not start (or stopped on its own). Each variant reads as the error
+/// it wraps, but for the rule set and the SIP back end, which say what they are.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// SIGINT/SIGTERM handlers.
+    #[error(transparent)]
+    Signals(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error("the rule set {} is not usable:\n{error}", dir.display())]
+    Rules {
+        dir: PathBuf,
+        error: crate::reload::ReloadError,
+    },
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
+    #[error("SIP back end: {0}")]
+    Sip(crate::sip::client::SipError),
+    #[error(transparent)]
+    Watch(#[from] crate::reload::WatchError),
+    /// A listener (SMTP, LMTP, metrics, the demo smarthost) or its address.
+    #[error(transparent)]
+    Listen(std::io::Error),
+}
+
+pub async fn run(
+    config: Option<&Path>,
+    overrides: Overrides,
+    demo: bool,
+) -> Result<(), ServeError> {
     serve(Config::load(config, &overrides)?, demo).await
 }
 
 /// Runs with a checked configuration until SIGTERM/SIGINT, then drains and returns.
-pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
+pub async fn serve(mut cfg: Config, demo: bool) -> Result<(), ServeError> {
     // The one clock and the one id source of the whole process.
     let clock = crate::clock::system();
     let ids: Arc<dyn crate::ids::Ids> = Arc::new(RandomIds);
     // --- operations: signals, metrics, generation 1 (before anything can be asked) ---
-    let shutdown = crate::shutdown::on_signals()?;
+    let shutdown = crate::shutdown::on_signals().map_err(ServeError::Signals)?;
     if let Some(addr) = cfg.metrics_listen {
         let handle = crate::metrics::install()?;
         let listener = crate::metrics::bind(addr).await?;
         println!(
             "iwf: metrics listening on http://{}/metrics",
-            listener.local_addr()?
+            listener.local_addr().map_err(ServeError::Listen)?
         );
         tokio::spawn(crate::metrics::serve(listener, handle, shutdown.clone()));
     }
     let reloader = Arc::new(
-        crate::reload::Reloader::start(&cfg.rules, clock.clone()).map_err(|e| {
-            anyhow::anyhow!("the rule set {} is not usable:\n{e}", cfg.rules.display())
+        crate::reload::Reloader::start(&cfg.rules, clock.clone()).map_err(|error| {
+            ServeError::Rules {
+                dir: cfg.rules.clone(),
+                error,
+            }
         })?,
     );
     // --- end operations ---
@@ -50,7 +86,9 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         cfg.sip.outbound_proxy = Some(endpoint.uri.clone());
         _demo = Some(endpoint);
         if cfg.smarthost.is_none() {
-            let sink = crate::reverse::sink::start().await?;
+            let sink = crate::reverse::sink::start()
+                .await
+                .map_err(ServeError::Listen)?;
             println!(
                 "demo: in-process smarthost at {sink} prints every mail it receives (CPM -> e-mail)"
             );
@@ -91,7 +129,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     let backend =
         RsipBackend::start_with_uas(cfg.sip.clone(), Some(uas), clock.clone(), ids.clone())
             .await
-            .map_err(|e| anyhow::anyhow!("SIP back end: {e}"))?;
+            .map_err(ServeError::Sip)?;
     if let Some(a) = backend.udp_addr() {
         println!("iwf: SIP (CPM -> e-mail MESSAGE) listening on udp {a}");
     }
@@ -115,7 +153,9 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         (cfg.lmtp_listen, Protocol::Lmtp),
     ] {
         let Some(addr) = addr else { continue };
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(ServeError::Listen)?;
         println!(
             "iwf: {} listening on {}",
             if protocol == Protocol::Smtp {
@@ -123,7 +163,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             } else {
                 "LMTP"
             },
-            listener.local_addr()?
+            listener.local_addr().map_err(ServeError::Listen)?
         );
         let handler = Arc::new(Gateway {
             rules: rules.clone(),
@@ -141,7 +181,10 @@ pub async fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         let smtp_cfg = cfg.smtp.clone();
         let sd = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let report = smtp::serve(listener, protocol, smtp_cfg, handler, sd.wait()).await;
+            let clock = crate::clock::system();
+            let report =
+                smtp::serve_with_clock(listener, protocol, smtp_cfg, handler, clock, sd.wait())
+                    .await;
             if report.aborted_sessions > 0 {
                 tracing::warn!(
                     aborted = report.aborted_sessions,

@@ -38,6 +38,19 @@ pub enum TlsConfigError {
     Rustls(#[from] rustls::Error),
 }
 
+/// Why a CA file gives no client configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("CA file: {0}")]
+    Pem(io::Error),
+    #[error("CA certificate: {0}")]
+    Certificate(rustls::Error),
+    #[error("no certificate in the CA file")]
+    NoCertificate,
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
 fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -79,19 +92,18 @@ pub fn server_config_from_pem_files(
 }
 
 /// A client configuration trusting the CA certificates in `ca_pem` (and nothing else).
-pub fn client_config_from_ca_pem(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn client_config_from_ca_pem(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, CaError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
         roots
-            .add(cert.map_err(|e| format!("CA file: {e}"))?)
-            .map_err(|e| format!("CA certificate: {e}"))?;
+            .add(cert.map_err(CaError::Pem)?)
+            .map_err(CaError::Certificate)?;
     }
     if roots.is_empty() {
-        return Err("no certificate in the CA file".into());
+        return Err(CaError::NoCertificate);
     }
     let config = rustls::ClientConfig::builder_with_provider(ring())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -100,11 +112,10 @@ pub fn client_config_from_ca_pem(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConf
 /// Opportunistic TLS (RFC 7435 §1.3): a client configuration that encrypts without
 /// authenticating the server (any certificate is taken; the handshake's signatures are
 /// still checked).
-pub fn opportunistic_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn opportunistic_client_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     let provider = ring();
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Opportunistic(provider)))
         .with_no_client_auth();
@@ -289,6 +300,7 @@ mod tests {
         assert_eq!(
             client_config_from_ca_pem(b"not a certificate")
                 .err()
+                .map(|e| e.to_string())
                 .as_deref(),
             Some("no certificate in the CA file")
         );

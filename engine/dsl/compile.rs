@@ -160,7 +160,7 @@ impl Compiler<'_> {
             ExprKind::Str(parts) => (self.concat(parts), Ty::Str),
             ExprKind::Regex { source, flags } => match build_regex(source, flags) {
                 Ok(re) => (Code::Const(Value::Regex(Re(Arc::new(re)))), Ty::Regex),
-                Err(msg) => self.err(e.span, msg),
+                Err(msg) => self.err(e.span, msg.to_string()),
             },
             ExprKind::List(items) => {
                 let (codes, tys): (Vec<Code>, Vec<Ty>) = items.iter().map(|i| self.expr(i)).unzip();
@@ -248,7 +248,7 @@ impl Compiler<'_> {
                     },
                     Ty::Bool,
                 ),
-                Err(msg) => self.err(b.span, msg),
+                Err(msg) => self.err(b.span, msg.to_string()),
             };
         }
         let (ac, at) = self.expr(a);
@@ -477,7 +477,12 @@ fn literal_text(e: &Expr) -> Option<String> {
     Some(out)
 }
 
-fn build_regex(source: &str, flags: &str) -> Result<regex::Regex, String> {
+/// A `/regex/` literal the regex crate refuses: the last line of its explanation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid regex: {0}")]
+pub struct RegexError(String);
+
+fn build_regex(source: &str, flags: &str) -> Result<regex::Regex, RegexError> {
     regex::RegexBuilder::new(source)
         .case_insensitive(flags.contains('i'))
         .multi_line(flags.contains('m'))
@@ -492,7 +497,7 @@ fn build_regex(source: &str, flags: &str) -> Result<regex::Regex, String> {
                 .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("")
                 .to_string();
-            format!("invalid regex: {}", last.trim_start_matches("error: "))
+            RegexError(last.trim_start_matches("error: ").to_string())
         })
 }
 

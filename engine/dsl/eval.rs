@@ -19,8 +19,16 @@ pub trait Input {
 pub enum EvalError {
     #[error("step limit of {0} exceeded")]
     StepLimit(u32),
-    #[error("{0}")]
-    Runtime(String),
+    #[error("integer overflow")]
+    Overflow,
+    #[error("division by zero")]
+    DivisionByZero,
+    /// A built-in refused its arguments.
+    #[error("{name}(): {error}")]
+    Builtin {
+        name: &'static str,
+        error: functions::FnError,
+    },
 }
 
 /// Per-rule evaluation state: the step budget and the last regex captures.
@@ -72,7 +80,10 @@ pub fn eval(code: &Code, input: &dyn Input, frame: &mut Frame) -> Result<Value, 
             {
                 return Ok(Value::Null);
             }
-            (b.f)(vals).map_err(|e| EvalError::Runtime(format!("{}(): {e}", b.name)))?
+            (b.f)(vals).map_err(|error| EvalError::Builtin {
+                name: b.name,
+                error,
+            })?
         }
         Code::Lookup(table, key) => match eval(key, input, frame)? {
             Value::Str(k) => table.get(&*k).cloned().unwrap_or(Value::Null),
@@ -184,7 +195,7 @@ fn push_text(out: &mut String, v: &Value) {
 }
 
 fn overflow() -> EvalError {
-    EvalError::Runtime("integer overflow".into())
+    EvalError::Overflow
 }
 
 fn binary(
@@ -261,7 +272,7 @@ fn binary(
                 }
                 .ok_or_else(|| {
                     if y == 0 {
-                        EvalError::Runtime("division by zero".into())
+                        EvalError::DivisionByZero
                     } else {
                         overflow()
                     }
@@ -393,6 +404,41 @@ mod tests {
             let e = parse_expression(src).unwrap();
             let errs = compile(&e, &S).unwrap_err();
             assert!(errs[0].message.contains(want), "{src}: {:?}", errs);
+        }
+    }
+
+    #[test]
+    fn runtime_errors_say_what_went_wrong() {
+        let cases = [
+            ("n / 0", EvalError::DivisionByZero, "division by zero"),
+            (
+                "n * 9223372036854775807",
+                EvalError::Overflow,
+                "integer overflow",
+            ),
+            (
+                "split(rcpt.local, \"\")",
+                EvalError::Builtin {
+                    name: "split",
+                    error: functions::FnError::EmptySeparator,
+                },
+                "split(): split() with an empty separator",
+            ),
+            (
+                "len(true)",
+                EvalError::Builtin {
+                    name: "len",
+                    error: functions::FnError::NoLength("bool"),
+                },
+                "len(): len() of a bool",
+            ),
+        ];
+        for (src, want, text) in cases {
+            let e = parse_expression(src).unwrap();
+            let (code, _) = compile(&e, &S).unwrap_or_else(|e| panic!("{src}: {e:?}"));
+            let got = eval(&code, &I, &mut Frame::new(1000)).unwrap_err();
+            assert_eq!(got, want, "{src}");
+            assert_eq!(got.to_string(), text, "{src}");
         }
     }
 

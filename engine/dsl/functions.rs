@@ -45,6 +45,24 @@ impl P {
     }
 }
 
+/// Why a built-in refused its arguments (what it expected, what it got). The evaluator
+/// puts the function's name in front ([`super::EvalError::Builtin`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FnError {
+    /// `len()` of a value that has no length (its type name).
+    #[error("len() of a {0}")]
+    NoLength(&'static str),
+    #[error("split() with an empty separator")]
+    EmptySeparator,
+    #[error("join() needs a list")]
+    JoinNeedsList,
+    #[error("capture() needs a /regex/")]
+    CaptureNeedsRegex,
+    /// Unix seconds outside chrono's range.
+    #[error("date out of range")]
+    DateOutOfRange(i64),
+}
+
 /// A built-in function.
 pub struct Builtin {
     pub name: &'static str,
@@ -55,7 +73,7 @@ pub struct Builtin {
     /// Whether absent arguments are passed through instead of making the result absent.
     pub takes_null: bool,
     pub doc: &'static str,
-    pub f: fn(&[Value]) -> Result<Value, String>,
+    pub f: fn(&[Value]) -> Result<Value, FnError>,
 }
 
 macro_rules! builtin {
@@ -119,7 +137,7 @@ pub static BUILTINS: &[Builtin] = &[
             Value::Str(x) => x.chars().count() as i64,
             Value::List(l) => l.len() as i64,
             Value::Map(m) => m.len() as i64,
-            other => return Err(format!("len() of a {}", other.type_name())),
+            other => return Err(FnError::NoLength(other.type_name())),
         }))
     ),
     builtin!(
@@ -146,7 +164,7 @@ pub static BUILTINS: &[Builtin] = &[
         "split on a separator",
         |a| {
             if s(&a[1]).is_empty() {
-                return Err("split() with an empty separator".into());
+                return Err(FnError::EmptySeparator);
             }
             Ok(Value::list_of_str(s(&a[0]).split(s(&a[1]))))
         }
@@ -160,7 +178,7 @@ pub static BUILTINS: &[Builtin] = &[
         "join list items with a separator",
         |a| {
             let Value::List(items) = &a[0] else {
-                return Err("join() needs a list".into());
+                return Err(FnError::JoinNeedsList);
             };
             Ok(Value::str(
                 items
@@ -297,7 +315,7 @@ pub static BUILTINS: &[Builtin] = &[
         "group n (default 1) of the first match; absent if no match",
         |a| {
             let Value::Regex(re) = &a[1] else {
-                return Err("capture() needs a /regex/".into());
+                return Err(FnError::CaptureNeedsRegex);
             };
             let n = a.get(2).and_then(Value::as_int).unwrap_or(1).max(0) as usize;
             Ok(Value::opt_str(
@@ -419,7 +437,7 @@ pub static BUILTINS: &[Builtin] = &[
         false,
         "RFC 1123 date in GMT for SIP Date (RFC 3261 §20.17) from Unix seconds",
         |a| {
-            let t = DateTime::<Utc>::from_timestamp(i(&a[0]), 0).ok_or("date out of range")?;
+            let t = date(i(&a[0]))?;
             Ok(Value::str(
                 t.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
             ))
@@ -433,7 +451,7 @@ pub static BUILTINS: &[Builtin] = &[
         false,
         "RFC 3339 date in UTC (CPIM DateTime) from Unix seconds",
         |a| {
-            let t = DateTime::<Utc>::from_timestamp(i(&a[0]), 0).ok_or("date out of range")?;
+            let t = date(i(&a[0]))?;
             Ok(Value::str(t.format("%Y-%m-%dT%H:%M:%SZ").to_string()))
         }
     ),
@@ -445,7 +463,7 @@ pub static BUILTINS: &[Builtin] = &[
         false,
         "RFC 5322 §3.3 date in UTC (`Fri, 21 Nov 2025 14:03:07 +0000`) from Unix seconds",
         |a| {
-            let t = DateTime::<Utc>::from_timestamp(i(&a[0]), 0).ok_or("date out of range")?;
+            let t = date(i(&a[0]))?;
             Ok(Value::str(
                 t.format("%a, %d %b %Y %H:%M:%S +0000").to_string(),
             ))
@@ -461,6 +479,11 @@ impl std::fmt::Debug for Builtin {
 
 pub fn find(name: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.name == name)
+}
+
+/// The UTC time of Unix seconds `secs`.
+fn date(secs: i64) -> Result<DateTime<Utc>, FnError> {
+    DateTime::<Utc>::from_timestamp(secs, 0).ok_or(FnError::DateOutOfRange(secs))
 }
 
 fn s(v: &Value) -> &str {

@@ -10,4 +10,5 @@ pub mod value;
 
 pub use compile::{Code, CompileError, Scope};
 pub use eval::{EvalError, Frame, Input};
+pub use functions::FnError;
 pub use value::{Ty, Value};

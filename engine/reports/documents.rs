@@ -14,8 +14,8 @@ pub fn is_imdn(c: &crate::reverse::content::Content) -> bool {
     c.cpim.is_some() && imdn::is_imdn(&c.inner_headers)
 }
 
-pub fn parse_imdn(xml: &[u8]) -> Result<Imdn, String> {
-    imdn::parse(xml).map_err(|e| e.to_string())
+pub fn parse_imdn(xml: &[u8]) -> Result<Imdn, imdn::ImdnError> {
+    imdn::parse(xml)
 }
 
 fn address(t: &Option<Typed>) -> Option<String> {
@@ -23,8 +23,8 @@ fn address(t: &Option<Typed>) -> Option<String> {
 }
 
 /// The report blocks of a DSN (one per recipient) or the one of an MDN.
-pub fn report_blocks(raw: &[u8]) -> Result<Vec<ReportBlock>, String> {
-    let r = mail_report::parse(raw).map_err(|e| e.to_string())?;
+pub fn report_blocks(raw: &[u8]) -> Result<Vec<ReportBlock>, mail_report::MailReportError> {
+    let r = mail_report::parse(raw)?;
     Ok(match r.report {
         Report::Delivery(d) => d
             .recipients
@@ -49,6 +49,21 @@ pub fn report_blocks(raw: &[u8]) -> Result<Vec<ReportBlock>, String> {
     })
 }
 
+/// Why the IMDN a `mail_report` rule asked for cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImdnDocumentError {
+    /// Not delivery, display or processing: what the rule gave.
+    #[error("`{0}` is not an IMDN notification")]
+    Kind(String),
+    #[error("`{0}` is not an IMDN status")]
+    Status(String),
+    /// A status the notification kind does not have (RFC 5438 §7.2.1).
+    #[error("`{}` is not a status of {} notifications", status.as_str(), kind.as_str())]
+    StatusOfKind { kind: Kind, status: Status },
+    #[error("{0}")]
+    Encode(crate::render::encoder::EncodeError),
+}
+
 /// The message/cpim body of the IMDN `kind status` about the CPM message of `rec`
 /// (RFC 5438 §7.2.1): from the mail user's URI to the CPM sender, a fresh `imdn.Message-ID`,
 /// `DateTime` now; the XML carries the original's message-id and DateTime.
@@ -58,20 +73,15 @@ pub fn imdn_document(
     status: &str,
     id: &str,
     now: DateTime<Utc>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ImdnDocumentError> {
     let kind = [Kind::Delivery, Kind::Display, Kind::Processing]
         .into_iter()
         .find(|k| k.as_str() == kind)
-        .ok_or_else(|| format!("`{kind}` is not an IMDN notification"))?;
+        .ok_or_else(|| ImdnDocumentError::Kind(kind.to_string()))?;
     let status =
-        Status::from_name(status).ok_or_else(|| format!("`{status}` is not an IMDN status"))?;
-    let notification = Notification::new(kind, status).ok_or_else(|| {
-        format!(
-            "`{}` is not a status of {} notifications",
-            status.as_str(),
-            kind.as_str()
-        )
-    })?;
+        Status::from_name(status).ok_or_else(|| ImdnDocumentError::Status(status.to_string()))?;
+    let notification =
+        Notification::new(kind, status).ok_or(ImdnDocumentError::StatusOfKind { kind, status })?;
     let xml = imdn::render(&Imdn {
         message_id: rec.imdn_message_id.clone(),
         datetime: rec.datetime.clone(),
@@ -87,7 +97,7 @@ pub fn imdn_document(
         &now.to_rfc3339_opts(SecondsFormat::Secs, true),
         &xml,
     )
-    .map_err(|e| e.to_string())
+    .map_err(ImdnDocumentError::Encode)
 }
 
 /// The DSN about `rcpt` of the mail of `rec` (RFC 3464; RFC 4356 §2.1.4 layout), returning

@@ -27,16 +27,25 @@ pub struct ReportDryRun {
     pub explain: Vec<Fired>,
 }
 
+/// A `--record` fixture that is not a correlation record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("not JSON: {0}")]
+    Json(serde_json::Error),
+    /// JSON, but not an object of string fields.
+    #[error("not a record (an object of string fields): {0}")]
+    Shape(serde_json::Error),
+}
+
 /// Reads a correlation record fixture: the record's fields as a JSON object, or what
 /// `iwf store get KEY` prints (`{"correlation": {...}}`).
-pub fn read_record(text: &str) -> Result<Fields, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+pub fn read_record(text: &str) -> Result<Fields, RecordError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(RecordError::Json)?;
     let obj = match v.get("correlation") {
         Some(c) if c.is_object() => c,
         _ => &v,
     };
-    serde_json::from_value(obj.clone())
-        .map_err(|e| format!("not a record (an object of string fields): {e}"))
+    serde_json::from_value(obj.clone()).map_err(RecordError::Shape)
 }
 
 /// An IMDN (the XML of its CPIM document) about the message of `record`.

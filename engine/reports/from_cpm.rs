@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::mapper::run::Fired;
+use crate::mapper::run::{Fired, RunError};
 use crate::reverse::SipAnswer;
 use crate::ruleset::RuleSet;
 
@@ -65,7 +65,7 @@ pub fn plan(
     ids: &dyn crate::ids::Ids,
     now: DateTime<Utc>,
     explain: Option<&mut Vec<Fired>>,
-) -> Result<Vec<ReportMail>, String> {
+) -> Result<Vec<ReportMail>, RunError> {
     let message_id = || format!("{}@{reporting}", ids.token());
     let rcpt = recipient_for(rec, imdn);
     let facts = ImdnFacts {
@@ -75,7 +75,7 @@ pub fn plan(
         recipient_uri: imdn.recipient_uri.as_deref(),
         now: now.timestamp(),
     };
-    let d = phases::map_cpm_report(rules, facts, rec, rcpt, explain).map_err(|e| e.to_string())?;
+    let d = phases::map_cpm_report(rules, facts, rec, rcpt, explain)?;
     let mut out = Vec::new();
     if let Some(action) = &d.dsn_action
         && !rec.mail_from.is_empty()

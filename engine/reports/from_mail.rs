@@ -82,7 +82,7 @@ pub fn plan(
 ) -> ImdnPlan {
     let blocks = match documents::report_blocks(raw) {
         Ok(b) => b,
-        Err(why) => return ImdnPlan::NotAReport(why),
+        Err(why) => return ImdnPlan::NotAReport(why.to_string()),
     };
     let Some(block) = block_for(&blocks, &rec.mail_rcpt) else {
         return ImdnPlan::NotAReport("a report without a recipient block".into());

@@ -53,24 +53,98 @@ pub fn imdn_prefix(cpim: &[(String, String)]) -> String {
 }
 
 /// Why a body cannot be taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContentError {
     /// No body at all.
+    #[error("no body")]
     Empty,
     /// A type this direction does not take.
+    #[error("content type `{0}` not taken")]
     Unsupported(String),
     /// The body claims a type it does not follow.
-    Malformed(String),
+    #[error("{0}")]
+    Malformed(Malformed),
 }
 
-impl std::fmt::Display for ContentError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ContentError::Empty => f.write_str("no body"),
-            ContentError::Unsupported(t) => write!(f, "content type `{t}` not taken"),
-            ContentError::Malformed(m) => f.write_str(m),
-        }
-    }
+/// What a body that claims a type does not follow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("malformed CPIM: {0}")]
+    Cpim(CpimError),
+    #[error("malformed multipart: {0}")]
+    Multipart(MultipartError),
+}
+
+/// A message/cpim body that is not RFC 3862 §3 (headers, blank line, MIME entity).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CpimError {
+    #[error("no blank line after the headers")]
+    NoBlankLine,
+    #[error("headers are not UTF-8")]
+    NotUtf8,
+    /// The line (its first 40 characters).
+    #[error("header line without a colon: `{0}`")]
+    NoColon(String),
+    /// The name (its first 40 characters).
+    #[error("bad header name `{0}`")]
+    BadName(String),
+    #[error("control character in header `{0}`")]
+    ControlCharacter(String),
+    /// More than [`MAX_CPIM_HEADERS`].
+    #[error("too many headers")]
+    TooManyHeaders,
+    #[error("no message headers")]
+    NoHeaders,
+    #[error("From and To are required (RFC 3862 §3.2)")]
+    NoFromOrTo,
+    /// `From` or `To` whose value is not a name-addr with a URI.
+    #[error("`{0}` is not a name-addr")]
+    NotNameAddr(String),
+    #[error("{0}")]
+    Entity(EntityError),
+}
+
+/// The MIME entity a CPIM message encapsulates, when it is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntityError {
+    #[error("the encapsulated entity has no blank line")]
+    NoBlankLine,
+    #[error("encapsulated headers are not UTF-8")]
+    NotUtf8,
+    #[error("the encapsulated entity has no Content-Type")]
+    NoContentType,
+    #[error("the encapsulated entity does not parse")]
+    Unparseable,
+    #[error("empty encapsulated entity")]
+    Empty,
+    #[error("the encapsulated entity is not a single part")]
+    NotSinglePart,
+}
+
+/// A multipart/mixed body that is not RFC 5365 §4.2's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MultipartError {
+    #[error("no boundary")]
+    NoBoundary,
+    #[error("does not parse")]
+    Unparseable,
+    #[error("nested multipart/mixed")]
+    Nested,
+    #[error("{0}")]
+    History(HistoryError),
+}
+
+/// A `recipient-list-history` part that is not RFC 4826 resource-lists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    /// quick-xml's words for the attribute.
+    #[error("bad attribute: {0}")]
+    BadAttribute(String),
+    #[error("entry without uri")]
+    EntryWithoutUri,
+    /// quick-xml's words for the document.
+    #[error("resource-lists XML: {0}")]
+    Xml(String),
 }
 
 /// Parses the SIP body with its Content-Type. `accept` lists the SIP body types taken.
@@ -120,9 +194,9 @@ fn entity(ct: &str, bytes: Vec<u8>, text: Option<String>) -> Content {
 
 /// RFC 3862 §3: CPIM message headers, a blank line, the encapsulated MIME entity.
 fn cpim(body: &[u8]) -> Result<Content, ContentError> {
-    let bad = |m: &str| ContentError::Malformed(format!("malformed CPIM: {m}"));
-    let (head, rest) = split_blank(body).ok_or_else(|| bad("no blank line after the headers"))?;
-    let head = std::str::from_utf8(head).map_err(|_| bad("headers are not UTF-8"))?;
+    let bad = |e: CpimError| ContentError::Malformed(Malformed::Cpim(e));
+    let (head, rest) = split_blank(body).ok_or_else(|| bad(CpimError::NoBlankLine))?;
+    let head = std::str::from_utf8(head).map_err(|_| bad(CpimError::NotUtf8))?;
     let mut headers = Vec::new();
     for line in head.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -131,41 +205,41 @@ fn cpim(body: &[u8]) -> Result<Content, ContentError> {
         }
         let (n, v) = line
             .split_once(':')
-            .ok_or_else(|| bad(&format!("header line without a colon: `{}`", short(line))))?;
+            .ok_or_else(|| bad(CpimError::NoColon(short(line))))?;
         let n = n.trim();
         if n.is_empty()
             || !n
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
         {
-            return Err(bad(&format!("bad header name `{}`", short(n))));
+            return Err(bad(CpimError::BadName(short(n))));
         }
         // A bare CR (or any other control character) inside a value would end a mail
         // header line: refused here, and refused again by the mail encoder.
         if v.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(bad(&format!("control character in header `{n}`")));
+            return Err(bad(CpimError::ControlCharacter(n.to_string())));
         }
         headers.push((n.to_string(), v.trim().to_string()));
         if headers.len() > MAX_CPIM_HEADERS {
-            return Err(bad("too many headers"));
+            return Err(bad(CpimError::TooManyHeaders));
         }
     }
     if headers.is_empty() {
-        return Err(bad("no message headers"));
+        return Err(bad(CpimError::NoHeaders));
     }
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("From"))
         || !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("To"))
     {
-        return Err(bad("From and To are required (RFC 3862 §3.2)"));
+        return Err(bad(CpimError::NoFromOrTo));
     }
     for (n, v) in &headers {
         if (n.eq_ignore_ascii_case("From") || n.eq_ignore_ascii_case("To"))
             && !name_addr(v).is_some_and(|(_, uri)| uri.contains(':'))
         {
-            return Err(bad(&format!("`{n}` is not a name-addr")));
+            return Err(bad(CpimError::NotNameAddr(n.clone())));
         }
     }
-    let mut c = inner_entity(rest).map_err(|m| bad(&m))?;
+    let mut c = inner_entity(rest).map_err(|e| bad(CpimError::Entity(e)))?;
     c.cpim = Some(headers);
     c.inner_headers = entity_headers(rest);
     Ok(c)
@@ -173,9 +247,9 @@ fn cpim(body: &[u8]) -> Result<Content, ContentError> {
 
 /// The encapsulated MIME entity of a CPIM message (headers with Content-Type, blank line,
 /// content), decoded by mail-parser.
-fn inner_entity(raw: &[u8]) -> Result<Content, String> {
-    let (head, _) = split_blank(raw).ok_or("the encapsulated entity has no blank line")?;
-    let head = std::str::from_utf8(head).map_err(|_| "encapsulated headers are not UTF-8")?;
+fn inner_entity(raw: &[u8]) -> Result<Content, EntityError> {
+    let (head, _) = split_blank(raw).ok_or(EntityError::NoBlankLine)?;
+    let head = std::str::from_utf8(head).map_err(|_| EntityError::NotUtf8)?;
     let ct = head
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
@@ -185,15 +259,15 @@ fn inner_entity(raw: &[u8]) -> Result<Content, String> {
                 .eq_ignore_ascii_case("Content-Type")
                 .then(|| v.trim().to_string())
         })
-        .ok_or("the encapsulated entity has no Content-Type")?;
+        .ok_or(EntityError::NoContentType)?;
     let msg = MessageParser::new()
         .parse(raw)
-        .ok_or("the encapsulated entity does not parse")?;
-    let part = msg.parts.first().ok_or("empty encapsulated entity")?;
+        .ok_or(EntityError::Unparseable)?;
+    let part = msg.parts.first().ok_or(EntityError::Empty)?;
     let (bytes, text) = match &part.body {
         PartType::Text(t) | PartType::Html(t) => (t.as_bytes().to_vec(), Some(t.to_string())),
         PartType::Binary(b) | PartType::InlineBinary(b) => (b.to_vec(), None),
-        _ => return Err("the encapsulated entity is not a single part".into()),
+        _ => return Err(EntityError::NotSinglePart),
     };
     if text.is_some() && !media_type(&ct).starts_with("text/") {
         return Ok(entity(&ct, bytes, None));
@@ -233,14 +307,14 @@ fn entity_headers(raw: &[u8]) -> Vec<(String, String)> {
 
 /// RFC 5365 §4.2: a multipart/mixed with the message and a `recipient-list-history` part.
 fn multipart(ct: &str, body: &[u8], accept: &[String]) -> Result<Content, ContentError> {
-    let bad = |m: &str| ContentError::Malformed(format!("malformed multipart: {m}"));
-    let boundary = param(ct, "boundary").ok_or_else(|| bad("no boundary"))?;
+    let bad = |e: MultipartError| ContentError::Malformed(Malformed::Multipart(e));
+    let boundary = param(ct, "boundary").ok_or_else(|| bad(MultipartError::NoBoundary))?;
     let mut raw =
         format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n").into_bytes();
     raw.extend_from_slice(body);
     let msg = MessageParser::new()
         .parse(&raw[..])
-        .ok_or_else(|| bad("does not parse"))?;
+        .ok_or_else(|| bad(MultipartError::Unparseable))?;
     let mut message: Option<Content> = None;
     let mut history: Option<(Vec<_>, usize)> = None;
     for part in msg.parts.iter().skip(1) {
@@ -259,7 +333,7 @@ fn multipart(ct: &str, body: &[u8], accept: &[String]) -> Result<Content, Conten
         if pct == "application/resource-lists+xml"
             && disposition.as_deref() == Some("recipient-list-history")
         {
-            history = Some(resource_list(raw_part).map_err(|m| bad(&m))?);
+            history = Some(resource_list(raw_part).map_err(|e| bad(MultipartError::History(e)))?);
         } else if message.is_none() {
             let full = part
                 .headers
@@ -272,7 +346,7 @@ fn multipart(ct: &str, body: &[u8], accept: &[String]) -> Result<Content, Conten
                 })
                 .unwrap_or_else(|| pct.clone());
             if pct == "multipart/mixed" {
-                return Err(bad("nested multipart/mixed"));
+                return Err(bad(MultipartError::Nested));
             }
             // Text comes back from mail-parser in UTF-8; a CPIM part is taken as written.
             let (full, body) = if pct == "message/cpim" {
@@ -296,7 +370,7 @@ fn multipart(ct: &str, body: &[u8], accept: &[String]) -> Result<Content, Conten
 type History = (Vec<(String, Option<String>, String)>, usize);
 
 /// RFC 4826 resource-lists with RFC 5364 copyControl: every `<entry uri= cp:copyControl=>`.
-fn resource_list(xml: &[u8]) -> Result<History, String> {
+fn resource_list(xml: &[u8]) -> Result<History, HistoryError> {
     let mut reader = quick_xml::Reader::from_reader(xml);
     reader.config_mut().trim_text(true);
     let mut buf = Vec::new();
@@ -312,7 +386,7 @@ fn resource_list(xml: &[u8]) -> Result<History, String> {
                 for a in e.attributes().flatten() {
                     let v = a
                         .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                        .map_err(|e| format!("bad attribute: {e}"))?
+                        .map_err(|e| HistoryError::BadAttribute(e.to_string()))?
                         .into_owned();
                     match a.key.local_name().as_ref() {
                         "uri" => uri = Some(v),
@@ -320,7 +394,7 @@ fn resource_list(xml: &[u8]) -> Result<History, String> {
                         _ => {}
                     }
                 }
-                let uri = uri.ok_or("entry without uri")?;
+                let uri = uri.ok_or(HistoryError::EntryWithoutUri)?;
                 if out.len() < MAX_HISTORY_KEPT {
                     out.push((uri, None, copy));
                 }
@@ -334,7 +408,7 @@ fn resource_list(xml: &[u8]) -> Result<History, String> {
                 }
             }
             Ok(Event::Eof) => break,
-            Err(e) => return Err(format!("resource-lists XML: {e}")),
+            Err(e) => return Err(HistoryError::Xml(e.to_string())),
             _ => {}
         }
         buf.clear();
@@ -361,4 +435,59 @@ fn split_blank(b: &[u8]) -> Option<(&[u8], &[u8])> {
 
 fn short(s: &str) -> String {
     s.chars().take(40).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_bodies_say_what_is_wrong() {
+        let accept = ["message/cpim".to_string(), "multipart/mixed".to_string()];
+        let cases: &[(&str, &[u8], ContentError, &str)] = &[
+            (
+                "message/cpim",
+                b"From: <sip:a@b>\r\nTo: <sip:c@d>\r\n",
+                ContentError::Malformed(Malformed::Cpim(CpimError::NoBlankLine)),
+                "malformed CPIM: no blank line after the headers",
+            ),
+            (
+                "message/cpim",
+                b"From: <sip:a@b>\r\n\r\nContent-Type: text/plain\r\n\r\nhi",
+                ContentError::Malformed(Malformed::Cpim(CpimError::NoFromOrTo)),
+                "malformed CPIM: From and To are required (RFC 3862 §3.2)",
+            ),
+            (
+                "message/cpim",
+                b"From: <sip:a@b>\r\nTo: <sip:c@d>\r\n\r\nhi",
+                ContentError::Malformed(Malformed::Cpim(CpimError::Entity(
+                    EntityError::NoBlankLine,
+                ))),
+                "malformed CPIM: the encapsulated entity has no blank line",
+            ),
+            (
+                "multipart/mixed",
+                b"--x\r\n\r\nhi\r\n--x--\r\n",
+                ContentError::Malformed(Malformed::Multipart(MultipartError::NoBoundary)),
+                "malformed multipart: no boundary",
+            ),
+            (
+                "text/html",
+                b"<p>hi</p>",
+                ContentError::Unsupported("text/html".into()),
+                "content type `text/html` not taken",
+            ),
+        ];
+        for (ct, body, want, text) in cases {
+            let got = parse(Some(ct), body, &accept).unwrap_err();
+            assert_eq!(&got, want, "{ct}");
+            assert_eq!(got.to_string(), *text, "{ct}");
+        }
+    }
+
+    #[test]
+    fn history_entries_need_a_uri() {
+        let xml = br#"<resource-lists xmlns="urn:ietf:params:xml:ns:resource-lists"><list><entry/></list></resource-lists>"#;
+        assert_eq!(resource_list(xml), Err(HistoryError::EntryWithoutUri));
+    }
 }

@@ -47,6 +47,16 @@ pub use uas::{Uas, UasConfig};
 /// The methods this UAS takes (RFC 3261 §20.5 Allow).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, MESSAGE, OPTIONS";
 
+/// A `sip_reply` value that is not `NNN Reason phrase` with a final status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// The value as written (trimmed).
+    #[error("`{0}` does not start with a final SIP status (200-699)")]
+    NotFinal(String),
+    #[error("control character in the reason phrase")]
+    ControlCharacter,
+}
+
 /// A SIP final response: status, reason phrase, extra headers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SipAnswer {
@@ -70,16 +80,16 @@ impl SipAnswer {
     }
 
     /// `NNN Reason phrase` with NNN a final status (200–699).
-    pub fn parse(s: &str) -> Result<SipAnswer, String> {
+    pub fn parse(s: &str) -> Result<SipAnswer, AnswerError> {
         let s = s.trim();
         let (code, reason) = s.split_once(' ').unwrap_or((s, ""));
         let status: u16 = code
             .parse()
             .ok()
             .filter(|c| (200..700).contains(c) && code.len() == 3)
-            .ok_or_else(|| format!("`{s}` does not start with a final SIP status (200-699)"))?;
+            .ok_or_else(|| AnswerError::NotFinal(s.to_string()))?;
         if reason.chars().any(char::is_control) {
-            return Err("control character in the reason phrase".into());
+            return Err(AnswerError::ControlCharacter);
         }
         Ok(SipAnswer::new(status, reason.trim()))
     }
@@ -513,4 +523,34 @@ pub fn respond(
         phases::map_response(rules, outcome, target, now, explain),
         rules,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sip_answers_parse_or_say_why_not() {
+        assert_eq!(
+            SipAnswer::parse(" 486 Busy Here "),
+            Ok(SipAnswer::new(486, "Busy Here"))
+        );
+        let cases = [
+            (
+                "180 Ringing",
+                AnswerError::NotFinal("180 Ringing".into()),
+                "`180 Ringing` does not start with a final SIP status (200-699)",
+            ),
+            (
+                "603 No\u{7}",
+                AnswerError::ControlCharacter,
+                "control character in the reason phrase",
+            ),
+        ];
+        for (s, want, text) in cases {
+            let got = SipAnswer::parse(s).unwrap_err();
+            assert_eq!(got, want, "{s}");
+            assert_eq!(got.to_string(), text, "{s}");
+        }
+    }
 }

@@ -4,6 +4,34 @@
 
 use rsipstack::sip;
 
+/// Why wire text is not a SIP request (`iwf map --sip`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("no blank line after the SIP headers")]
+    NoBlankLine,
+    #[error("SIP headers are not UTF-8")]
+    NotUtf8,
+    #[error("continuation line before any header")]
+    LeadingContinuation,
+    #[error("empty request")]
+    Empty,
+    /// Not `METHOD URI VERSION`: the line.
+    #[error("bad request line `{0}`")]
+    RequestLine(String),
+    /// A version other than SIP/2.0: the line.
+    #[error("not a SIP/2.0 request line: `{0}`")]
+    Version(String),
+    #[error("bad method `{0}`")]
+    Method(String),
+    /// A header line without a colon.
+    #[error("bad header line `{0}`")]
+    HeaderLine(String),
+    #[error("bad Content-Length")]
+    ContentLength,
+    #[error("Content-Length {content_length} but only {body} body bytes")]
+    ShortBody { content_length: usize, body: usize },
+}
+
 /// One SIP request received by iwf's UAS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incoming {
@@ -66,17 +94,15 @@ impl Incoming {
 
     /// Parses a request in wire format (CRLF or LF line ends in the head; the body is the
     /// rest, cut to Content-Length when one is given).
-    pub fn parse(wire: &[u8]) -> Result<Incoming, String> {
-        let (head, body) = split_head(wire).ok_or("no blank line after the SIP headers")?;
-        let head = std::str::from_utf8(head).map_err(|_| "SIP headers are not UTF-8")?;
+    pub fn parse(wire: &[u8]) -> Result<Incoming, RequestError> {
+        let (head, body) = split_head(wire).ok_or(RequestError::NoBlankLine)?;
+        let head = std::str::from_utf8(head).map_err(|_| RequestError::NotUtf8)?;
         let mut lines: Vec<String> = Vec::new();
         for line in head.split('\n') {
             let line = line.strip_suffix('\r').unwrap_or(line);
             if line.starts_with([' ', '\t']) {
                 // RFC 3261 §7.3.1 folding.
-                let last = lines
-                    .last_mut()
-                    .ok_or("continuation line before any header")?;
+                let last = lines.last_mut().ok_or(RequestError::LeadingContinuation)?;
                 last.push(' ');
                 last.push_str(line.trim());
             } else {
@@ -84,22 +110,24 @@ impl Incoming {
             }
         }
         let mut it = lines.into_iter();
-        let start = it.next().ok_or("empty request")?;
+        let start = it.next().ok_or(RequestError::Empty)?;
         let mut parts = start.split_whitespace();
         let (Some(method), Some(uri), Some(version), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(format!("bad request line `{start}`"));
+            return Err(RequestError::RequestLine(start.clone()));
         };
         if !version.eq_ignore_ascii_case("SIP/2.0") {
-            return Err(format!("not a SIP/2.0 request line: `{start}`"));
+            return Err(RequestError::Version(start.clone()));
         }
         if !method.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(format!("bad method `{method}`"));
+            return Err(RequestError::Method(method.to_string()));
         }
         let mut headers = Vec::new();
         for l in it.filter(|l| !l.is_empty()) {
-            let (n, v) = l.split_once(':').ok_or(format!("bad header line `{l}`"))?;
+            let Some((n, v)) = l.split_once(':') else {
+                return Err(RequestError::HeaderLine(l));
+            };
             headers.push((full_name(n.trim()).to_string(), v.trim().to_string()));
         }
         let mut inc = Incoming {
@@ -110,12 +138,12 @@ impl Incoming {
             transport: "-".into(),
         };
         if let Some(len) = inc.header("Content-Length") {
-            let len: usize = len.parse().map_err(|_| "bad Content-Length")?;
+            let len: usize = len.parse().map_err(|_| RequestError::ContentLength)?;
             if len > inc.body.len() {
-                return Err(format!(
-                    "Content-Length {len} but only {} body bytes",
-                    inc.body.len()
-                ));
+                return Err(RequestError::ShortBody {
+                    content_length: len,
+                    body: inc.body.len(),
+                });
             }
             inc.body.truncate(len);
         }
@@ -264,8 +292,45 @@ mod tests {
             name_addr(inc.header("From").unwrap()),
             Some((Some("B".into()), "tel:+1555".into()))
         );
-        assert!(Incoming::parse(b"MESSAGE x\r\n\r\n").is_err());
-        assert!(Incoming::parse(b"MESSAGE x SIP/2.0\r\nl: 9\r\n\r\nab").is_err());
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_request() {
+        let cases: &[(&[u8], RequestError, &str)] = &[
+            (
+                b"MESSAGE x SIP/2.0\r\n",
+                RequestError::NoBlankLine,
+                "no blank line after the SIP headers",
+            ),
+            (
+                b"MESSAGE x\r\n\r\n",
+                RequestError::RequestLine("MESSAGE x".into()),
+                "bad request line `MESSAGE x`",
+            ),
+            (
+                b"MESSAGE x SIP/3.0\r\n\r\n",
+                RequestError::Version("MESSAGE x SIP/3.0".into()),
+                "not a SIP/2.0 request line: `MESSAGE x SIP/3.0`",
+            ),
+            (
+                b"MESSAGE x SIP/2.0\r\nno colon\r\n\r\n",
+                RequestError::HeaderLine("no colon".into()),
+                "bad header line `no colon`",
+            ),
+            (
+                b"MESSAGE x SIP/2.0\r\nl: 9\r\n\r\nab",
+                RequestError::ShortBody {
+                    content_length: 9,
+                    body: 2,
+                },
+                "Content-Length 9 but only 2 body bytes",
+            ),
+        ];
+        for (wire, want, text) in cases {
+            let got = Incoming::parse(wire).unwrap_err();
+            assert_eq!(&got, want);
+            assert_eq!(got.to_string(), *text);
+        }
     }
 
     #[test]

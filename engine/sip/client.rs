@@ -78,6 +78,66 @@ pub enum SipError {
     Stack(String),
 }
 
+/// Why a request found no connection to its next hop (the detail of a transport failure).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// No outbound proxy and a Request-URI that RFC 3263 does not resolve.
+    #[error(
+        "Request-URI `{uri}` cannot be routed: only sip:/sips: hosts resolve by RFC 3263, a {scheme}: URI needs an outbound proxy"
+    )]
+    Scheme { uri: String, scheme: String },
+    /// The URI to route on is not a SIP URI with a host.
+    #[error("{0}")]
+    Uri(next_hop::NextHopError),
+    #[error("DNS unavailable: {0}")]
+    DnsUnavailable(next_hop::ResolverError),
+    #[error("DNS resolution did not finish within Timer F")]
+    DnsTimeout,
+    /// RFC 3263 resolution found no target.
+    #[error("next hop: {0}")]
+    NextHop(next_hop::NextHopError),
+    /// Targets found, none on a transport iwf has (the ones it has).
+    #[error("next hop needs a transport that is not configured (have {0:?})")]
+    NoTransport(Vec<Transport>),
+    /// A BYE with no proxy, no route and no remote target.
+    #[error("no route")]
+    NoRoute,
+    #[error("no target")]
+    NoTarget,
+    /// The last target tried and why it took no connection.
+    #[error("{target}: {error}")]
+    Connect { target: Target, error: ConnectError },
+}
+
+/// Why one target took no connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("UDP is not configured")]
+    NoUdp,
+    #[error("connect failed: {0}")]
+    Failed(Box<rsipstack::Error>),
+    #[error("connect did not finish within Timer F")]
+    Timeout,
+}
+
+/// Why a request could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot render the request: {0}")]
+    Render(crate::render::sip::RenderError),
+    /// A digest challenge arrived and no credentials are configured.
+    #[error("no credentials")]
+    NoCredentials,
+    #[error("{0}")]
+    Digest(auth::AuthError),
+    /// The peer's Contact, which the BYE goes to, is not a URI.
+    #[error("remote target `{uri}`: {error}")]
+    RemoteTarget { uri: String, error: sip::Error },
+    /// A header value (from the peer's 2xx) the encoder refuses.
+    #[error("{0}")]
+    Header(crate::render::encoder::EncodeError),
+}
+
 /// The SIP back end on rsipstack. Cheap to share behind an `Arc`; dropping the last
 /// handle stops the endpoint.
 pub struct RsipBackend {
@@ -99,7 +159,7 @@ struct Inner {
     proxy: Option<HopUri>,
     default_from: String,
     credentials: Option<Credentials>,
-    dns: tokio::sync::OnceCell<Result<HickoryDns, String>>,
+    dns: tokio::sync::OnceCell<Result<HickoryDns, next_hop::ResolverError>>,
     streams: Mutex<HashMap<Target, Stream>>,
     /// One opener per target at a time (a target that hangs does not hold up others).
     connecting: Mutex<HashMap<Target, Arc<tokio::sync::Mutex<()>>>>,
@@ -344,7 +404,7 @@ impl RsipBackend {
     /// Opens the connection(s) to the outbound proxy ahead of a burst (DESIGN.md §4), so
     /// concurrent transactions share it instead of each racing to open one. Does nothing
     /// for UDP or without a proxy.
-    pub async fn connect_proxy(&self) -> Result<(), String> {
+    pub async fn connect_proxy(&self) -> Result<(), RouteError> {
         let Some(proxy) = self.inner.proxy.clone() else {
             return Ok(());
         };
@@ -481,14 +541,14 @@ impl InviteSession {
             (Some(p), _) => inner.locate(p, deadline).await,
             (None, Some(uri)) => match HopUri::parse(&uri) {
                 Ok(h) => inner.locate(&h, deadline).await,
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(RouteError::Uri(e)),
             },
-            (None, None) => Err("no route".into()),
+            (None, None) => Err(RouteError::NoRoute),
         }
         .unwrap_or_else(|_| vec![self.invite_target]);
         let (target, conn, stream) = match inner.connect_any(&targets, deadline).await {
             Ok(c) => c,
-            Err(d) => return fail(FailureKind::Transport, d),
+            Err(d) => return fail(FailureKind::Transport, d.to_string()),
         };
         let sent_by = inner.sent_by(target.transport, &conn);
         let cseq = self
@@ -496,7 +556,7 @@ impl InviteSession {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let request = match self.bye_request(target.transport, &sent_by, cseq) {
             Ok(r) => r,
-            Err(d) => return fail(FailureKind::Transport, d),
+            Err(d) => return fail(FailureKind::Transport, d.to_string()),
         };
         let dest = SipAddr {
             r#type: Some(target.transport.to_rsip()),
@@ -520,9 +580,13 @@ impl InviteSession {
         transport: Transport,
         sent_by: &str,
         cseq: u32,
-    ) -> Result<sip::Request, String> {
-        let uri = sip::Uri::try_from(self.remote_target.as_str())
-            .map_err(|e| format!("remote target `{}`: {e}", self.remote_target))?;
+    ) -> Result<sip::Request, BuildError> {
+        let uri = sip::Uri::try_from(self.remote_target.as_str()).map_err(|error| {
+            BuildError::RemoteTarget {
+                uri: self.remote_target.clone(),
+                error,
+            }
+        })?;
         let mut lines: Vec<(String, String)> = vec![(
             "Via".into(),
             format!(
@@ -543,7 +607,7 @@ impl InviteSession {
         let mut headers = Vec::with_capacity(lines.len());
         for (n, v) in lines {
             // Values from the peer's 2xx go through the one encoder too.
-            let (n, v) = crate::render::encoder::header(&n, &v).map_err(|e| e.to_string())?;
+            let (n, v) = crate::render::encoder::header(&n, &v).map_err(BuildError::Header)?;
             headers.push(sip::headers::make_header(&n, v));
         }
         Ok(sip::Request {
@@ -614,17 +678,17 @@ impl Inner {
         loop {
             let hop = self
                 .hop_for(&request_uri)
-                .map_err(|d| fail(FailureKind::Transport, d))?;
+                .map_err(|d| fail(FailureKind::Transport, d.to_string()))?;
             let targets = self
                 .locate(&hop, deadline)
                 .await
-                .map_err(|d| fail(FailureKind::Transport, d))?;
+                .map_err(|d| fail(FailureKind::Transport, d.to_string()))?;
             let (target, conn, stream) =
                 self.connect_any(&targets, deadline).await.map_err(|d| {
                     if self.clock.instant() >= deadline {
-                        fail(FailureKind::Timeout, d)
+                        fail(FailureKind::Timeout, d.to_string())
                     } else {
-                        fail(FailureKind::Transport, d)
+                        fail(FailureKind::Transport, d.to_string())
                     }
                 })?;
             let sent_by = self.sent_by(target.transport, &conn);
@@ -643,7 +707,7 @@ impl Inner {
             };
             let mut request = self
                 .render(&base, &request_uri, &stamp, kind)
-                .map_err(|d| fail(FailureKind::Transport, d))?;
+                .map_err(|d| fail(FailureKind::Transport, d.to_string()))?;
             if let Some((header, challenge)) = authorization.take() {
                 let value = self.authorize(&challenge, &request).map_err(|e| {
                     fail(
@@ -748,7 +812,7 @@ impl Inner {
         request_uri: &str,
         stamp: &Stamp,
         kind: Kind<'_>,
-    ) -> Result<sip::Request, String> {
+    ) -> Result<sip::Request, BuildError> {
         let redirected;
         let d = if base.request_uri == request_uri {
             base
@@ -762,16 +826,16 @@ impl Inner {
             Kind::Message => render_message(d, stamp),
             Kind::Invite { sdp, contact } => render_invite(d, stamp, sdp.to_vec(), contact),
         }
-        .map_err(|e| format!("cannot render the request: {e}"))
+        .map_err(BuildError::Render)
     }
 
     fn authorize(
         &self,
         challenge: &auth::Challenge,
         request: &sip::Request,
-    ) -> Result<String, String> {
+    ) -> Result<String, BuildError> {
         let Some(c) = &self.credentials else {
-            return Err("no credentials".into());
+            return Err(BuildError::NoCredentials);
         };
         auth::authorization(
             &*self.ids,
@@ -782,11 +846,11 @@ impl Inner {
             &request.method.to_string(),
             &request.uri.to_string(),
         )
-        .map_err(|e| e.to_string())
+        .map_err(BuildError::Digest)
     }
 
     /// The next hop's URI: the outbound proxy, else the Request-URI.
-    fn hop_for(&self, request_uri: &str) -> Result<HopUri, String> {
+    fn hop_for(&self, request_uri: &str) -> Result<HopUri, RouteError> {
         if let Some(p) = &self.proxy {
             return Ok(p.clone());
         }
@@ -797,12 +861,12 @@ impl Inner {
             .trim()
             .to_ascii_lowercase();
         if scheme != "sip" && scheme != "sips" {
-            return Err(format!(
-                "Request-URI `{request_uri}` cannot be routed: only sip:/sips: hosts resolve by \
-                 RFC 3263, a {scheme}: URI needs an outbound proxy"
-            ));
+            return Err(RouteError::Scheme {
+                uri: request_uri.to_string(),
+                scheme,
+            });
         }
-        HopUri::parse(request_uri).map_err(|e| e.to_string())
+        HopUri::parse(request_uri).map_err(RouteError::Uri)
     }
 
     fn supported(&self) -> Vec<Transport> {
@@ -817,7 +881,7 @@ impl Inner {
         t
     }
 
-    async fn locate(&self, hop: &HopUri, deadline: Instant) -> Result<Vec<Target>, String> {
+    async fn locate(&self, hop: &HopUri, deadline: Instant) -> Result<Vec<Target>, RouteError> {
         let supported = self.supported();
         let targets = if let HopHost::Ip(_) = hop.host {
             next_hop::locate(hop, &supported, &NoDns, &*self.ids).await
@@ -827,20 +891,18 @@ impl Inner {
                 .get_or_init(|| async { HickoryDns::from_system() })
                 .await
                 .as_ref()
-                .map_err(|e| format!("DNS unavailable: {e}"))?;
+                .map_err(|e| RouteError::DnsUnavailable(e.clone()))?;
             tokio::time::timeout_at(deadline, next_hop::locate(hop, &supported, dns, &*self.ids))
                 .await
-                .map_err(|_| "DNS resolution did not finish within Timer F".to_string())?
+                .map_err(|_| RouteError::DnsTimeout)?
         }
-        .map_err(|e| format!("next hop: {e}"))?;
+        .map_err(RouteError::NextHop)?;
         let usable: Vec<Target> = targets
             .into_iter()
             .filter(|t| supported.contains(&t.transport))
             .collect();
         if usable.is_empty() {
-            return Err(format!(
-                "next hop needs a transport that is not configured (have {supported:?})"
-            ));
+            return Err(RouteError::NoTransport(supported));
         }
         Ok(usable)
     }
@@ -850,14 +912,17 @@ impl Inner {
         &self,
         targets: &[Target],
         deadline: Instant,
-    ) -> Result<(Target, SipConnection, Option<Stream>), String> {
-        let mut last_error = String::from("no target");
+    ) -> Result<(Target, SipConnection, Option<Stream>), RouteError> {
+        let mut last_error = RouteError::NoTarget;
         for target in targets {
             match self.connect(*target, deadline).await {
                 Ok((conn, stream)) => return Ok((*target, conn, stream)),
-                Err(e) => {
-                    debug!(%target, error = %e, "next hop failed");
-                    last_error = format!("{target}: {e}");
+                Err(error) => {
+                    debug!(%target, %error, "next hop failed");
+                    last_error = RouteError::Connect {
+                        target: *target,
+                        error,
+                    };
                 }
             }
         }
@@ -868,11 +933,11 @@ impl Inner {
         &self,
         target: Target,
         deadline: Instant,
-    ) -> Result<(SipConnection, Option<Stream>), String> {
+    ) -> Result<(SipConnection, Option<Stream>), ConnectError> {
         if target.transport == Transport::Udp {
             return match &self.udp {
                 Some((conn, _)) => Ok((conn.clone(), None)),
-                None => Err("UDP is not configured".into()),
+                None => Err(ConnectError::NoUdp),
             };
         }
         if let Some(s) = self.cached_stream(&target) {
@@ -900,8 +965,8 @@ impl Inner {
         };
         let conn = match tokio::time::timeout_at(deadline, opening).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(format!("connect failed: {e}")),
-            Err(_) => return Err("connect did not finish within Timer F".into()),
+            Ok(Err(e)) => return Err(ConnectError::Failed(Box::new(e))),
+            Err(_) => return Err(ConnectError::Timeout),
         };
         self.endpoint.transport_layer.add_connection(conn.clone());
         let stream = Stream {
@@ -1039,13 +1104,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct NoDns;
 
 impl Dns for NoDns {
-    fn naptr<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<next_hop::Naptr>, String>> {
+    fn naptr<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<next_hop::Naptr>, next_hop::LookupError>> {
         Box::pin(async { Ok(vec![]) })
     }
-    fn srv<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<next_hop::Srv>, String>> {
+    fn srv<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<next_hop::Srv>, next_hop::LookupError>> {
         Box::pin(async { Ok(vec![]) })
     }
-    fn ip<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<std::net::IpAddr>, String>> {
+    fn ip<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<std::net::IpAddr>, next_hop::LookupError>> {
         Box::pin(async { Ok(vec![]) })
     }
 }

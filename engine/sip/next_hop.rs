@@ -99,7 +99,36 @@ pub enum NextHopError {
     #[error("transport `{transport}` of `{uri}` is not supported (udp, tcp, tls)")]
     UnsupportedTransport { uri: String, transport: String },
     #[error("DNS: {0}")]
-    Dns(String),
+    Dns(DnsError),
+}
+
+/// What DNS could not tell about the next hop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// An SRV lookup failed and the fallback found nothing either.
+    #[error("{0}")]
+    Srv(LookupError),
+    /// The A/AAAA lookup of `name` failed.
+    #[error("{name}: {error}")]
+    Address { name: String, error: LookupError },
+    /// `name` has no A/AAAA record.
+    #[error("{0}: no A/AAAA record")]
+    NoAddress(String),
+}
+
+/// A lookup that got no answer (timeout, server failure), in the resolver's words.
+/// "No such record" is not one: it is an empty answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LookupError(pub String);
+
+/// Why the system resolver could not be set up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolverError {
+    #[error("reading the system DNS configuration: {0}")]
+    Config(hickory_resolver::net::NetError),
+    #[error("building the DNS resolver: {0}")]
+    Build(hickory_resolver::net::NetError),
 }
 
 /// The routing-relevant part of a `sip:`/`sips:` URI.
@@ -204,9 +233,9 @@ pub struct Srv {
 /// The DNS lookups RFC 3263 needs. "No such record" is `Ok(vec![])`; `Err` is a failure
 /// to get an answer.
 pub trait Dns: Send + Sync {
-    fn naptr<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Naptr>, String>>;
-    fn srv<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Srv>, String>>;
-    fn ip<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, String>>;
+    fn naptr<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Naptr>, LookupError>>;
+    fn srv<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Srv>, LookupError>>;
+    fn ip<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>>;
 }
 
 /// Resolves `hop` to targets in the order to try them (RFC 3263 §4).
@@ -296,7 +325,9 @@ pub async fn locate(
     let t = hop.transport.unwrap_or(fallback);
     match addresses(dns, name, t.default_port(), t).await {
         Ok(a) => Ok(a),
-        Err(e) => Err(dns_error.map(NextHopError::Dns).unwrap_or(e)),
+        Err(e) => Err(dns_error
+            .map(|e| NextHopError::Dns(DnsError::Srv(e)))
+            .unwrap_or(e)),
     }
 }
 
@@ -313,12 +344,14 @@ async fn addresses(
             addr: SocketAddr::new(ip, port),
         }]);
     }
-    let ips = dns
-        .ip(name)
-        .await
-        .map_err(|e| NextHopError::Dns(format!("{name}: {e}")))?;
+    let ips = dns.ip(name).await.map_err(|error| {
+        NextHopError::Dns(DnsError::Address {
+            name: name.to_string(),
+            error,
+        })
+    })?;
     if ips.is_empty() {
-        return Err(NextHopError::Dns(format!("{name}: no A/AAAA record")));
+        return Err(NextHopError::Dns(DnsError::NoAddress(name.to_string())));
     }
     Ok(ips
         .into_iter()
@@ -388,11 +421,11 @@ pub fn order_srv(mut records: Vec<Srv>, ids: &dyn Ids) -> Vec<Srv> {
 pub struct HickoryDns(Arc<hickory_resolver::TokioResolver>);
 
 impl HickoryDns {
-    pub fn from_system() -> Result<Self, String> {
+    pub fn from_system() -> Result<Self, ResolverError> {
         let resolver = hickory_resolver::TokioResolver::builder_tokio()
-            .map_err(|e| format!("reading the system DNS configuration: {e}"))?
+            .map_err(ResolverError::Config)?
             .build()
-            .map_err(|e| format!("building the DNS resolver: {e}"))?;
+            .map_err(ResolverError::Build)?;
         Ok(HickoryDns(Arc::new(resolver)))
     }
 }
@@ -402,7 +435,7 @@ fn is_no_records(e: &hickory_resolver::net::NetError) -> bool {
 }
 
 impl Dns for HickoryDns {
-    fn naptr<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Naptr>, String>> {
+    fn naptr<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Naptr>, LookupError>> {
         Box::pin(async move {
             use hickory_resolver::proto::rr::{RData, RecordType};
             match self.0.lookup(name, RecordType::NAPTR).await {
@@ -421,12 +454,12 @@ impl Dns for HickoryDns {
                     })
                     .collect()),
                 Err(e) if is_no_records(&e) => Ok(vec![]),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(LookupError(e.to_string())),
             }
         })
     }
 
-    fn srv<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Srv>, String>> {
+    fn srv<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<Srv>, LookupError>> {
         Box::pin(async move {
             use hickory_resolver::proto::rr::RData;
             match self.0.srv_lookup(name).await {
@@ -444,17 +477,17 @@ impl Dns for HickoryDns {
                     })
                     .collect()),
                 Err(e) if is_no_records(&e) => Ok(vec![]),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(LookupError(e.to_string())),
             }
         })
     }
 
-    fn ip<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, String>> {
+    fn ip<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>> {
         Box::pin(async move {
             match self.0.lookup_ip(name).await {
                 Ok(l) => Ok(l.iter().collect()),
                 Err(e) if is_no_records(&e) => Ok(vec![]),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(LookupError(e.to_string())),
             }
         })
     }
@@ -540,13 +573,13 @@ mod tests {
     }
 
     impl Dns for FakeDns {
-        fn naptr<'a>(&'a self, n: &'a str) -> BoxFuture<'a, Result<Vec<Naptr>, String>> {
+        fn naptr<'a>(&'a self, n: &'a str) -> BoxFuture<'a, Result<Vec<Naptr>, LookupError>> {
             Box::pin(async move { Ok(self.naptr.get(n).cloned().unwrap_or_default()) })
         }
-        fn srv<'a>(&'a self, n: &'a str) -> BoxFuture<'a, Result<Vec<Srv>, String>> {
+        fn srv<'a>(&'a self, n: &'a str) -> BoxFuture<'a, Result<Vec<Srv>, LookupError>> {
             Box::pin(async move { Ok(self.srv.get(n).cloned().unwrap_or_default()) })
         }
-        fn ip<'a>(&'a self, n: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, String>> {
+        fn ip<'a>(&'a self, n: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>> {
             Box::pin(async move { Ok(self.ip.get(n).cloned().unwrap_or_default()) })
         }
     }

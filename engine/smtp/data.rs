@@ -22,13 +22,16 @@ use super::{DataReplies, Protocol};
 const PREALLOCATE_MAX: usize = 1024 * 1024;
 
 /// Why a complete message is refused at the end of data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ContentError {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ContentError {
     /// Over [`Limits::message_size`](super::Limits).
+    #[error("the message is over the size limit")]
     TooBig,
     /// A text line over [`Limits::text_line`](super::Limits).
+    #[error("a text line is over the line limit")]
     LineTooLong,
     /// A CR not followed by LF, or an LF not preceded by CR.
+    #[error("a bare CR or LF where only CRLF ends a line")]
     BareLineEnd,
 }
 
@@ -211,16 +214,20 @@ impl Session {
                 let hint = tx.envelope.mail_from.size;
                 let phase = DataPhase::new(limits.message_size, limits.text_line, hint);
                 self.state = State::Data(tx, Box::new(phase));
-                // Every message gets its own DATA budget (see `Session::read_deadline`).
-                self.waiting = None;
+                // Every message gets its own DATA budget (see `conn::Connection::read_deadline`).
+                self.new_content = true;
                 self.reply(replies::start_data())
             }
-            State::Data(..) => unreachable!("no commands are read during DATA"),
+            State::Data(..) | State::Complete(..) => {
+                unreachable!("no commands are read during DATA")
+            }
         }
     }
 
-    /// Feeds buffered input to the content phase; at the end of data, answers it.
-    pub(super) async fn data_input(&mut self) -> Option<Flow> {
+    /// Feeds buffered input to the content phase; at the end of data, answers a refused
+    /// message at once and makes an accepted one [`State::Complete`] (`Deliver`: the driver
+    /// writes the replies before it, then [`Session::deliver`] hands it over).
+    pub(super) fn data_input(&mut self) -> Option<Flow> {
         let State::Data(_, phase) = &mut self.state else {
             return None;
         };
@@ -232,10 +239,10 @@ impl Session {
         let State::Data(tx, phase) = std::mem::replace(&mut self.state, State::Ready) else {
             unreachable!("matched above")
         };
-        Some(self.end_of_data(tx, *phase).await)
+        Some(self.end_of_data(tx, *phase))
     }
 
-    async fn end_of_data(&mut self, tx: Transaction, phase: DataPhase) -> Flow {
+    fn end_of_data(&mut self, tx: Transaction, phase: DataPhase) -> Flow {
         let limits = &self.shared.config.limits;
         let refused = match phase.finish() {
             Err(ContentError::TooBig) => replies::message_too_big(limits.message_size),
@@ -254,26 +261,33 @@ impl Session {
                         tx.envelope.mail_from.smtputf8,
                     ),
                     id: &tx.id,
-                    date: chrono::Utc::now(),
+                    date: self.shared.clock.now(),
                 });
                 // Prepend in place: a big message is not held twice while it is copied.
                 let mut message = body;
                 message.splice(0..0, header.bytes());
-                // Nothing may wait in our output buffer while the handler works.
-                if self.flush().await.is_err() {
-                    return Flow::Close;
-                }
-                tracing::debug!(id = %tx.id, size = message.len(), rcpts = tx.envelope.rcpts.len(), "message complete");
-                let handler = self.shared.handler.clone();
-                let count = tx.envelope.rcpts.len();
-                let replies = handler.data(tx.envelope, message).await;
-                tracing::info!(id = %tx.id, reply = %replies.transaction, "end of data");
-                return self.data_replies(count, replies);
+                // Nothing may wait in our output buffer while the handler works: the
+                // driver writes it first.
+                self.state = State::Complete(tx, message);
+                return Flow::Deliver;
             }
         };
         tracing::info!(id = %tx.id, reply = %refused, "message refused");
         let count = tx.envelope.rcpts.len();
         self.data_replies(count, DataReplies::all(&tx.envelope, refused))
+    }
+
+    /// Hands a [`State::Complete`] message to the handler and answers with its replies.
+    pub(super) async fn deliver(&mut self) -> Flow {
+        let State::Complete(tx, message) = std::mem::replace(&mut self.state, State::Ready) else {
+            return Flow::Continue;
+        };
+        tracing::debug!(id = %tx.id, size = message.len(), rcpts = tx.envelope.rcpts.len(), "message complete");
+        let handler = self.shared.handler.clone();
+        let count = tx.envelope.rcpts.len();
+        let replies = handler.data(tx.envelope, message).await;
+        tracing::info!(id = %tx.id, reply = %replies.transaction, "end of data");
+        self.data_replies(count, replies)
     }
 
     /// SMTP: the transaction reply. LMTP: one reply per accepted recipient, in RCPT order.

@@ -4,6 +4,9 @@
 
 use bytes::BytesMut;
 
+pub use super::data::ContentError;
+use crate::reply::Reply;
+
 /// The DATA content receiver ([`super::data`]): only `CRLF.CRLF` ends the data.
 pub struct DataReceiver(super::data::DataPhase);
 
@@ -18,14 +21,9 @@ impl DataReceiver {
         self.0.ingest(input)
     }
 
-    /// The unstuffed message, or why it is refused (`too big`, `line too long`, `bare CR/LF`).
-    pub fn finish(self) -> Result<Vec<u8>, &'static str> {
-        use super::data::ContentError;
-        self.0.finish().map_err(|e| match e {
-            ContentError::TooBig => "too big",
-            ContentError::LineTooLong => "line too long",
-            ContentError::BareLineEnd => "bare CR/LF",
-        })
+    /// The unstuffed message, or why it is refused.
+    pub fn finish(self) -> Result<Vec<u8>, ContentError> {
+        self.0.finish()
     }
 }
 
@@ -55,13 +53,13 @@ impl LineFramer {
 }
 
 /// The bounded MAIL parameter checks ([`super::params`]); `Err` is the reply.
-pub fn check_mail(line: &[u8], max_size: usize) -> Result<(), String> {
-    super::params::check_mail(line, max_size).map_err(|r| r.to_string())
+pub fn check_mail(line: &[u8], max_size: usize) -> Result<(), Reply> {
+    super::params::check_mail(line, max_size)
 }
 
 /// The bounded RCPT parameter checks; `Err` is the reply.
-pub fn check_rcpt(line: &[u8]) -> Result<(), String> {
-    super::params::check_rcpt(line).map_err(|r| r.to_string())
+pub fn check_rcpt(line: &[u8]) -> Result<(), Reply> {
+    super::params::check_rcpt(line)
 }
 
 /// The `keyword[=value]` parameters after the path of a MAIL / RCPT line.

@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 
-use chrono::Utc;
 use smtp_proto::{
     MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_BY_NOTIFY, MAIL_BY_RETURN,
     MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8,
@@ -59,36 +58,77 @@ fn present(from: &ProtoMailFrom<'_>) -> Vec<&'static str> {
 /// Parameters of the extensions we advertise.
 const SUPPORTED: &[&str] = &["BODY", "SMTPUTF8", "RET", "BY", "SIZE", "ENVID"];
 
+/// Why a MAIL command's parameters are refused: what we offer or allow, and what came.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MailParamError {
+    /// A parameter of an extension we do not offer (or any, after plain HELO).
+    #[error("parameter {0} is not offered")]
+    Unsupported(&'static str),
+    /// A non-ASCII address without the SMTPUTF8 parameter.
+    #[error("a non-ASCII address without SMTPUTF8")]
+    NonAsciiAddress,
+    /// SIZE= over the message size limit.
+    #[error("SIZE={declared} is over the limit of {limit} octets")]
+    TooBig { declared: usize, limit: usize },
+    /// BY= outside 1 to 9 digits (RFC 2852 §4).
+    #[error("BY={by} has more than 9 digits")]
+    ByOutOfRange { by: i64 },
+    /// BY= not positive in R mode.
+    #[error("BY={by} is not positive in R mode")]
+    ByNotPositive { by: i64 },
+    /// BY= in R mode below our DELIVERBY minimum.
+    #[error("BY={by} is below the minimum of {min} seconds")]
+    ByBelowMinimum { by: i64, min: u32 },
+}
+
+impl MailParamError {
+    /// The reply it is answered with.
+    pub(crate) fn reply(&self) -> Reply {
+        match self {
+            MailParamError::Unsupported(name) => replies::unsupported_parameter(name),
+            MailParamError::NonAsciiAddress => replies::non_ascii_address(),
+            MailParamError::TooBig { limit, .. } => replies::message_too_big(*limit),
+            MailParamError::ByOutOfRange { .. } => replies::by_time_out_of_range(),
+            MailParamError::ByNotPositive { .. } => replies::by_time_not_positive(),
+            MailParamError::ByBelowMinimum { min, .. } => replies::by_time_below_minimum(*min),
+        }
+    }
+}
+
 /// Checks a MAIL command's parameters against what we offer and our limits.
 pub(crate) fn check(
     from: &ProtoMailFrom<'_>,
     esmtp: bool,
     config: &SmtpConfig,
-) -> Result<(), Reply> {
+) -> Result<(), MailParamError> {
     for name in present(from) {
         if !esmtp || !SUPPORTED.contains(&name) {
-            return Err(replies::unsupported_parameter(name));
+            return Err(MailParamError::Unsupported(name));
         }
     }
     if !from.address.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
-        return Err(replies::non_ascii_address());
+        return Err(MailParamError::NonAsciiAddress);
     }
     let limit = config.limits.message_size;
     if from.size > limit {
-        return Err(replies::message_too_big(limit));
+        return Err(MailParamError::TooBig {
+            declared: from.size,
+            limit,
+        });
     }
+    let by = from.by;
     if from.flags & (MAIL_BY_NOTIFY | MAIL_BY_RETURN) != 0 {
-        if !(-MAX_BY_TIME..=MAX_BY_TIME).contains(&from.by) {
-            return Err(replies::by_time_out_of_range());
+        if !(-MAX_BY_TIME..=MAX_BY_TIME).contains(&by) {
+            return Err(MailParamError::ByOutOfRange { by });
         }
         if from.flags & MAIL_BY_RETURN != 0 {
-            if from.by <= 0 {
-                return Err(replies::by_time_not_positive());
+            if by <= 0 {
+                return Err(MailParamError::ByNotPositive { by });
             }
             if let Some(min) = config.deliver_by_min
-                && from.by < i64::from(min)
+                && by < i64::from(min)
             {
-                return Err(replies::by_time_below_minimum(min));
+                return Err(MailParamError::ByBelowMinimum { by, min });
             }
         }
     }
@@ -99,7 +139,9 @@ impl Session {
     pub(super) fn mail(&mut self, from: ProtoMailFrom<'_>, line: &[u8]) -> Flow {
         match &self.state {
             State::Fresh => return self.reply(replies::need_hello(self.shared.protocol)),
-            State::Mail(_) | State::Data(..) => return self.reply(replies::nested_mail()),
+            State::Mail(_) | State::Data(..) | State::Complete(..) => {
+                return self.reply(replies::nested_mail());
+            }
             State::Ready => {}
         }
         if self.config().require_tls && !self.tls {
@@ -107,17 +149,18 @@ impl Session {
         }
         let esmtp = self.hello.as_ref().is_some_and(|h| h.esmtp);
         // The raw values first: smtp-proto's numbers saturate (see `params`).
-        if let Err(reply) = super::params::check_mail(line, self.config().limits.message_size)
-            .and_then(|()| check(&from, esmtp, self.config()))
-        {
+        if let Err(reply) = super::params::check_mail(line, self.config().limits.message_size) {
             return self.reply(reply);
+        }
+        if let Err(e) = check(&from, esmtp, self.config()) {
+            return self.reply(e.reply());
         }
         let tx = Transaction {
             envelope: Envelope {
                 mail_from: MailFrom::from_proto(&from),
                 rcpts: Vec::new(),
                 client: self.client(),
-                received_at: Utc::now(),
+                received_at: self.shared.clock.now(),
             },
             id: self.new_id(),
         };
@@ -131,7 +174,7 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn check_line(args: &str, esmtp: bool, min: Option<u32>) -> Result<(), String> {
+    fn check_line(args: &str, esmtp: bool, min: Option<u32>) -> Result<(), MailParamError> {
         let line = format!("MAIL FROM:{args}\r\n");
         let mut iter = line.as_bytes().iter();
         let Ok(smtp_proto::Request::Mail { from }) = smtp_proto::Request::parse(&mut iter) else {
@@ -141,7 +184,7 @@ mod tests {
             deliver_by_min: min,
             ..SmtpConfig::default()
         };
-        check(&from, esmtp, &config).map_err(|r| r.to_string())
+        check(&from, esmtp, &config)
     }
 
     #[test]
@@ -226,9 +269,30 @@ mod tests {
             let got = check_line(args, *esmtp, *min);
             match (want, &got) {
                 (Ok(()), Ok(())) => {}
-                (Err(prefix), Err(reply)) if reply.starts_with(prefix) => {}
+                (Err(prefix), Err(e)) if e.reply().to_string().starts_with(prefix) => {}
                 _ => panic!("{args}: want {want:?}, got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn errors_say_what_was_expected_and_what_came() {
+        assert_eq!(
+            check_line("<a@b.example> SIZE=10485761", true, None),
+            Err(MailParamError::TooBig {
+                declared: 10_485_761,
+                limit: 10_485_760
+            })
+        );
+        assert_eq!(
+            check_line("<a@b.example> BY=30;R", true, Some(60)),
+            Err(MailParamError::ByBelowMinimum { by: 30, min: 60 })
+        );
+        assert_eq!(
+            check_line("<a@b.example> SIZE=1", false, None)
+                .unwrap_err()
+                .to_string(),
+            "parameter SIZE is not offered"
+        );
     }
 }

@@ -13,8 +13,9 @@
 //! | file | what |
 //! |---|---|
 //! | `server.rs` | listener loop, connection limits (total and per client IP), shutdown and drain |
-//! | `session.rs` | one connection: the `State` enum, read/flush loop, timeouts, dispatch |
-//! | `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs` | one file per verb or phase; `data.rs` also holds the I/O-free DATA receiver |
+//! | `session.rs` | one session without I/O: the `State` enum, dispatch, replies; bytes in, replies and what to do next out (smtp-proto's `ingest` shape) |
+//! | `conn.rs` | the driver around a session: the socket, read deadlines, one write per reply batch, STARTTLS handshake, shutdown, lingering close |
+//! | `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs` | one file per verb or phase (`impl Session`); `data.rs` also holds the I/O-free DATA receiver |
 //! | `params.rs` | I/O-free bounded checks of MAIL/RCPT parameter values on the raw line |
 //! | `line.rs` | I/O-free command-line framing: CRLF only, bare CR/LF and over-long lines refused |
 //! | `received.rs` | the `Received:` trace header we prepend (RFC 5321 §4.4) |
@@ -26,8 +27,10 @@
 //! line), after the raw parameter values were checked against the RFC grammars here
 //! (`params`: smtp-proto's number parsers saturate). End-of-data detection and unstuffing are
 //! our own (`data`: only `CRLF.CRLF` ends DATA). Everything around them — framing, limits,
-//! what to reply — is here, and the pieces that need no socket (`line`, `data`, `params`,
-//! `received`, parameter checks in `mail`) have table tests of their own.
+//! what to reply — is here, and none of it needs a socket: the session itself is fed bytes
+//! and answers with replies (`session.rs`, driven by `conn.rs`), so verb sequencing has
+//! table tests (`tests_table.rs`) beside those of `line`, `data`, `params`, `received` and
+//! the parameter checks in `mail` and `rcpt`; `tests.rs` drives the real listener.
 //!
 //! # Extensions (EHLO / LHLO keywords)
 //! PIPELINING, SIZE n, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, DSN, DELIVERBY \[min\], and
@@ -101,6 +104,7 @@ use crate::envelope::{Envelope, Rcpt};
 use crate::reply::Reply;
 
 mod config;
+mod conn;
 mod data;
 mod ehlo;
 #[doc(hidden)]
@@ -117,9 +121,11 @@ mod tls;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_table;
 
 pub use config::{ESMTP_PARAMETER_ALLOWANCE, Limits, SmtpConfig, VrfyPolicy};
-pub use server::{ServeReport, serve};
+pub use server::{ServeReport, serve, serve_with_clock};
 pub use tls::{TlsConfigError, tls_config_from_pem, tls_config_from_pem_files};
 
 /// A boxed, sendable future borrowing from the handler (what [`MailHandler`] methods return).

@@ -17,26 +17,55 @@ type ProtoRcptTo<'a> = smtp_proto::RcptTo<Cow<'a, str>>;
 const NOTIFY: u64 =
     RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY | RCPT_NOTIFY_NEVER;
 
+/// Why a RCPT command's parameters are refused: what we offer or allow, and what came.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RcptParamError {
+    /// A parameter of an extension we do not offer (or NOTIFY/ORCPT after plain HELO).
+    #[error("parameter {0} is not offered")]
+    Unsupported(&'static str),
+    /// NOTIFY=NEVER together with SUCCESS, FAILURE or DELAY (RFC 3461 §4.1).
+    #[error("NOTIFY=NEVER combined with other NOTIFY values")]
+    NotifyNeverWithOthers,
+    /// A non-ASCII address in a transaction without SMTPUTF8.
+    #[error("a non-ASCII address without SMTPUTF8")]
+    NonAsciiAddress,
+}
+
+impl RcptParamError {
+    /// The reply it is answered with.
+    pub(crate) fn reply(&self) -> Reply {
+        match self {
+            RcptParamError::Unsupported(name) => replies::unsupported_parameter(name),
+            RcptParamError::NotifyNeverWithOthers => replies::invalid_parameter("NOTIFY"),
+            RcptParamError::NonAsciiAddress => replies::non_ascii_address(),
+        }
+    }
+}
+
 /// Checks a RCPT command's parameters: only DSN's NOTIFY and ORCPT, and only after EHLO/LHLO.
-pub(crate) fn check(to: &ProtoRcptTo<'_>, esmtp: bool, smtputf8: bool) -> Result<(), Reply> {
+pub(crate) fn check(
+    to: &ProtoRcptTo<'_>,
+    esmtp: bool,
+    smtputf8: bool,
+) -> Result<(), RcptParamError> {
     if to.flags & (RCPT_RRVS_REJECT | RCPT_RRVS_CONTINUE) != 0 {
-        return Err(replies::unsupported_parameter("RRVS"));
+        return Err(RcptParamError::Unsupported("RRVS"));
     }
     if to.flags & RCPT_CONNEG != 0 {
-        return Err(replies::unsupported_parameter("CONNEG"));
+        return Err(RcptParamError::Unsupported("CONNEG"));
     }
     if !esmtp && to.flags & NOTIFY != 0 {
-        return Err(replies::unsupported_parameter("NOTIFY"));
+        return Err(RcptParamError::Unsupported("NOTIFY"));
     }
     // RFC 3461 §4.1: NOTIFY is NEVER or a list of SUCCESS, FAILURE, DELAY, never both.
     if to.flags & RCPT_NOTIFY_NEVER != 0 && to.flags & (NOTIFY & !RCPT_NOTIFY_NEVER) != 0 {
-        return Err(replies::invalid_parameter("NOTIFY"));
+        return Err(RcptParamError::NotifyNeverWithOthers);
     }
     if !esmtp && to.orcpt.is_some() {
-        return Err(replies::unsupported_parameter("ORCPT"));
+        return Err(RcptParamError::Unsupported("ORCPT"));
     }
     if !to.address.is_ascii() && !smtputf8 {
-        return Err(replies::non_ascii_address());
+        return Err(RcptParamError::NonAsciiAddress);
     }
     Ok(())
 }
@@ -48,13 +77,16 @@ impl Session {
         let (smtputf8, count) = match &self.state {
             State::Fresh => return self.reply(replies::need_hello(self.shared.protocol)),
             State::Ready => return self.reply(replies::need_mail("RCPT")),
-            State::Data(..) => unreachable!("no commands are read during DATA"),
+            State::Data(..) | State::Complete(..) => {
+                unreachable!("no commands are read during DATA")
+            }
             State::Mail(tx) => (tx.envelope.mail_from.smtputf8, tx.envelope.rcpts.len()),
         };
-        if let Err(reply) =
-            super::params::check_rcpt(line).and_then(|()| check(&to, esmtp, smtputf8))
-        {
+        if let Err(reply) = super::params::check_rcpt(line) {
             return self.reply(reply);
+        }
+        if let Err(e) = check(&to, esmtp, smtputf8) {
+            return self.reply(e.reply());
         }
         let mut rcpt = Rcpt::from_proto(&to);
         if rcpt.address.is_empty() {
@@ -88,13 +120,13 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn check_line(args: &str, esmtp: bool, utf8: bool) -> Result<(), String> {
+    fn check_line(args: &str, esmtp: bool, utf8: bool) -> Result<(), RcptParamError> {
         let line = format!("RCPT TO:{args}\r\n");
         let mut iter = line.as_bytes().iter();
         let Ok(smtp_proto::Request::Rcpt { to }) = smtp_proto::Request::parse(&mut iter) else {
             panic!("{args} does not parse");
         };
-        check(&to, esmtp, utf8).map_err(|r| r.to_string())
+        check(&to, esmtp, utf8)
     }
 
     #[test]
@@ -138,10 +170,14 @@ mod tests {
             let got = check_line(args, *esmtp, *utf8);
             match (want, &got) {
                 (Ok(()), Ok(())) => {}
-                (Err(prefix), Err(reply)) if reply.starts_with(prefix) => {}
+                (Err(prefix), Err(e)) if e.reply().to_string().starts_with(prefix) => {}
                 _ => panic!("{args}: want {want:?}, got {got:?}"),
             }
         }
+        assert_eq!(
+            check_line("<a@b.example> NOTIFY=NEVER,SUCCESS", true, false),
+            Err(RcptParamError::NotifyNeverWithOthers)
+        );
     }
 
     #[test]

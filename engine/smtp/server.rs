@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +16,11 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::config::SmtpConfig;
+use super::conn::Connection;
 use super::replies;
-use super::session::{Session, Shared};
+use super::session::Shared;
 use super::{MailHandler, Protocol};
+use crate::clock::Clock;
 use crate::reply::Reply;
 
 /// What [`serve`] reports when it returns.
@@ -53,16 +55,30 @@ pub async fn serve(
     handler: Arc<dyn MailHandler>,
     shutdown: impl Future,
 ) -> ServeReport {
-    let grace = config.shutdown_grace;
-    let slots = Arc::new(Semaphore::new(config.limits.connections));
-    let shared = Arc::new(Shared {
-        slots: slots.clone(),
+    serve_with_clock(
+        listener,
         protocol,
-        handler,
-        ids: AtomicU64::new(0),
-        epoch: chrono::Utc::now().timestamp().max(0) as u64,
         config,
-    });
+        handler,
+        crate::clock::system(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with the time taken from `clock`: the envelope's `received_at`, the
+/// `Received:` date, transaction ids and the sessions' read deadlines.
+pub async fn serve_with_clock(
+    listener: TcpListener,
+    protocol: Protocol,
+    config: SmtpConfig,
+    handler: Arc<dyn MailHandler>,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future,
+) -> ServeReport {
+    let grace = config.shutdown_grace;
+    let shared = Arc::new(Shared::new(protocol, config, handler, clock));
+    let slots: Arc<Semaphore> = shared.slots.clone();
     // Connections waiting for a slot (at most as many as there are slots).
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let per_ip = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
@@ -132,9 +148,9 @@ pub async fn serve(
                             }
                         }
                     };
-                    let session = Session::new(shared, socket, peer, stop_rx);
+                    let connection = Connection::new(shared, socket, peer, stop_rx);
                     let active = crate::metrics::session_started(protocol);
-                    session.run().await;
+                    connection.run().await;
                     drop(active);
                     drop(ip_slot);
                     drop(permit);

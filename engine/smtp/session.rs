@@ -1,4 +1,11 @@
-//! One SMTP/LMTP connection: its state, the read → process → flush loop, and dispatch.
+//! One SMTP/LMTP session without I/O: its state, the command dispatch, and the replies.
+//!
+//! smtp-proto's `ingest` shape: the driver (`conn.rs`) feeds the bytes it read, the
+//! [`Session`] answers everything buffered and says what the driver must do next
+//! ([`Next`]). The session never touches a socket, a stream or a clock; the connection facts
+//! it needs (peer address, the shutdown flag, "TLS is now on") are given to it by the driver.
+//! Only the [`MailHandler`](super::MailHandler) calls are awaited here, so [`Session::ingest`]
+//! is an `async fn`. Table tests drive it directly (`tests_table.rs`).
 //!
 //! The session's protocol position is the [`State`] enum (Stalwart's shape): each variant
 //! owns what that phase needs, so "RCPT before MAIL" or "DATA without recipients" cannot be
@@ -6,35 +13,30 @@
 //! `rcpt.rs`, `data.rs`) as `impl Session` blocks.
 //!
 //! Flow: all buffered input is processed first (pipelined commands are answered in order,
-//! RFC 2920), replies are collected in one output buffer, and that buffer is flushed when
-//! the session needs more input, before STARTTLS, before the handler works on a message,
-//! and before closing. Every read has a timeout; the shutdown signal is looked at whenever
-//! the session is between commands.
+//! RFC 2920) and the replies are collected in one output buffer: one [`Batch`] per call,
+//! which the driver writes in one go before it calls again (before reading, before STARTTLS,
+//! before the handler works on a message, and before closing).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use smtp_proto::Request;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::config::{ESMTP_PARAMETER_ALLOWANCE, SmtpConfig, VrfyPolicy};
 use super::data::DataPhase;
 use super::line::{Line, LineReader};
 use super::replies;
-use super::tls::Stream;
 use super::{MailHandler, Protocol};
+use crate::clock::Clock;
 use crate::envelope::{Client, Envelope};
 use crate::reply::Reply;
 
-/// How much is read from the socket at a time.
-const READ_CHUNK: usize = 16 * 1024;
-/// How long a closing session waits for the client to close its side.
-const LINGER: Duration = Duration::from_secs(2);
+/// How much input buffer a session starts with (the driver reads up to this much at a time).
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// What all sessions of one listener share.
 pub(crate) struct Shared {
@@ -43,6 +45,8 @@ pub(crate) struct Shared {
     pub slots: Arc<tokio::sync::Semaphore>,
     pub protocol: Protocol,
     pub handler: Arc<dyn MailHandler>,
+    /// Where the time comes from: `received_at`, the `Received:` date, read deadlines.
+    pub clock: Arc<dyn Clock>,
     /// Source of transaction ids (for Received: and logs).
     pub ids: AtomicU64,
     /// Listener start, seconds since the epoch: makes ids unique across restarts.
@@ -50,6 +54,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new(
+        protocol: Protocol,
+        config: SmtpConfig,
+        handler: Arc<dyn MailHandler>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Shared {
+            slots: Arc::new(tokio::sync::Semaphore::new(config.limits.connections)),
+            protocol,
+            handler,
+            ids: AtomicU64::new(0),
+            epoch: clock.now().timestamp().max(0) as u64,
+            clock,
+            config,
+        }
+    }
+
     /// At least three quarters of the session slots are in use: budgets shrink to
     /// [`Limits::stress_timeout`](super::Limits::stress_timeout).
     pub(crate) fn stressed(&self) -> bool {
@@ -74,6 +95,9 @@ pub(crate) enum State {
     Mail(Transaction),
     /// After 354: message content is arriving.
     Data(Transaction, Box<DataPhase>),
+    /// The end of data was seen and the message passed the content checks (our `Received:`
+    /// prepended): it goes to the handler once the replies before it are written.
+    Complete(Transaction, Vec<u8>),
 }
 
 /// One mail transaction (MAIL up to the end of DATA).
@@ -90,7 +114,7 @@ pub(crate) struct Hello {
     pub esmtp: bool,
 }
 
-/// What to do after a command.
+/// What to do after a command (inside the session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flow {
     Continue,
@@ -98,11 +122,40 @@ pub(crate) enum Flow {
     Close,
     /// Flush, then run the TLS handshake.
     StartTls,
+    /// Flush, then hand the complete message to the handler.
+    Deliver,
 }
 
+/// What the driver does after writing a [`Batch`]'s replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Everything buffered is answered: read more. `content`: message content is awaited
+    /// (DATA, or a BDAT chunk being thrown away), so the data deadline applies and a
+    /// shutdown waits for the transaction; otherwise a command line (command deadline; a
+    /// shutdown closes the session).
+    Read { content: bool },
+    /// A message is complete: call [`Session::process`] again without reading; the
+    /// handler gets it then (nothing may wait in the output while it works).
+    Deliver,
+    /// Run the TLS handshake, then tell the session ([`Session::tls_started`]).
+    StartTls,
+    /// Close the connection.
+    Close,
+}
+
+/// The replies of one call, and what to do next. The replies are valid until the next call:
+/// the driver writes them all (one write per batch, PIPELINING) before it calls again.
+#[derive(Debug)]
+pub(crate) struct Batch<'a> {
+    pub replies: &'a [u8],
+    pub next: Next,
+    /// A `354` went out: the content that follows gets a budget of its own.
+    pub new_content: bool,
+}
+
+/// One SMTP/LMTP session: protocol state, buffered input, queued replies.
 pub(crate) struct Session {
     pub shared: Arc<Shared>,
-    stream: Stream,
     pub rbuf: BytesMut,
     wbuf: Vec<u8>,
     lines: LineReader,
@@ -113,22 +166,20 @@ pub(crate) struct Session {
     errors: usize,
     /// Octets of a BDAT chunk still to be thrown away (CHUNKING is not offered).
     skip: u64,
-    /// The current wait for input: content (DATA, a BDAT chunk) or not, since when, and
-    /// how many octets arrived during it (for the whole-command and DATA budgets).
-    pub(super) waiting: Option<(bool, tokio::time::Instant, usize)>,
+    /// A `354` went out during this call.
+    pub(super) new_content: bool,
+    /// Set by the server when it shuts down; looked at before every command.
     shutdown: watch::Receiver<bool>,
 }
 
 impl Session {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        stream: tokio::net::TcpStream,
         peer: SocketAddr,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Session {
             shared,
-            stream: Stream::Plain(stream),
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: Vec::with_capacity(1024),
             lines: LineReader::default(),
@@ -138,112 +189,115 @@ impl Session {
             tls: false,
             errors: 0,
             skip: 0,
-            waiting: None,
+            new_content: false,
             shutdown,
         }
     }
 
-    /// Runs the session to its end. Never panics on client input; I/O errors end it.
-    pub(crate) async fn run(mut self) {
-        tracing::debug!(peer = %self.peer, "session start");
-        let result = self.serve().await;
-        if let Err(e) = result {
-            tracing::debug!(peer = %self.peer, error = %e, "session ended by I/O error");
-        }
-        tracing::debug!(peer = %self.peer, "session end");
-    }
-
-    async fn serve(&mut self) -> std::io::Result<()> {
+    /// The greeting: the first batch of every session.
+    pub(crate) fn greet(&mut self) -> Batch<'_> {
+        self.begin();
         let greeting = replies::greeting(&self.shared.config.hostname, self.shared.protocol);
         self.queue(&greeting);
-        loop {
-            match self.process_input().await {
-                Flow::Continue => {}
-                Flow::Close => return self.close().await,
-                Flow::StartTls => {
-                    self.flush().await?;
-                    self.start_tls().await?;
-                    continue;
-                }
-            }
-            // Everything buffered is answered: wait for more.
-            self.flush().await?;
-            let in_data = matches!(self.state, State::Data(..)) || self.skip > 0;
-            if !in_data && self.shutting_down() {
-                self.queue(&replies::shutting_down(&self.shared.config.hostname));
-                return self.close().await;
-            }
-            let deadline = self.read_deadline(in_data);
-            self.rbuf.reserve(READ_CHUNK);
-            let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)) => Some(read),
-                () = wait_for_shutdown(&mut self.shutdown), if !in_data => None,
-            };
-            let Some(read) = read else {
-                self.queue(&replies::shutting_down(&self.shared.config.hostname));
-                return self.close().await;
-            };
-            match read {
-                Err(_elapsed) => {
-                    tracing::info!(peer = %self.peer, in_data, "timeout");
-                    self.queue(&replies::timeout(&self.shared.config.hostname));
-                    return self.close().await;
-                }
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => {
-                    if let Some((_, _, got)) = &mut self.waiting {
-                        *got = got.saturating_add(n);
-                    }
-                }
-                Ok(Err(e)) => return Err(e),
-            }
-        }
+        self.batch(Flow::Continue)
     }
 
-    /// When the next read gives up: the longest silence allowed, or the end of the budget
-    /// of the whole command line / message content, whichever comes first.
-    ///
-    /// A command line's budget is [`Limits::command_timeout`](super::Limits) from when the
-    /// session began waiting for it; content's is `data_timeout` plus one second per
-    /// `min_data_rate` octets received. Under stress both bases shrink to `stress_timeout`.
-    fn read_deadline(&mut self, in_data: bool) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        let limits = &self.shared.config.limits;
-        // A new wait starts when the kind of input changes, or (for commands) when no
-        // part of a command line is pending.
-        let continuing = matches!(self.waiting, Some((kind, ..)) if kind == in_data)
-            && (in_data || !self.rbuf.is_empty());
-        if !continuing {
-            self.waiting = Some((in_data, now, 0));
+    /// Feeds input and answers everything buffered.
+    #[allow(
+        dead_code,
+        reason = "the driver reads straight into `input_buffer`; tests feed bytes"
+    )]
+    pub(crate) async fn ingest(&mut self, input: &[u8]) -> Batch<'_> {
+        self.rbuf.extend_from_slice(input);
+        self.process().await
+    }
+
+    /// The input buffer, for a driver that reads straight into it (no copy); call
+    /// [`Session::process`] after.
+    pub(crate) fn input_buffer(&mut self) -> &mut BytesMut {
+        self.rbuf.reserve(READ_CHUNK);
+        &mut self.rbuf
+    }
+
+    /// Part of a command line is buffered (the driver's whole-command budget goes on).
+    pub(crate) fn pending_input(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    /// Answers everything buffered (and delivers a complete message).
+    pub(crate) async fn process(&mut self) -> Batch<'_> {
+        self.begin();
+        let flow = self.process_input().await;
+        if flow == Flow::StartTls {
+            // Whatever the client sent after the STARTTLS line, before the handshake, is
+            // thrown away (RFC 3207 §4.2; the CVE-2011-0411 command injection).
+            self.rbuf.clear();
+            self.lines = LineReader::default();
         }
-        let (_, since, got) = self.waiting.unwrap_or((in_data, now, 0));
-        let stressed = self.shared.stressed();
-        let (silence, base) = if in_data {
-            let base = if stressed {
-                limits.stress_timeout
-            } else {
-                limits.data_timeout
-            };
-            (limits.data_timeout, base)
-        } else {
-            let base = if stressed {
-                limits.stress_timeout
-            } else {
-                limits.command_timeout
-            };
-            (limits.command_timeout, base)
+        self.batch(flow)
+    }
+
+    /// The TLS handshake after `220 Ready to start TLS` succeeded: the session starts
+    /// afresh (RFC 3207 §4.2: forget EHLO and everything learnt before).
+    pub(crate) fn tls_started(&mut self) -> Batch<'_> {
+        self.begin();
+        self.tls = true;
+        self.hello = None;
+        self.state = State::Fresh;
+        tracing::debug!(peer = %self.peer, "TLS started");
+        self.batch(Flow::Continue)
+    }
+
+    /// The driver's read deadline passed: `421 4.4.2`, then close.
+    pub(crate) fn timed_out(&mut self) -> Batch<'_> {
+        self.begin();
+        self.queue(&replies::timeout(&self.shared.config.hostname));
+        self.batch(Flow::Close)
+    }
+
+    /// The server shuts down while the session waits for a command: `421 4.3.2`, close.
+    pub(crate) fn shut_down(&mut self) -> Batch<'_> {
+        self.begin();
+        self.queue(&replies::shutting_down(&self.shared.config.hostname));
+        self.batch(Flow::Close)
+    }
+
+    /// The server is shutting down.
+    pub(crate) fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// A call begins: the previous batch was written.
+    fn begin(&mut self) {
+        self.wbuf.clear();
+        self.new_content = false;
+    }
+
+    fn batch(&self, flow: Flow) -> Batch<'_> {
+        let next = match flow {
+            Flow::Continue => Next::Read {
+                content: matches!(self.state, State::Data(..)) || self.skip > 0,
+            },
+            Flow::Close => Next::Close,
+            Flow::StartTls => Next::StartTls,
+            Flow::Deliver => Next::Deliver,
         };
-        let earned = if in_data && limits.min_data_rate > 0 {
-            Duration::from_secs((got / limits.min_data_rate) as u64)
-        } else {
-            Duration::ZERO
-        };
-        (now + silence).min(since + base + earned)
+        Batch {
+            replies: &self.wbuf,
+            next,
+            new_content: self.new_content,
+        }
     }
 
     /// Processes everything buffered; returns `Continue` when more input is needed.
     async fn process_input(&mut self) -> Flow {
         loop {
+            if matches!(self.state, State::Complete(..)) {
+                let flow = self.deliver().await;
+                if flow != Flow::Continue {
+                    return flow;
+                }
+            }
             if self.skip > 0 {
                 let n = usize::try_from(self.skip)
                     .unwrap_or(usize::MAX)
@@ -259,7 +313,7 @@ impl Session {
                 }
             }
             if matches!(self.state, State::Data(..)) {
-                match self.data_input().await {
+                match self.data_input() {
                     None => return Flow::Continue,
                     Some(Flow::Continue) => continue,
                     Some(flow) => return flow,
@@ -402,31 +456,6 @@ impl Session {
         Flow::StartTls
     }
 
-    /// The handshake after `220 Ready to start TLS`. Whatever the client sent after the
-    /// STARTTLS line, before the handshake, is thrown away (RFC 3207 §4.2; the
-    /// CVE-2011-0411 command injection), and the session starts afresh (§4.2: forget
-    /// EHLO and everything learnt before).
-    async fn start_tls(&mut self) -> std::io::Result<()> {
-        let Some(config) = self.shared.config.tls.clone() else {
-            return Err(std::io::Error::other(
-                "STARTTLS without a TLS configuration",
-            ));
-        };
-        self.rbuf.clear();
-        self.lines = LineReader::default();
-        let timeout = self.shared.config.limits.command_timeout;
-        match tokio::time::timeout(timeout, self.stream.start_tls(config)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(std::io::Error::other("TLS handshake timed out")),
-        }
-        self.tls = true;
-        self.hello = None;
-        self.state = State::Fresh;
-        tracing::debug!(peer = %self.peer, "TLS started");
-        Ok(())
-    }
-
     /// Queues a reply; counts protocol errors and closes the session past the limit.
     pub(crate) fn reply(&mut self, reply: Reply) -> Flow {
         if replies::is_protocol_error(&reply) {
@@ -443,46 +472,6 @@ impl Session {
 
     fn queue(&mut self, reply: &Reply) {
         self.wbuf.extend_from_slice(reply.to_wire().as_bytes());
-    }
-
-    /// Writes what is queued, within the command timeout (a client that does not read
-    /// cannot hold the session forever).
-    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        let timeout = self.shared.config.limits.command_timeout;
-        let write = async {
-            self.stream.write_all(&self.wbuf).await?;
-            self.stream.flush().await
-        };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(result) => result?,
-            Err(_) => return Err(std::io::Error::other("write timed out")),
-        }
-        self.wbuf.clear();
-        Ok(())
-    }
-
-    /// Flushes the last replies and closes: our side first, then a short wait for the
-    /// client's, so unread input does not turn into a reset that eats our last reply.
-    async fn close(&mut self) -> std::io::Result<()> {
-        self.flush().await?;
-        let _ = self.stream.shutdown().await;
-        let mut sink = [0u8; 4096];
-        let drain = async {
-            while let Ok(n) = self.stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(LINGER, drain).await;
-        Ok(())
-    }
-
-    fn shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
     }
 
     /// Who the client is, for a new envelope.
@@ -505,13 +494,6 @@ impl Session {
 
     pub(crate) fn config(&self) -> &SmtpConfig {
         &self.shared.config
-    }
-}
-
-async fn wait_for_shutdown(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|down| *down).await.is_err() {
-        // The server is gone without signalling: nothing will ever come.
-        std::future::pending::<()>().await;
     }
 }
 

@@ -1,6 +1,9 @@
 //! Tests against a real socket on 127.0.0.1:0: a recording [`MailHandler`] behind
 //! [`serve`], driven by a small line-oriented client (and by swaks when it is installed).
-//! Every read has a timeout, so a broken server fails a test instead of hanging it.
+//! Every read has a timeout, so a broken server fails a test instead of hanging it. Tests
+//! of timers (read deadlines, connect wait, shutdown grace) run on tokio's paused clock:
+//! the runtime skips ahead whenever every task waits, so they take no real time.
+//! Verb sequencing without a socket is `tests_table.rs`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -502,7 +505,7 @@ async fn recipients_past_the_limit_get_452() {
     assert_eq!(server.handler.messages()[0].0.rcpts.len(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn connections_over_the_limits_get_421() {
     let server = Server::start(
         Protocol::Smtp,
@@ -545,7 +548,7 @@ async fn connections_over_the_limits_get_421() {
     first.expect("NOOP", "250").await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn command_timeout_closes_only_the_idle_session() {
     let server = Server::start(
         Protocol::Smtp,
@@ -564,7 +567,7 @@ async fn command_timeout_closes_only_the_idle_session() {
     busy.expect("NOOP", "250").await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn data_timeout_closes_the_session_without_delivering() {
     let server = Server::start(
         Protocol::Smtp,
@@ -809,7 +812,7 @@ async fn shutdown_lets_the_transaction_in_flight_finish() {
     assert_eq!(report.sessions, 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_aborts_what_is_left_after_the_grace_period() {
     let hold = Arc::new(Semaphore::new(0));
     let mut server = Server::start(
@@ -1214,7 +1217,7 @@ async fn out_of_range_parameters_are_refused() {
 
 /// A connection that finds every slot taken waits for one (as in a listen queue) instead of
 /// being refused at once; past `connect_wait` it gets `421 4.3.2`.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_full_listener_makes_new_connections_wait_for_a_slot() {
     let server = Server::start(
         Protocol::Smtp,
@@ -1238,8 +1241,8 @@ async fn a_full_listener_makes_new_connections_wait_for_a_slot() {
     first.expect("QUIT", "221").await;
     let (greeting, mut c) = waiter.await.unwrap();
     assert!(greeting.starts_with("220 "), "{greeting}");
-    // and one that waits longer than connect_wait is refused
-    let start = std::time::Instant::now();
+    // and one that waits longer than connect_wait is refused (on tokio's clock, paused here)
+    let start = tokio::time::Instant::now();
     let mut late = Client::new(TcpStream::connect(server.addr).await.unwrap());
     late.expect_reply("421 4.3.2").await;
     assert!(start.elapsed() >= Duration::from_secs(3));

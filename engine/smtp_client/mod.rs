@@ -237,7 +237,7 @@ impl Session {
                 std::mem::replace(&mut s.io, BufStream::new(MaybeTls::Upgrading)).into_inner();
             let connector = crate::tls::opportunistic_client_config()
                 .map(tokio_rustls::TlsConnector::from)
-                .map_err(|e| SmtpOutcome::failure_at(Stage::Starttls, "protocol", e))?;
+                .map_err(|e| SmtpOutcome::failure_at(Stage::Starttls, "protocol", e.to_string()))?;
             stream
                 .connect_tls(&connector, server_name(&host))
                 .await

@@ -45,6 +45,43 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Why a store could not be opened (at start; [`StoreError`] is for what comes after).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory of the SQLite file cannot be created.
+    #[error("state_dir {}: {error}", dir.display())]
+    StateDir { dir: PathBuf, error: std::io::Error },
+    /// The SQLite file cannot be opened, given its schema or read.
+    #[error("store {}: {error}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        error: rusqlite::Error,
+    },
+    /// The SQLite writer thread did not start.
+    #[error(transparent)]
+    Thread(std::io::Error),
+    /// A Redis URL or client the redis crate refuses.
+    #[error(transparent)]
+    Redis(#[from] ::redis::RedisError),
+    #[error("no Redis URL")]
+    NoRedisUrl,
+}
+
+/// A `store` setting that names no store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("redis+cluster:// needs at least one host:port")]
+    NoClusterHost,
+    /// A Redis URL the redis crate refuses, with its reason.
+    #[error("`{url}`: {reason}")]
+    RedisUrl { url: String, reason: String },
+    /// None of memory, sqlite, redis://, rediss://, unix://, redis+cluster://.
+    #[error(
+        "`{0}` is not a store: give memory, sqlite, redis://host:port[/db] or redis+cluster://host:port,host:port"
+    )]
+    Unknown(String),
+}
+
 /// What a store holds now (`iwf store stats`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
@@ -169,7 +206,7 @@ pub enum Backend {
 impl Backend {
     /// Reads the config value `store` (`memory`, `sqlite`, `redis://…`,
     /// `redis+cluster://h1:p1,h2:p2`); the SQLite file lives in `state_dir`.
-    pub fn parse(store: &str, state_dir: &std::path::Path) -> Result<Backend, String> {
+    pub fn parse(store: &str, state_dir: &std::path::Path) -> Result<Backend, BackendError> {
         let s = store.trim();
         if s == "memory" {
             Ok(Backend::Memory)
@@ -182,7 +219,7 @@ impl Backend {
                 .map(|h| format!("redis://{h}"))
                 .collect();
             if urls.is_empty() {
-                return Err("redis+cluster:// needs at least one host:port".into());
+                return Err(BackendError::NoClusterHost);
             }
             Ok(Backend::Redis {
                 urls,
@@ -192,22 +229,23 @@ impl Backend {
             || s.starts_with("rediss://")
             || s.starts_with("unix://")
         {
-            ::redis::Client::open(s).map_err(|e| format!("`{s}`: {e}"))?;
+            ::redis::Client::open(s).map_err(|e| BackendError::RedisUrl {
+                url: s.to_string(),
+                reason: e.to_string(),
+            })?;
             Ok(Backend::Redis {
                 urls: vec![s.to_string()],
                 cluster: false,
             })
         } else {
-            Err(format!(
-                "`{s}` is not a store: give memory, sqlite, redis://host:port[/db] or redis+cluster://host:port,host:port"
-            ))
+            Err(BackendError::Unknown(s.to_string()))
         }
     }
 
     /// Opens the store (a SQLite file is created with its directory; Redis is connected
     /// lazily, so iwf starts while Redis is down and answers 4xx until it is back).
     /// Records expire on `clock`.
-    pub fn open(&self, limits: Limits, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Store>> {
+    pub fn open(&self, limits: Limits, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, OpenError> {
         Ok(match self {
             Backend::Memory => Arc::new(MemoryStore::new(limits, clock)),
             Backend::Sqlite(path) => Arc::new(SqliteStore::open(path, limits, clock)?),

@@ -25,7 +25,9 @@ use tokio::sync::Mutex;
 
 use crate::clock::Clock;
 
-use super::{BoxFuture, Fields, Limits, Lookup, Stats, Store, StoreError, failed, ms, rcpt_key};
+use super::{
+    BoxFuture, Fields, Limits, Lookup, OpenError, Stats, Store, StoreError, failed, ms, rcpt_key,
+};
 
 /// Deadline of every Redis call.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,7 +88,7 @@ impl RedisStore {
         cluster: bool,
         limits: Limits,
         clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<RedisStore> {
+    ) -> Result<RedisStore, OpenError> {
         let location = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
         let conn = if cluster {
             let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
@@ -99,9 +101,7 @@ impl RedisStore {
                 conn: Mutex::new(None),
             }
         } else {
-            let url = urls
-                .first()
-                .ok_or_else(|| anyhow::anyhow!("no Redis URL"))?;
+            let url = urls.first().ok_or(OpenError::NoRedisUrl)?;
             let client = redis::Client::open(url.as_str())?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(TIMEOUT))

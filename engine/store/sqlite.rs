@@ -32,7 +32,8 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 
 use super::{
-    BoxFuture, Fields, Limits, Lookup, Stats, Store, StoreError, failed, ms, now_ms, rcpt_key,
+    BoxFuture, Fields, Limits, Lookup, OpenError, Stats, Store, StoreError, failed, ms, now_ms,
+    rcpt_key,
 };
 
 /// Reader connections.
@@ -109,30 +110,40 @@ fn as_i64(v: u64) -> i64 {
 impl SqliteStore {
     /// Opens (creating it and its directory if needed) the database at `path` and starts
     /// the writer thread. Records expire on `clock`.
-    pub fn open(path: &Path, limits: Limits, clock: Arc<dyn Clock>) -> anyhow::Result<SqliteStore> {
+    pub fn open(
+        path: &Path,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<SqliteStore, OpenError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|error| OpenError::StateDir {
+                dir: dir.to_path_buf(),
+                error,
+            })?;
         }
+        let sqlite = |error| OpenError::Sqlite {
+            path: path.to_path_buf(),
+            error,
+        };
         let limits = Limits {
             max_records: limits.max_records.max(1),
             ..limits
         };
         let writer_conn = open_connection(path)
             .and_then(|c| c.execute_batch(SCHEMA).map(|_| c))
-            .map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
+            .map_err(sqlite)?;
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
+            .map_err(sqlite)?;
         let (tx, rx) = mpsc::channel();
-        let mut w = Writer::new(writer_conn, limits, clock.clone())
-            .map_err(|e| anyhow::anyhow!("store {}: {e}", path.display()))?;
+        let mut w = Writer::new(writer_conn, limits, clock.clone()).map_err(sqlite)?;
         let thread = std::thread::Builder::new()
             .name("iwf-store-writer".into())
-            .spawn(move || w.run(rx))?;
+            .spawn(move || w.run(rx))
+            .map_err(OpenError::Thread)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(Some(tx)),

@@ -233,7 +233,16 @@ fn backends_parse_from_the_config_value() {
             cluster: true
         })
     );
-    assert!(Backend::parse("postgres://x", dir).is_err());
+    assert_eq!(
+        Backend::parse("postgres://x", dir),
+        Err(BackendError::Unknown("postgres://x".into()))
+    );
+    assert_eq!(
+        Backend::parse("redis+cluster://", dir)
+            .unwrap_err()
+            .to_string(),
+        "redis+cluster:// needs at least one host:port"
+    );
 }
 
 #[test]

@@ -96,12 +96,14 @@ fuzz_target!(|data: &[u8]| {
             let verb = line.get(..4).unwrap_or_default();
             if verb.eq_ignore_ascii_case(b"MAIL") {
                 if let Err(r) = check_mail(&line, MAX_SIZE) {
+                    let r = r.to_string();
                     assert!(r.len() <= 512 && !r.contains(['\r', '\n']), "{r:?}");
                 }
                 let _ = parameters(&line);
             } else if verb.eq_ignore_ascii_case(b"RCPT")
                 && let Err(r) = check_rcpt(&line)
             {
+                let r = r.to_string();
                 assert!(r.len() <= 512 && !r.contains(['\r', '\n']), "{r:?}");
             }
             if let Ok(smtp_proto::Request::Data) = smtp_proto::Request::parse(&mut line.iter()) {
