@@ -6,7 +6,11 @@
 //! mapping reference §7 Q10).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::ids::Ids;
 
 use crate::msrp::{self, ClientConfig, OutgoingMessage};
 use crate::outcome::{FailureKind, Outcome, Protocol};
@@ -62,8 +66,15 @@ fn final_sip(status: u16, reason: &str) -> Outcome {
 }
 
 /// Delivers `d` in large mode and returns its outcome.
-pub async fn deliver(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig) -> Outcome {
-    match tokio::time::timeout(cfg.session_cap, deliver_uncapped(sip, d, cfg)).await {
+pub async fn deliver(
+    sip: &dyn SipBackend,
+    d: &Delivery,
+    cfg: &LargeConfig,
+    clock: &Arc<dyn Clock>,
+    ids: &Arc<dyn Ids>,
+) -> Outcome {
+    let uncapped = deliver_uncapped(sip, d, cfg, clock, ids);
+    match tokio::time::timeout(cfg.session_cap, uncapped).await {
         Ok(o) => o,
         Err(_) => Outcome::Failure {
             kind: FailureKind::SessionCap,
@@ -76,12 +87,18 @@ pub async fn deliver(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig) -> O
     }
 }
 
-async fn deliver_uncapped(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig) -> Outcome {
-    let session = crate::ids::Ids::ident(&crate::ids::RandomIds);
+async fn deliver_uncapped(
+    sip: &dyn SipBackend,
+    d: &Delivery,
+    cfg: &LargeConfig,
+    clock: &Arc<dyn Clock>,
+    ids: &Arc<dyn Ids>,
+) -> Outcome {
+    let session = ids.ident();
     let tls = cfg.tls.clone().map(tokio_rustls::TlsConnector::from);
     let local_path = msrp_path(cfg.host, cfg.port, &session, tls.is_some());
     let offer = SdpOffer {
-        session_id: rand::random::<u32>() as u64,
+        session_id: ids.bits() >> 32,
         host: cfg.host,
         port: cfg.port,
         session_path: local_path.clone(),
@@ -124,6 +141,8 @@ async fn deliver_uncapped(sip: &dyn SipBackend, d: &Delivery, cfg: &LargeConfig)
             ClientConfig {
                 chunk_size: cfg.chunk_size.max(1),
                 response_timeout: cfg.response_timeout,
+                clock: clock.clone(),
+                ids: ids.clone(),
                 ..ClientConfig::default()
             },
         );
@@ -244,7 +263,14 @@ mod tests {
             response_timeout: Duration::from_secs(5),
             ..LargeConfig::default()
         };
-        let outcome = deliver(&backend, &delivery, &cfg).await;
+        let outcome = deliver(
+            &backend,
+            &delivery,
+            &cfg,
+            &crate::clock::system(),
+            &crate::ids::random(),
+        )
+        .await;
         assert!(
             matches!(
                 outcome,

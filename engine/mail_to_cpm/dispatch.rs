@@ -27,13 +27,18 @@ pub trait Backend: Send + Sync {
 pub struct Network<'a> {
     pub sip: &'a dyn SipBackend,
     pub large: &'a crate::large::LargeConfig,
+    /// For large mode's MSRP session: its deadlines, ids and SDP session id.
+    pub clock: &'a std::sync::Arc<dyn Clock>,
+    pub ids: &'a std::sync::Arc<dyn Ids>,
 }
 
 impl Backend for Network<'_> {
     fn send<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
         match delivery.mode {
             Mode::Pager => self.sip.send_message(delivery),
-            Mode::Large => Box::pin(crate::large::deliver(self.sip, delivery, self.large)),
+            Mode::Large => Box::pin(crate::large::deliver(
+                self.sip, delivery, self.large, self.clock, self.ids,
+            )),
         }
     }
 }

@@ -132,6 +132,8 @@ impl Gateway {
         let backend = Network {
             sip: &*self.sip,
             large: &self.large,
+            clock: &self.clock,
+            ids: &self.ids,
         };
         let dispatch = Dispatch {
             rules: &rules,

@@ -527,7 +527,14 @@ fn large_message_mode_arrives_as_one_mail() {
         for (i, size) in [5_000usize, 100_000, 5_000_000].into_iter().enumerate() {
             let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
             let d = large_delivery(&payload);
-            let o = iwf::large::deliver(&client, &d, &cfg).await;
+            let o = iwf::large::deliver(
+                &client,
+                &d,
+                &cfg,
+                &iwf::clock::system(),
+                &iwf::ids::random(),
+            )
+            .await;
             assert!(
                 matches!(o, Outcome::Final { status: 200, .. }),
                 "{size} bytes: {o:?}"
@@ -575,7 +582,14 @@ fn large_message_refused_by_the_smarthost_fails_the_last_chunk() {
     rt.block_on(async {
         let (_server, client, cfg) = large_pair(sink.port).await;
         let d = large_delivery(&[b'x'; 50_000]);
-        let o = iwf::large::deliver(&client, &d, &cfg).await;
+        let o = iwf::large::deliver(
+            &client,
+            &d,
+            &cfg,
+            &iwf::clock::system(),
+            &iwf::ids::random(),
+        )
+        .await;
         assert!(
             matches!(
                 o,
