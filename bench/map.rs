@@ -6,11 +6,11 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use iwf::envelope::{Client, Envelope, MailFrom, Rcpt};
 use iwf::ids::{SequentialIds, fixed_now};
-use iwf::mail::Mail;
-use iwf::mapper;
+use iwf::mail_to_cpm::mail::Mail;
+use iwf::mail_to_cpm::phases;
 use iwf::render::sip;
+use iwf::smtp::envelope::{Client, Envelope, MailFrom, Rcpt};
 
 fn mail_1k() -> Vec<u8> {
     let mut m = String::from(
@@ -42,15 +42,15 @@ fn bench(c: &mut Criterion) {
         client: Client::default(),
         received_at: fixed_now(),
     };
-    let accepted = mapper::RcptDecision::Accept {
+    let accepted = phases::RcptDecision::Accept {
         uri: "tel:+15551234567".to_string(),
     };
     let ids = SequentialIds::new();
     let stamp = iwf::mail_to_cpm::dryrun::stamp(&ids, &rules);
-    let ctx = iwf::plan::PlanContext {
+    let ctx = iwf::mail_to_cpm::plan::PlanContext {
         now: fixed_now(),
         ids: &ids,
-        peers: &iwf::peer_memory::Unknown,
+        peers: &iwf::mail_to_cpm::peer_memory::Unknown,
         explain: false,
     };
 
@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             // The plan step `iwf serve` runs at the end of DATA, for a recipient the
             // RCPT step accepted.
-            let plan = iwf::plan::plan_decided(
+            let plan = iwf::mail_to_cpm::plan::plan_decided(
                 &rules,
                 &envelope,
                 black_box(&raw),

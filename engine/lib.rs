@@ -1,32 +1,52 @@
 //! # iwf — e-mail ⇄ CPM interworking function
 //!
-//! A built-in ESMTP/LMTP server receives mail; a rule engine maps each mail to SIP requests
-//! (pager mode MESSAGE, or INVITE + MSRP in Large Message Mode); a SIP back end sends them;
-//! the outcome becomes the SMTP reply — 250 only after a SIP 2xx.
-//!
-//! ## Data flow
+//! Two pipelines over shared protocol mechanisms. Each has the same shape: a pure *plan*
+//! step (input + one rule-set generation → what to send, or refusals), an async *dispatch*
+//! step (send through a back end, retry in another form when a rule says so), and a pure
+//! *answer* step (outcomes → the reply owed to the side that is waiting).
 //!
 //! ```text
-//! smtp (session, limits) ─► envelope + raw mail
-//!        │ RCPT TO          mapper::resolve_recipient   (phases: address, recipient)
-//!        │ end of DATA      mail (mail-parser) ─► mapper::plan_mail (phase: message)
-//!        ▼                                   ─► plan::Delivery per recipient
-//! sip / msrp back ends ─► outcome::Outcome ─► mapper::respond (phase: response)
-//!                                         ─► mapper::aggregate (phase: transaction) ─► reply
+//! mail → CPM  (mail_to_cpm/)
+//!   smtp::Session ──RCPT──► plan::route              phases address, recipient
+//!                 ──DATA──► plan::plan               phase message   → Route per RCPT, Delivery per request
+//!                           dispatch::Dispatch::one  Backend::send (Network: SIP MESSAGE | INVITE + MSRP;
+//!                                                    dryrun::Recorder for `iwf map`), phase response,
+//!                                                    plan::retry builds the other form from the plan
+//!                           answer::answer           phase transaction → per-RCPT replies, DATA reply,
+//!                                                    DSN owed, records to keep (250 only after a 2xx)
+//!
+//! CPM → mail  (cpm_to_mail/)
+//!   sip listener ──MESSAGE──► plan::plan             phases cpm_address, cpm_message → mail + envelope
+//!                             uas (dispatch)         smtp_client to the smarthost (plan again with its caps)
+//!                             answer::respond        phase cpm_response → SIP final response
+//!                                                    (2xx only after the smarthost's 250)
+//!
+//! reports across the border  (reports/)
+//!   IMDN from CPM ──► from_cpm   phase cpm_report  → DSN / MDN mail   (records in store/)
+//!   DSN / MDN mail ──► from_mail phase mail_report → IMDN MESSAGE
 //! ```
 //!
-//! The other direction ([`reverse`], CPM → e-mail): the SIP sockets also answer MESSAGE to
-//! mail users; phases `cpm_address`, `cpm_message`, `cpm_response` turn it into a mail that
-//! [`smtp_client`] hands to the smarthost, and the smarthost's reply into the SIP answer
-//! (202 only after its 250).
+//! | folder | what |
+//! |---|---|
+//! | [`mail_to_cpm`] | the gateway (SMTP handler), plan / dispatch / answer, large mode, the dry run, the peer memory |
+//! | [`cpm_to_mail`] | the SIP UAS for mail users, its plan and answer, MSRP sessions in, mail threads |
+//! | [`reports`] | IMDN ⇄ DSN / MDN: codecs, correlation records, the report phases |
+//! | [`smtp`], [`smtp_client`], [`sip`], [`msrp`] | protocol mechanisms: ESMTP/LMTP server (socket-free session + driver), smarthost client, SIP back end and answerer, MSRP codec/client/receiver |
+//! | [`dsl`], [`ruleset`] | the rule language; rule files, phases as data, running a phase, self-tests |
+//! | [`render`] | header encoder, SIP requests on rsipstack's types, CPIM, resource-lists, SDP |
+//! | [`store`] | delivery and correlation records: memory, SQLite, Redis |
+//! | [`ops`] | config, serve, reload, metrics, logging, shutdown, the demo endpoint |
+//! | [`clock`], [`ids`] | the only sources of time and randomness, injected everywhere |
+//! | [`tls`] | one rustls server/client configuration and one plain/TLS stream |
 //!
 //! Every mapping decision is a rule in `rules/` ([`ruleset`], compiled from the [`dsl`]);
-//! Rust provides the mechanisms: parsing ([`envelope`], [`mail`]), rendering ([`render`]:
-//! SIP on rsipstack's types, CPIM, resource-lists, with one header [`render::encoder`]
-//! that refuses CR/LF), and the protocol front and back ends.
+//! Rust provides the mechanisms. Decisions are pure functions of their inputs — the clock's
+//! reading and the ids are passed in — and sockets live in thin async layers, so
+//! `iwf map` runs the plan, dispatch and answer code of `iwf serve` with a back end that
+//! records instead of sending:
 //!
 //! ```
-//! use iwf::{mail_to_cpm::dryrun, ids, ruleset, envelope::Rcpt};
+//! use iwf::{mail_to_cpm::dryrun, ids, ruleset};
 //! let rules = ruleset::load(std::path::Path::new("rules"), 1).unwrap();
 //! let ids = ids::SequentialIds::new();
 //! let run = dryrun::run(&rules, b"From: a@mail.example.org\r\nTo: +15551234567@cpm.example.net\r\n\r\nhi\r\n",
@@ -36,33 +56,16 @@
 //! ```
 
 pub mod clock;
-pub mod config;
-pub mod demo;
+pub mod cpm_to_mail;
 pub mod dsl;
-pub mod dsn;
-pub mod envelope;
 pub mod ids;
-pub mod large;
-pub mod logging;
-pub mod mail;
 pub mod mail_to_cpm;
-pub mod mapper;
-pub mod metrics;
 pub mod msrp;
-pub mod outcome;
-pub mod peer_memory;
-pub mod plan;
-pub mod reload;
+pub mod ops;
 pub mod render;
-pub mod reply;
 pub mod reports;
-pub mod reverse;
 pub mod ruleset;
-pub mod selftest;
-pub mod server;
-pub mod shutdown;
 pub mod sip;
-pub mod smarthost;
 pub mod smtp;
 pub mod smtp_client;
 pub mod store;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use iwf::clock::{Clock, SystemClock};
-use iwf::envelope::{Client, MailFrom, Rcpt};
 use iwf::ids::{Ids, RandomIds, SequentialIds};
 use iwf::mail_to_cpm::dryrun::{self, Options};
 use iwf::ruleset::{self, diag};
+use iwf::smtp::envelope::{Client, MailFrom, Rcpt};
 
 #[derive(Parser)]
 #[command(name = "iwf", version, about = "E-mail <-> CPM interworking function")]
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
 }
 
 fn store(action: StoreAction, config: Option<PathBuf>) -> ExitCode {
-    let cfg = match iwf::config::Config::load(config.as_deref(), &Default::default()) {
+    let cfg = match iwf::ops::config::Config::load(config.as_deref(), &Default::default()) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("error: {e}");
@@ -157,7 +157,7 @@ fn store(action: StoreAction, config: Option<PathBuf>) -> ExitCode {
 }
 
 fn serve(a: ServeArgs, demo: bool) -> ExitCode {
-    let overrides = iwf::config::Overrides {
+    let overrides = iwf::ops::config::Overrides {
         rules: a.rules,
         smtp_listen: a.smtp_listen,
         lmtp_listen: a.lmtp_listen,
@@ -166,14 +166,14 @@ fn serve(a: ServeArgs, demo: bool) -> ExitCode {
         metrics_listen: a.metrics_listen,
         log_format: a.log_format,
     };
-    let cfg = match iwf::config::Config::load(a.config.as_deref(), &overrides) {
+    let cfg = match iwf::ops::config::Config::load(a.config.as_deref(), &overrides) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    iwf::logging::init(cfg.log_format);
+    iwf::ops::logging::init(cfg.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -181,7 +181,7 @@ fn serve(a: ServeArgs, demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(async { anyhow::Ok(iwf::server::serve(cfg, demo).await?) });
+    let result = rt.block_on(async { anyhow::Ok(iwf::ops::server::serve(cfg, demo).await?) });
     // Whatever is still running (a reload in progress, idle tasks) may not hold up exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
@@ -200,7 +200,7 @@ fn check(dir: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(rules) => {
-            let failures = iwf::selftest::run_all(&rules);
+            let failures = iwf::ruleset::selftest::run_all(&rules);
             for f in &failures {
                 eprintln!("error: {f}");
             }
@@ -299,7 +299,7 @@ fn map(a: MapArgs) -> ExitCode {
     if a.sip.is_some() {
         return map_sip(&rules, &raw, &a, record.as_ref());
     }
-    let raw = iwf::mail::crlf_line_ends(raw);
+    let raw = iwf::mail_to_cpm::mail::crlf_line_ends(raw);
     let mail_from = match a.mail_from.as_deref().map(MailFrom::parse).transpose() {
         Ok(m) => m,
         Err(e) => {
@@ -435,8 +435,9 @@ fn map_sip(
     } else {
         (RandomIds.token(), SystemClock.now())
     };
-    let run =
-        iwf::reverse::uas::dry_run_with_record(rules, raw, &caps, token, now, a.explain, record);
+    let run = iwf::cpm_to_mail::uas::dry_run_with_record(
+        rules, raw, &caps, token, now, a.explain, record,
+    );
     match a.format {
         Format::Json => match serde_json::to_string_pretty(&run) {
             Ok(s) => println!("{s}"),
@@ -450,7 +451,7 @@ fn map_sip(
     ExitCode::SUCCESS
 }
 
-fn render_sip_run(run: &iwf::reverse::uas::DryRun) -> String {
+fn render_sip_run(run: &iwf::cpm_to_mail::uas::DryRun) -> String {
     if let Some(r) = &run.report {
         return render_report("IMDN (a report about a message iwf sent)", r);
     }

@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use iwf::envelope::{Envelope, Rcpt};
+use futures::future::BoxFuture;
 use iwf::ids::RandomIds;
 use iwf::mail_to_cpm::{Gateway, MemoryStore};
-use iwf::reply::Reply;
 use iwf::sip::{Answerer, AnswererConfig, ReceivedRequest, RsipBackend, SipConfig};
-use iwf::smtp::{self, BoxFuture, DataReplies, MailHandler, Protocol, SmtpConfig};
+use iwf::smtp::envelope::{Envelope, Rcpt};
+use iwf::smtp::reply::Reply;
+use iwf::smtp::{self, DataReplies, MailHandler, Protocol, SmtpConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -66,7 +67,7 @@ async fn start_with(next_hop: Option<(String, iwf::sip::Timers)>, limits: smtp::
     .await
     .unwrap();
     let msrp_addr = msrp.local_addr();
-    let answer = iwf::demo::sdp_answer(&msrp.uri("abuse"), "127.0.0.1", msrp_addr.port());
+    let answer = iwf::ops::demo::sdp_answer(&msrp.uri("abuse"), "127.0.0.1", msrp_addr.port());
     tokio::spawn(async move { while msrp_rx.recv().await.is_some() {} });
     let policy = move |req: &ReceivedRequest| {
         seen_in.lock().unwrap().push(req.clone());
@@ -130,7 +131,7 @@ async fn start_with(next_hop: Option<(String, iwf::sip::Timers)>, limits: smtp::
         clock: iwf::clock::system(),
         store: Arc::new(MemoryStore::default()),
         protocol: Protocol::Smtp,
-        large: iwf::large::LargeConfig::default(),
+        large: iwf::mail_to_cpm::large::LargeConfig::default(),
         smarthost: Some(sh_addr.to_string()),
         hostname: "iwf.example.net".into(),
         reports: None,
@@ -840,7 +841,7 @@ async fn commands_out_of_order_and_nul_octets() {
 async fn mail_parser_debug_assertion_input_gets_a_reply() {
     let h = start().await;
     let raw = std::fs::read("tests/fixtures/reports/regress-mailparser-debug-assert.bin").unwrap();
-    let mut mail = iwf::mail::crlf_line_ends(raw);
+    let mut mail = iwf::mail_to_cpm::mail::crlf_line_ends(raw);
     // dot-stuffing as a client would, then the end of data
     let mut stuffed = Vec::new();
     for line in mail.split_inclusive(|&b| b == b'\n') {

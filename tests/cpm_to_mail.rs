@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use iwf::reverse::uas::{DryRun, dry_run};
+use iwf::cpm_to_mail::uas::{DryRun, dry_run};
 use iwf::ruleset::{self, RuleSet, diag};
 use iwf::smtp_client::Caps;
 
@@ -305,7 +305,7 @@ fn smtputf8_next_hop_gets_utf8_headers_else_rfc2047() {
 
 #[test]
 fn a_reply_in_a_known_conversation_threads_into_the_mail() {
-    use iwf::reverse::{Ctx, MemoryThreads, Thread, ThreadStore, plan};
+    use iwf::cpm_to_mail::{Ctx, MemoryThreads, Thread, ThreadStore, plan};
     let rules = rules();
     let store = MemoryThreads::default();
     store.remember(
@@ -318,7 +318,7 @@ fn a_reply_in_a_known_conversation_threads_into_the_mail() {
     let mut wire = message("text/plain", "answer");
     let at = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     wire.splice(at..at, b"\r\nConversation-ID: conv-1".iter().copied());
-    let inc = iwf::reverse::Incoming::parse(&wire).unwrap();
+    let inc = iwf::cpm_to_mail::Incoming::parse(&wire).unwrap();
     let ctx = Ctx {
         now: iwf::ids::fixed_now(),
         token: "tok".into(),

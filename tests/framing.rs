@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iwf::envelope::{Envelope, Rcpt};
-use iwf::reply::Reply;
-use iwf::smtp::{BoxFuture, DataReplies, MailHandler, Protocol, SmtpConfig, serve};
+use futures::future::BoxFuture;
+use iwf::smtp::envelope::{Envelope, Rcpt};
+use iwf::smtp::reply::Reply;
+use iwf::smtp::{DataReplies, MailHandler, Protocol, SmtpConfig, serve};
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

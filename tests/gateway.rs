@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use iwf::envelope::{Envelope, Rcpt};
+use futures::future::BoxFuture;
 use iwf::ids::RandomIds;
 use iwf::mail_to_cpm::{Gateway, MemoryStore};
-use iwf::reply::Reply;
 use iwf::sip::{Answerer, AnswererConfig, ReceivedRequest, RsipBackend, SipConfig};
-use iwf::smtp::{self, BoxFuture, DataReplies, MailHandler, Protocol, SmtpConfig};
+use iwf::smtp::envelope::{Envelope, Rcpt};
+use iwf::smtp::reply::Reply;
+use iwf::smtp::{self, DataReplies, MailHandler, Protocol, SmtpConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -132,7 +133,7 @@ async fn start(status: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> H
             clock: iwf::clock::system(),
             store: store.clone(),
             protocol,
-            large: iwf::large::LargeConfig::default(),
+            large: iwf::mail_to_cpm::large::LargeConfig::default(),
             smarthost: Some(sh_addr.to_string()),
             hostname: "iwf.example.net".into(),
             reports: Some(reports.clone()),

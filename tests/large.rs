@@ -664,7 +664,7 @@ async fn sip_peer(
                     .with_header("Contact", c.get().map(String::as_str).unwrap_or(""))
                     .with_body(
                         "application/sdp",
-                        iwf::demo::sdp_answer(path, &uri.host, uri.port).as_bytes(),
+                        iwf::ops::demo::sdp_answer(path, &uri.host, uri.port).as_bytes(),
                     )
             }
         }

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use iwf::envelope::{Client, MailFrom, Rcpt};
 use iwf::ids::{SequentialIds, fixed_now};
 use iwf::mail_to_cpm::dryrun::{self, DryRun, Options};
 use iwf::ruleset::{self, RuleSet, diag};
+use iwf::smtp::envelope::{Client, MailFrom, Rcpt};
 
 pub(crate) fn rules() -> RuleSet {
     ruleset::load(Path::new("rules"), 1).unwrap_or_else(|d| panic!("{}", diag::render_all(&d)))
@@ -35,7 +35,7 @@ pub(crate) fn split_fixture(text: &[u8]) -> (Option<MailFrom>, Vec<Rcpt>, Vec<u8
         }
         rest = &rest[(end + 1).min(rest.len())..];
     }
-    let raw = iwf::mail::crlf_line_ends(rest.to_vec());
+    let raw = iwf::mail_to_cpm::mail::crlf_line_ends(rest.to_vec());
     (mail_from, rcpts, raw)
 }
 
@@ -200,7 +200,7 @@ fn snapshots() {
 fn shipped_rules_pass_their_self_tests() {
     let rules = rules();
     assert!(rules.tests.len() >= 10);
-    let failures = iwf::selftest::run_all(&rules);
+    let failures = iwf::ruleset::selftest::run_all(&rules);
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
@@ -325,7 +325,7 @@ fn readme_config_example_loads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("iwf.yaml");
     std::fs::write(&path, example).unwrap();
-    let cfg = iwf::config::Config::load(Some(&path), &Default::default())
+    let cfg = iwf::ops::config::Config::load(Some(&path), &Default::default())
         .unwrap_or_else(|e| panic!("README config example: {e}"));
     assert_eq!(cfg.smarthost.as_deref(), Some("127.0.0.1:25"));
 }

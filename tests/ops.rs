@@ -747,7 +747,7 @@ async fn reload_latency() {
         "reload latency over {} saves (debounce {} ms): p50 {:.0} ms, p95 {:.0} ms, min {:.0} ms, max {:.0} ms; \
          build+self-tests per reload: median {} ms",
         took.len(),
-        iwf::reload::DEFAULT_DEBOUNCE.as_millis(),
+        iwf::ops::reload::DEFAULT_DEBOUNCE.as_millis(),
         pct(0.50),
         pct(0.95),
         ms(took[0]),

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use iwf::dsl::parser::{parse_expression, parse_template};
-use iwf::envelope::{Client, Rcpt};
 use iwf::ids::{SequentialIds, fixed_now};
 use iwf::mail_to_cpm::dryrun::{self, Options};
+use iwf::smtp::envelope::{Client, Rcpt};
 use proptest::prelude::*;
 
 proptest! {

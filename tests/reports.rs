@@ -66,7 +66,7 @@ pub fn report_flows() {
     s.bind(|| {
         insta::glob!("fixtures/report-flows/*.sip", |path| {
             let (record, wire) = record_of(&std::fs::read(path).unwrap());
-            let run = iwf::reverse::uas::dry_run_with_record(
+            let run = iwf::cpm_to_mail::uas::dry_run_with_record(
                 &rules,
                 &crate::cpm_to_mail::wire(&wire),
                 &iwf::smtp_client::Caps::default(),

@@ -5,12 +5,12 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::envelope::Envelope;
-use crate::mapper;
-use crate::plan::{Route, TransactionPlan};
-use crate::reply::Reply;
+use crate::mail_to_cpm::phases;
+use crate::mail_to_cpm::plan::{Route, TransactionPlan};
 use crate::ruleset::RuleSet;
+use crate::smtp::envelope::Envelope;
 use crate::smtp::replies;
+use crate::smtp::reply::Reply;
 
 use super::dispatch::Dispatched;
 
@@ -51,7 +51,7 @@ pub fn answer(
                 Some(Route::Cpm(k)) => dispatched.get(*k).map(|d| {
                     relayed[i] = d.relayed
                         && d.reply.is_positive()
-                        && crate::dsn::relayed_wanted(envelope, &envelope.rcpts[i]);
+                        && crate::reports::dsn::relayed_wanted(envelope, &envelope.rcpts[i]);
                     d.reply.clone()
                 }),
                 Some(Route::Covered(k)) => dispatched.get(*k).map(|d| d.reply.clone()),
@@ -61,7 +61,7 @@ pub fn answer(
             reply.unwrap_or_else(replies::not_processed)
         })
         .collect();
-    let (mut transaction, dsn_owed) = mapper::aggregate(rules, envelope, &per_recipient, now, None);
+    let (mut transaction, dsn_owed) = phases::aggregate(rules, envelope, &per_recipient, now, None);
     // A report mail (DSN/MDN to b+<token>) has only report recipients: its DATA reply is
     // what became of the report, not the count of CPM recipients.
     let only_reports = !plan.routes.is_empty()
@@ -121,8 +121,8 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Client, MailFrom, Rcpt};
-    use crate::plan::Route;
+    use crate::mail_to_cpm::plan::Route;
+    use crate::smtp::envelope::{Client, MailFrom, Rcpt};
 
     fn rules() -> RuleSet {
         crate::ruleset::load(std::path::Path::new("rules"), 1)

@@ -7,15 +7,16 @@
 //! request and answers what it is told. Everything else is the same code.
 
 use crate::clock::Clock;
-use crate::envelope::{Envelope, Rcpt};
 use crate::ids::Ids;
-use crate::mapper::{self, ResponseDecision};
-use crate::outcome::Outcome;
-use crate::peer_memory::{Learned, PeerMemory};
-use crate::plan::{self, Delivery, Mode, PlanContext, RetryForm};
-use crate::reply::Reply;
+use crate::mail_to_cpm::outcome::Outcome;
+use crate::mail_to_cpm::peer_memory::{Learned, PeerMemory};
+use crate::mail_to_cpm::phases::{self, ResponseDecision};
+use crate::mail_to_cpm::plan::{self, Delivery, Mode, PlanContext, RetryForm};
 use crate::ruleset::RuleSet;
-use crate::sip::{BoxFuture, SipBackend};
+use crate::sip::SipBackend;
+use crate::smtp::envelope::{Envelope, Rcpt};
+use crate::smtp::reply::Reply;
+use futures::future::BoxFuture;
 
 /// Where requests go.
 pub trait Backend: Send + Sync {
@@ -26,7 +27,7 @@ pub trait Backend: Send + Sync {
 /// The network: pager mode through the SIP back end, large mode as INVITE + MSRP.
 pub struct Network<'a> {
     pub sip: &'a dyn SipBackend,
-    pub large: &'a crate::large::LargeConfig,
+    pub large: &'a crate::mail_to_cpm::large::LargeConfig,
     /// For large mode's MSRP session: its deadlines, ids and SDP session id.
     pub clock: &'a std::sync::Arc<dyn Clock>,
     pub ids: &'a std::sync::Arc<dyn Ids>,
@@ -36,7 +37,7 @@ impl Backend for Network<'_> {
     fn send<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
         match delivery.mode {
             Mode::Pager => self.sip.send_message(delivery),
-            Mode::Large => Box::pin(crate::large::deliver(
+            Mode::Large => Box::pin(crate::mail_to_cpm::large::deliver(
                 self.sip, delivery, self.large, self.clock, self.ids,
             )),
         }
@@ -82,7 +83,7 @@ impl Dispatch<'_> {
         let mut retried: Vec<RetryForm> = Vec::new();
         let mut outcome = self.backend.send(&delivery).await;
         loop {
-            let input = mapper::ResponseInput {
+            let input = phases::ResponseInput {
                 envelope: self.envelope,
                 rcpt: &rcpt,
                 uri: Some(&delivery.request_uri),
@@ -92,7 +93,7 @@ impl Dispatch<'_> {
                 imdn_requested: delivery.imdn_message_id.is_some(),
                 now: self.clock.now(),
             };
-            let (decision, notes) = mapper::respond_noting(self.rules, &input, None);
+            let (decision, notes) = phases::respond_noting(self.rules, &input, None);
             if let (Some(memory), Some(what)) = (
                 self.peers,
                 notes
@@ -131,7 +132,7 @@ impl Dispatch<'_> {
     /// included).
     fn replan(&self, rcpt: &Rcpt, uri: &str) -> Option<Delivery> {
         let accepted = [(rcpt.clone(), uri.to_string())];
-        let unknown = crate::peer_memory::Unknown;
+        let unknown = crate::mail_to_cpm::peer_memory::Unknown;
         let snapshot = self.peers.map(|m| m.at(self.clock.instant()));
         let ctx = PlanContext {
             now: self.clock.now(),
@@ -142,7 +143,7 @@ impl Dispatch<'_> {
             },
             explain: false,
         };
-        let mail = mapper::plan_mail(
+        let mail = phases::plan_mail(
             self.rules,
             self.envelope,
             &accepted,
@@ -153,7 +154,7 @@ impl Dispatch<'_> {
             false,
         );
         mail.planned.into_iter().find_map(|p| match p {
-            mapper::Planned::Deliver(d) => Some(d),
+            phases::Planned::Deliver(d) => Some(d),
             _ => None,
         })
     }

@@ -8,16 +8,16 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::clock::FixedClock;
-use crate::envelope::{Client, Envelope, MailFrom, Rcpt};
 use crate::ids::Ids;
-use crate::mail::Mail;
-use crate::mapper::{Fired, RcptDecision};
-use crate::outcome::Outcome;
-use crate::plan::{self, Delivery, Mode, PlanContext, Route, Stamp};
+use crate::mail_to_cpm::mail::Mail;
+use crate::mail_to_cpm::outcome::Outcome;
+use crate::mail_to_cpm::phases::{Fired, RcptDecision};
+use crate::mail_to_cpm::plan::{self, Delivery, Mode, PlanContext, Route, Stamp};
 use crate::render::sip;
-use crate::reply::Reply;
 use crate::ruleset::RuleSet;
-use crate::sip::BoxFuture;
+use crate::smtp::envelope::{Client, Envelope, MailFrom, Rcpt};
+use crate::smtp::reply::Reply;
+use futures::future::BoxFuture;
 
 use super::answer::{self, Answer};
 use super::dispatch::{Backend, Dispatch, Dispatched};
@@ -181,7 +181,7 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
     let ctx = PlanContext {
         now: opts.now,
         ids: opts.ids,
-        peers: &crate::peer_memory::Unknown,
+        peers: &crate::mail_to_cpm::peer_memory::Unknown,
         explain: opts.explain,
     };
     let plan = plan::plan_decided(rules, &envelope, raw, decisions, &ctx);
@@ -299,7 +299,7 @@ impl Backend for Recorder<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .push(rendered);
         Box::pin(std::future::ready(Outcome::Final {
-            protocol: crate::outcome::Protocol::Sip,
+            protocol: crate::mail_to_cpm::outcome::Layer::Sip,
             status: 200,
             reason: "OK".into(),
             headers: Vec::new(),

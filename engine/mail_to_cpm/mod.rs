@@ -22,6 +22,13 @@
 pub mod answer;
 pub mod dispatch;
 pub mod dryrun;
+pub mod facts;
+pub mod large;
+pub mod mail;
+pub mod outcome;
+pub mod peer_memory;
+pub mod phases;
+pub mod plan;
 pub mod relay;
 
 use std::sync::Arc;
@@ -29,16 +36,17 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::clock::Clock;
-use crate::envelope::{Envelope, Rcpt};
 use crate::ids::Ids;
-use crate::mapper::RcptDecision;
-use crate::plan::{self, Delivery, PlanContext, Route, TransactionPlan};
-use crate::reply::Reply;
+use crate::mail_to_cpm::phases::RcptDecision;
 use crate::reports::records::{MailFacts, SentRecord};
 use crate::ruleset::RuleSet;
 use crate::sip::SipBackend;
-use crate::smtp::{BoxFuture, DataReplies, MailHandler, Protocol, replies};
+use crate::smtp::envelope::{Envelope, Rcpt};
+use crate::smtp::reply::Reply;
+use crate::smtp::{DataReplies, MailHandler, Protocol, replies};
 use crate::store::StoreError;
+use futures::future::BoxFuture;
+use plan::{Delivery, PlanContext, Route, TransactionPlan};
 
 pub use crate::store::{MemoryStore, Store};
 use dispatch::{Dispatch, Dispatched, Network};
@@ -53,9 +61,9 @@ pub struct Gateway {
     pub store: Arc<dyn Store>,
     /// What CPM peers refused lately (the response rules' `learn:`), read by the message
     /// rules as `peer.*`.
-    pub peers: Arc<crate::peer_memory::PeerMemory>,
+    pub peers: Arc<crate::mail_to_cpm::peer_memory::PeerMemory>,
     pub protocol: Protocol,
-    pub large: crate::large::LargeConfig,
+    pub large: crate::mail_to_cpm::large::LargeConfig,
     /// Where DSNs go (`host:port`); without one, a transaction whose recipients partly
     /// failed for good is answered with the first permanent failure instead of 250 + DSN.
     pub smarthost: Option<String>,
@@ -78,7 +86,7 @@ impl MailHandler for Gateway {
                 RcptDecision::Report { .. } if self.reports.is_some() => Ok(()),
                 RcptDecision::Report { .. } => Err(replies::reports_not_taken(&address)),
                 RcptDecision::Reject(r) => {
-                    crate::metrics::rcpt_refused(self.protocol, &r);
+                    crate::ops::metrics::rcpt_refused(self.protocol, &r);
                     Err(r)
                 }
             }
@@ -87,7 +95,7 @@ impl MailHandler for Gateway {
 
     fn data(&self, envelope: Envelope, message: Vec<u8>) -> BoxFuture<'_, DataReplies> {
         // Counted, timed and logged as one transaction (engine/logging.rs).
-        Box::pin(crate::logging::in_transaction(
+        Box::pin(crate::ops::logging::in_transaction(
             self.protocol,
             self.clock.clone(),
             self.deliver(envelope, message),
@@ -195,7 +203,7 @@ impl Gateway {
                 )
                 .await;
         }
-        crate::logging::finish_transaction(&crate::logging::Transaction {
+        crate::ops::logging::finish_transaction(&crate::ops::logging::Transaction {
             protocol: self.protocol,
             generation: rules.generation,
             message_id: key.strip_prefix("id:"),
@@ -359,7 +367,7 @@ impl Gateway {
     ) -> DataReplies {
         tracing::warn!(mail = %key, "not delivered, answering 4xx: {e}");
         let replies = DataReplies::all(envelope, replies::delivery_state_unavailable());
-        crate::logging::finish_transaction(&crate::logging::Transaction {
+        crate::ops::logging::finish_transaction(&crate::ops::logging::Transaction {
             protocol: self.protocol,
             generation: rules.generation,
             message_id: key.strip_prefix("id:"),

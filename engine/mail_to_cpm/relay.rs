@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::envelope::Envelope;
-use crate::reply::Reply;
+use crate::smtp::envelope::Envelope;
 use crate::smtp::replies;
+use crate::smtp::reply::Reply;
 
 /// Where mail goes out.
 pub struct Smarthost<'a> {
@@ -40,7 +40,9 @@ impl Smarthost<'_> {
         to.sort_unstable();
         to.dedup();
         let from = envelope.mail_from.address.as_str();
-        match crate::smarthost::send(smarthost, self.hostname, from, &to, raw.to_vec()).await {
+        match crate::smtp_client::smarthost::send(smarthost, self.hostname, from, &to, raw.to_vec())
+            .await
+        {
             Ok(()) => {
                 tracing::info!(smarthost = %smarthost, to = ?to, "relayed as mail");
                 each(&replies::relayed)
@@ -72,22 +74,22 @@ impl Smarthost<'_> {
         reply: Reply,
         now: DateTime<Utc>,
     ) -> Reply {
-        let failed: Vec<crate::dsn::Failed> = envelope
+        let failed: Vec<crate::reports::dsn::Failed> = envelope
             .rcpts
             .iter()
             .zip(per_recipient)
             .filter(|(r, rep)| {
-                failures_owed && rep.is_permanent() && crate::dsn::wanted(envelope, r)
+                failures_owed && rep.is_permanent() && crate::reports::dsn::wanted(envelope, r)
             })
-            .map(|(rcpt, reply)| crate::dsn::Failed { rcpt, reply })
+            .map(|(rcpt, reply)| crate::reports::dsn::Failed { rcpt, reply })
             .collect();
-        let relays: Vec<crate::dsn::Failed> = envelope
+        let relays: Vec<crate::reports::dsn::Failed> = envelope
             .rcpts
             .iter()
             .zip(per_recipient)
             .zip(relayed)
             .filter(|(_, owed)| **owed)
-            .map(|((rcpt, reply), _)| crate::dsn::Failed { rcpt, reply })
+            .map(|((rcpt, reply), _)| crate::reports::dsn::Failed { rcpt, reply })
             .collect();
         if (failed.is_empty() && relays.is_empty()) || !reply.is_positive() {
             return reply;
@@ -101,8 +103,11 @@ impl Smarthost<'_> {
             tracing::warn!("no smarthost: the relayed DSN NOTIFY=SUCCESS asked for is not sent");
             return reply;
         };
-        let dsn = crate::dsn::build_report(self.hostname, envelope, &failed, &relays, raw, now);
-        match crate::dsn::send(smarthost, self.hostname, &envelope.mail_from.address, dsn).await {
+        let dsn =
+            crate::reports::dsn::build_report(self.hostname, envelope, &failed, &relays, raw, now);
+        match crate::reports::dsn::send(smarthost, self.hostname, &envelope.mail_from.address, dsn)
+            .await
+        {
             Ok(()) => {
                 tracing::info!(smarthost = %smarthost, failed = failed.len(), relayed = relays.len(), "DSN handed to the smarthost");
                 reply

@@ -40,8 +40,8 @@ use super::codec::{
 };
 use crate::clock::Clock;
 use crate::ids::Ids;
-use crate::outcome::{FailureKind, Outcome, Protocol};
-use crate::plan::Mode;
+use crate::mail_to_cpm::outcome::{FailureKind, Layer, Outcome};
+use crate::mail_to_cpm::plan::Mode;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -140,14 +140,14 @@ impl SendOutcome {
         };
         match self {
             SendOutcome::Delivered { .. } => Outcome::Final {
-                protocol: Protocol::Msrp,
+                protocol: Layer::Msrp,
                 status: 200,
                 reason: "OK".into(),
                 headers: Vec::new(),
                 mode: Mode::Large,
             },
             SendOutcome::Rejected { status, text } => Outcome::Final {
-                protocol: Protocol::Msrp,
+                protocol: Layer::Msrp,
                 status,
                 reason: text,
                 headers: Vec::new(),
@@ -1111,7 +1111,7 @@ mod tests {
         for (o, want) in cases {
             let got = match o.clone().into_outcome() {
                 Outcome::Final {
-                    protocol: Protocol::Msrp,
+                    protocol: Layer::Msrp,
                     status,
                     mode: Mode::Large,
                     ..

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use rsipstack::sip::{self, Headers, Method, Request, Uri, Version, headers::make_header};
 
-use crate::plan::{Delivery, Stamp};
+use crate::mail_to_cpm::plan::{Delivery, Stamp};
 use crate::render::encoder::{self, EncodeError};
 
 /// Why a delivery could not be rendered.
@@ -247,7 +247,7 @@ fn header_lines<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Content, Mode};
+    use crate::mail_to_cpm::plan::{Content, Mode};
 
     fn delivery(headers: Vec<(&str, &str)>) -> Delivery {
         Delivery {

@@ -10,7 +10,7 @@ use super::records::{MailedRecord, SentRecipient, SentRecord};
 
 /// Whether a MESSAGE body is an IMDN: a CPIM document whose inner entity is
 /// `message/imdn+xml` with `Content-Disposition: notification` (RFC 5438 §7.1.2).
-pub fn is_imdn(c: &crate::reverse::content::Content) -> bool {
+pub fn is_imdn(c: &crate::cpm_to_mail::content::Content) -> bool {
     c.cpim.is_some() && imdn::is_imdn(&c.inner_headers)
 }
 
@@ -113,7 +113,7 @@ pub fn dsn(
     message_id: &str,
     now: DateTime<Utc>,
 ) -> Vec<u8> {
-    use crate::dsn::{DsnInput, DsnRecipient, Returned, build_dsn};
+    use crate::reports::dsn::{DsnInput, DsnRecipient, Returned, build_dsn};
     let diagnostic = diagnostic.map(|d| match d.split_once(';') {
         Some((kind, text)) => (kind.trim(), text.trim()),
         None => ("X-IMDN", d.trim()),

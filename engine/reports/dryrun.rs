@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::ids::Ids;
-use crate::mapper::run::Fired;
 use crate::ruleset::RuleSet;
+use crate::ruleset::run::Fired;
 use crate::store::Fields;
 
 use super::from_mail::{ImdnPlan, Verdict};

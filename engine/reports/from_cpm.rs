@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::mapper::run::{Fired, RunError};
-use crate::reverse::SipAnswer;
+use crate::cpm_to_mail::SipAnswer;
 use crate::ruleset::RuleSet;
+use crate::ruleset::run::{Fired, RunError};
 
 use super::documents;
 use super::imdn::Imdn;
@@ -120,13 +120,13 @@ pub async fn imdn_from_cpm(
     let imdn = match documents::parse_imdn(xml) {
         Ok(i) => i,
         Err(e) => {
-            crate::metrics::report(DIRECTION, "malformed");
+            crate::ops::metrics::report(DIRECTION, "malformed");
             tracing::info!("IMDN refused: {e}");
             return SipAnswer::new(400, "Bad Request (malformed IMDN)");
         }
     };
     let unavailable = |why: String| {
-        crate::metrics::report(DIRECTION, "failed");
+        crate::ops::metrics::report(DIRECTION, "failed");
         tracing::warn!(imdn = %imdn.message_id, "IMDN not handled now: {why}");
         SipAnswer::new(503, "Service Unavailable").with_header("Retry-After", "60")
     };
@@ -137,7 +137,7 @@ pub async fn imdn_from_cpm(
     {
         Ok(Some(f)) => f,
         Ok(None) => {
-            crate::metrics::report(DIRECTION, "uncorrelated");
+            crate::ops::metrics::report(DIRECTION, "uncorrelated");
             tracing::info!(imdn = %imdn.message_id, "IMDN for no message of ours: answered 200 and dropped");
             return SipAnswer::new(200, "OK");
         }
@@ -146,7 +146,7 @@ pub async fn imdn_from_cpm(
     let rec = match SentRecord::from_fields(&key, &fields) {
         Ok(r) => r,
         Err(e) => {
-            crate::metrics::report(DIRECTION, "malformed");
+            crate::ops::metrics::report(DIRECTION, "malformed");
             tracing::warn!("{e}: IMDN dropped");
             return SipAnswer::new(200, "OK");
         }
@@ -164,7 +164,7 @@ pub async fn imdn_from_cpm(
         Err(e) => return unavailable(format!("rules: {e}")),
     };
     if mails.is_empty() {
-        crate::metrics::report(DIRECTION, "not_asked");
+        crate::ops::metrics::report(DIRECTION, "not_asked");
         tracing::info!(imdn = %imdn.message_id, kind = imdn.notification.kind.as_str(), status = imdn.notification.status.as_str(), "IMDN owes no mail report");
         return SipAnswer::new(200, "OK");
     }
@@ -175,7 +175,7 @@ pub async fn imdn_from_cpm(
     for m in mails {
         let sent = reports
             .once(&key, &m.what, async {
-                crate::smarthost::send(
+                crate::smtp_client::smarthost::send(
                     &smarthost,
                     &reports.hostname,
                     "",
@@ -188,12 +188,12 @@ pub async fn imdn_from_cpm(
             .await;
         match sent {
             Once::Sent => {
-                crate::metrics::report(DIRECTION, "sent");
+                crate::ops::metrics::report(DIRECTION, "sent");
                 tracing::info!(imdn = %imdn.message_id, what = %m.what, to = %m.to, "IMDN reported by mail");
             }
-            Once::Duplicate => crate::metrics::report(DIRECTION, "duplicate"),
+            Once::Duplicate => crate::ops::metrics::report(DIRECTION, "duplicate"),
             Once::Failed(HandOff::Permanent(e)) => {
-                crate::metrics::report(DIRECTION, "failed");
+                crate::ops::metrics::report(DIRECTION, "failed");
                 tracing::warn!(imdn = %imdn.message_id, what = %m.what, "report refused by the smarthost, dropped: {e}");
             }
             Once::Failed(HandOff::Temporary(e)) => answer = unavailable(e),
@@ -213,8 +213,8 @@ impl From<crate::store::StoreError> for HandOff {
     }
 }
 
-impl From<crate::smarthost::SendError> for HandOff {
-    fn from(e: crate::smarthost::SendError) -> Self {
+impl From<crate::smtp_client::smarthost::SendError> for HandOff {
+    fn from(e: crate::smtp_client::smarthost::SendError) -> Self {
         if e.is_permanent() {
             HandOff::Permanent(e.to_string())
         } else {

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::envelope::{Envelope, Rcpt};
 use crate::ids::Ids;
-use crate::mapper::run::Fired;
-use crate::plan::{Content, Delivery, Mode};
-use crate::reply::Reply;
+use crate::mail_to_cpm::plan::{Content, Delivery, Mode};
 use crate::ruleset::RuleSet;
+use crate::ruleset::run::Fired;
 use crate::sip::SipBackend;
+use crate::smtp::envelope::{Envelope, Rcpt};
+use crate::smtp::reply::Reply;
 
 use super::documents;
 use super::phases::{self, MailReportFacts};
@@ -191,7 +191,7 @@ pub async fn inbound_mail(
     raw: &[u8],
 ) -> Reply {
     let verdict = handle(reports, rules, sip, ids, envelope, rcpt, token, raw).await;
-    crate::metrics::report(DIRECTION, verdict.metric());
+    crate::ops::metrics::report(DIRECTION, verdict.metric());
     match &verdict {
         Verdict::Sent => tracing::info!(token, "report sent to CPM as an IMDN"),
         Verdict::Permanent(r) => {
@@ -252,8 +252,8 @@ async fn handle(
         .once(&key, &what, async {
             let outcome = sip.send_message(&delivery).await;
             // No retry in another form for an IMDN: every form counts as tried.
-            let spent = crate::plan::RetryForm::ALL;
-            let input = crate::mapper::ResponseInput {
+            let spent = crate::mail_to_cpm::plan::RetryForm::ALL;
+            let input = crate::mail_to_cpm::phases::ResponseInput {
                 envelope,
                 rcpt,
                 uri: Some(&uri),
@@ -263,15 +263,17 @@ async fn handle(
                 imdn_requested: false,
                 now: reports.clock.now(),
             };
-            match crate::mapper::respond(rules, &input, None) {
-                crate::mapper::ResponseDecision::Reply(r) if r.is_positive() => Ok(()),
-                crate::mapper::ResponseDecision::Reply(r) if r.code / 100 == 4 => {
+            match crate::mail_to_cpm::phases::respond(rules, &input, None) {
+                crate::mail_to_cpm::phases::ResponseDecision::Reply(r) if r.is_positive() => Ok(()),
+                crate::mail_to_cpm::phases::ResponseDecision::Reply(r) if r.code / 100 == 4 => {
                     Err(NotSent::Temporary(r))
                 }
-                crate::mapper::ResponseDecision::Reply(r) => Err(NotSent::Permanent(r)),
-                crate::mapper::ResponseDecision::Retry(form) => Err(NotSent::Permanent(
-                    crate::smtp::replies::imdn_retry_asked(&form),
-                )),
+                crate::mail_to_cpm::phases::ResponseDecision::Reply(r) => {
+                    Err(NotSent::Permanent(r))
+                }
+                crate::mail_to_cpm::phases::ResponseDecision::Retry(form) => Err(
+                    NotSent::Permanent(crate::smtp::replies::imdn_retry_asked(&form)),
+                ),
             }
         })
         .await;

@@ -413,7 +413,7 @@ pub fn render(imdn: &Imdn) -> String {
 /// Whether the inner entity of a CPIM document is an IMDN (RFC 5438 §7.1.2):
 /// `Content-Type: message/imdn+xml` and `Content-Disposition: notification` (names and
 /// values compared without case; parameters ignored). `inner_headers` are the entity's
-/// header fields, as [`crate::reverse::content::Content::inner_headers`] keeps them.
+/// header fields, as [`crate::cpm_to_mail::content::Content::inner_headers`] keeps them.
 pub fn is_imdn(inner_headers: &[(String, String)]) -> bool {
     let first = |name: &str| {
         inner_headers
@@ -762,7 +762,7 @@ mod tests {
         );
         assert!(!text.contains("Disposition-Notification"));
         // The CPIM parser of the CPM → e-mail direction reads it back as an IMDN.
-        let c = crate::reverse::content::parse(
+        let c = crate::cpm_to_mail::content::parse(
             Some("message/cpim"),
             &doc,
             &["message/cpim".to_string()],

@@ -1,5 +1,5 @@
 //! The MDN mail iwf sends for a `displayed` IMDN (RFC 3798 §3, mapping-reference §5.2),
-//! built with mail-builder like the DSNs of [`crate::dsn`].
+//! built with mail-builder like the DSNs of [`crate::reports::dsn`].
 
 use chrono::{DateTime, Utc};
 use mail_builder::MessageBuilder;

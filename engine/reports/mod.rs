@@ -14,7 +14,7 @@
 //! |---|---|
 //! | [`imdn`] | the IMDN XML document (RFC 5438 §7.2.1.1, schema §10): parse, render, and the message/cpim body that carries it |
 //! | [`mail_report`] | a `multipart/report` mail (DSN, RFC 3464; MDN, RFC 3798) parsed into plain fields |
-//! | [`mdn`] | an MDN mail (RFC 3798 §3); DSNs are built by [`crate::dsn::build_dsn`] |
+//! | [`mdn`] | an MDN mail (RFC 3798 §3); DSNs are built by [`crate::reports::dsn::build_dsn`] |
 //! | [`records`] | the correlation records and their store fields |
 //! | [`phases`] | the `cpm_report` and `mail_report` phases (pure) |
 //! | [`from_cpm`] / [`from_mail`] | an IMDN → DSN/MDN mails; a DSN/MDN mail → an IMDN (plan pure, send async) |
@@ -28,6 +28,7 @@
 
 mod documents;
 pub mod dryrun;
+pub mod dsn;
 pub mod from_cpm;
 pub mod from_mail;
 pub mod imdn;

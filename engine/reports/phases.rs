@@ -9,8 +9,8 @@
 
 use crate::dsl::Value;
 use crate::dsl::eval::Input;
-use crate::mapper::run::{self, ActionError, Fault, Fired, PhaseState, RunError};
 use crate::ruleset::RuleSet;
+use crate::ruleset::run::{self, ActionError, Fault, Fired, PhaseState, RunError};
 use crate::ruleset::schema::{Action, F, FIELDS};
 
 use super::records::{MailedRecord, SentRecipient, SentRecord};

@@ -140,7 +140,7 @@ pub struct MailFacts {
 }
 
 impl MailFacts {
-    pub fn of(envelope: &crate::envelope::Envelope, raw: &[u8]) -> MailFacts {
+    pub fn of(envelope: &crate::smtp::envelope::Envelope, raw: &[u8]) -> MailFacts {
         let (returned, returned_full) = returned_part(raw, envelope.mail_from.ret == Some("FULL"));
         let mut f = MailFacts {
             arrival: envelope.received_at.timestamp(),
@@ -148,7 +148,7 @@ impl MailFacts {
             returned_full,
             ..MailFacts::default()
         };
-        if let Ok(m) = crate::mail::Mail::parse(raw) {
+        if let Ok(m) = crate::mail_to_cpm::mail::Mail::parse(raw) {
             f.message_id = m.message_id();
             f.subject = m.subject();
             f.dnt = m
@@ -167,8 +167,8 @@ impl SentRecord {
     /// the envelope recipients `who` (its own first, then those it covers).
     pub fn of(
         about: &MailFacts,
-        envelope: &crate::envelope::Envelope,
-        delivery: &crate::plan::Delivery,
+        envelope: &crate::smtp::envelope::Envelope,
+        delivery: &crate::mail_to_cpm::plan::Delivery,
         who: &[String],
         status: Option<u16>,
     ) -> SentRecord {
@@ -214,19 +214,19 @@ impl MailedRecord {
     /// mailed to `mail_rcpt` with the return path of `token`; `None` when it asked for none
     /// or carries no `imdn.Message-ID` (RFC 5438 §6.3: then no IMDN can be sent).
     pub fn of(
-        inc: &crate::reverse::Incoming,
+        inc: &crate::cpm_to_mail::Incoming,
         cpim: &[(String, String)],
         token: &str,
         mail_rcpt: &str,
         mail_message_id: Option<&str>,
     ) -> Option<MailedRecord> {
-        use crate::reverse::request::name_addr;
+        use crate::cpm_to_mail::request::name_addr;
         let get = |n: &str| {
             cpim.iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(n))
                 .map(|(_, v)| v.trim())
         };
-        let prefix = crate::reverse::content::imdn_prefix(cpim);
+        let prefix = crate::cpm_to_mail::content::imdn_prefix(cpim);
         let dispositions: Vec<String> = cpim
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(&format!("{prefix}.Disposition-Notification")))

@@ -255,7 +255,7 @@ pub struct ResponseCase {
     #[serde(default)]
     pub body: Option<String>,
     #[serde(default)]
-    pub retried: Vec<crate::plan::RetryForm>,
+    pub retried: Vec<crate::mail_to_cpm::plan::RetryForm>,
     /// Whether the request asked for an IMDN (default: when `body` is `cpim`).
     #[serde(default)]
     pub imdn_requested: Option<bool>,
@@ -270,5 +270,5 @@ pub struct ResponseCase {
     pub reply: Option<String>,
     /// Expected retry instead of a reply.
     #[serde(default)]
-    pub retry: Option<crate::plan::RetryForm>,
+    pub retry: Option<crate::mail_to_cpm::plan::RetryForm>,
 }

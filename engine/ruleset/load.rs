@@ -472,7 +472,7 @@ fn compile_rule(
                         ));
                     }
                     if let (Action::SipReply, Code::Const(Value::Str(v))) = (action, &code)
-                        && let Err(e) = crate::reverse::SipAnswer::parse(v)
+                        && let Err(e) = crate::cpm_to_mail::SipAnswer::parse(v)
                     {
                         diags.push(src.at_value(
                             &s.referenced,
@@ -482,7 +482,7 @@ fn compile_rule(
                     }
                     if let (Action::Reject | Action::Reply, Code::Const(Value::Str(v))) =
                         (action, &code)
-                        && let Err(e) = crate::reply::Reply::parse(v)
+                        && let Err(e) = crate::smtp::reply::Reply::parse(v)
                     {
                         diags.push(src.at_value(
                             &s.referenced,

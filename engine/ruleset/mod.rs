@@ -13,7 +13,9 @@
 pub mod diag;
 pub mod file;
 pub mod load;
+pub mod run;
 pub mod schema;
+pub mod selftest;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

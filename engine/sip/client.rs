@@ -53,8 +53,8 @@ use super::response::{self, LOCAL_MARKER};
 use super::{BoxFuture, InviteOutcome, Session, SipBackend, auth, stamp};
 use crate::clock::Clock;
 use crate::ids::Ids;
-use crate::outcome::{FailureKind, Outcome};
-use crate::plan::{Delivery, Stamp};
+use crate::mail_to_cpm::outcome::{FailureKind, Outcome};
+use crate::mail_to_cpm::plan::{Delivery, Stamp};
 use crate::render::sip::{render_invite, render_message};
 
 /// RFC 3261 §8.1.3.4 leaves the depth of recursion to the UAC; the project uses 3.
@@ -244,10 +244,10 @@ impl RsipBackend {
     }
 
     /// As [`Self::start`], with incoming requests served by `uas` (the CPM → e-mail
-    /// direction, [`crate::reverse`]).
+    /// direction, [`crate::cpm_to_mail`]).
     pub async fn start_with_uas(
         config: SipConfig,
-        uas: Option<Arc<crate::reverse::Uas>>,
+        uas: Option<Arc<crate::cpm_to_mail::Uas>>,
         clock: Arc<dyn Clock>,
         ids: Arc<dyn Ids>,
     ) -> Result<Self, SipError> {
@@ -361,7 +361,7 @@ impl RsipBackend {
             }
         });
         match uas {
-            Some(uas) => tokio::spawn(crate::reverse::uas::serve(incoming, uas)),
+            Some(uas) => tokio::spawn(crate::cpm_to_mail::uas::serve(incoming, uas)),
             None => tokio::spawn(refuse_incoming(incoming)),
         };
 
@@ -528,7 +528,7 @@ impl InviteSession {
 
     async fn send_bye(&self) -> Outcome {
         let inner = &self.inner;
-        let mode = crate::plan::Mode::Large;
+        let mode = crate::mail_to_cpm::plan::Mode::Large;
         let fail = |kind: FailureKind, detail: String| response::failure(kind, detail, mode);
         let deadline = inner.clock.instant() + inner.timers.timer_f();
         // Next hop: proxy, else the first route, else the remote target (RFC 3261 §12.2.1.1
@@ -700,7 +700,7 @@ impl Inner {
                         &sent_by,
                         &self.host,
                     );
-                    crate::logging::note_call_id(&s.call_id);
+                    crate::ops::logging::note_call_id(&s.call_id);
                     s
                 }
                 Some(p) => stamp::follow_up(&*self.ids, p, target.transport.via_name(), &sent_by),

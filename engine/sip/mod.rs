@@ -21,7 +21,7 @@
 //! 2. Connect: the UDP socket, or a (reused) TCP/TLS connection; refused → next target,
 //!    none left → `Failure{Transport}`.
 //! 3. Render the MESSAGE with [`render_message`](crate::render::sip::render_message) and a
-//!    fresh [`Stamp`](crate::plan::Stamp); run a non-INVITE client transaction (RFC 3261
+//!    fresh [`Stamp`](crate::mail_to_cpm::plan::Stamp); run a non-INVITE client transaction (RFC 3261
 //!    §17.1.2: Timer E retransmits on UDP, Timer F = 64·T1 ends it).
 //! 4. 1xx are ignored. A 3xx recurses to its best untried Contact (highest `q`, at most
 //!    [`client::MAX_REDIRECTS`] hops, same Call-ID and From tag, CSeq + 1); unresolved, the
@@ -45,11 +45,8 @@
 //!   UAS): ~18k MESSAGE/s over UDP, ~21k/s over TCP, no failures in 50k each; SIPp's UAS
 //!   is the limit at that rate (`tests_sipp::sipp_throughput`).
 
-use std::future::Future;
-use std::pin::Pin;
-
-use crate::outcome::Outcome;
-use crate::plan::Delivery;
+use crate::mail_to_cpm::outcome::Outcome;
+use crate::mail_to_cpm::plan::Delivery;
 
 pub mod answerer;
 pub mod auth;
@@ -69,7 +66,7 @@ pub use client::{InviteSession, RsipBackend, SipError};
 pub use config::{Credentials, SipConfig, Timers, TlsClient};
 
 /// A boxed, sendable future borrowing for `'a`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) use futures::future::BoxFuture;
 
 /// What the rest of iwf needs from the SIP side.
 pub trait SipBackend: Send + Sync + 'static {
@@ -91,7 +88,7 @@ pub trait SipBackend: Send + Sync + 'static {
         Box::pin(async move {
             InviteOutcome {
                 outcome: Outcome::Failure {
-                    kind: crate::outcome::FailureKind::Transport,
+                    kind: crate::mail_to_cpm::outcome::FailureKind::Transport,
                     detail: "this SIP back end does not send INVITE".into(),
                     mode: delivery.mode,
                 },

@@ -2,8 +2,8 @@
 
 use rsipstack::sip::Response;
 
-use crate::outcome::{FailureKind, Outcome, Protocol};
-use crate::plan::Mode;
+use crate::mail_to_cpm::outcome::{FailureKind, Layer, Outcome};
+use crate::mail_to_cpm::plan::Mode;
 
 /// Headers that only carry transaction plumbing; every other response header is
 /// handed to the response rules (Contact, Retry-After, Accept, Warning, Reason, ...).
@@ -109,7 +109,7 @@ pub fn reported_headers(resp: &Response) -> Vec<(String, String)> {
 pub fn final_outcome(resp: &Response, mode: Mode) -> Outcome {
     let (status, reason) = status_of(resp);
     Outcome::Final {
-        protocol: Protocol::Sip,
+        protocol: Layer::Sip,
         status,
         reason,
         headers: reported_headers(resp),
@@ -257,11 +257,11 @@ mod tests {
     #[test]
     fn peer_text_reaches_the_rules_clean_and_bounded() {
         let rules = crate::ruleset::load(std::path::Path::new("rules"), 1).unwrap();
-        let rcpt = crate::envelope::Rcpt {
+        let rcpt = crate::smtp::envelope::Rcpt {
             address: "+15551234567@cpm.example.net".into(),
             ..Default::default()
         };
-        let env = crate::envelope::Envelope {
+        let env = crate::smtp::envelope::Envelope {
             mail_from: Default::default(),
             rcpts: vec![rcpt.clone()],
             client: Default::default(),
@@ -275,7 +275,7 @@ mod tests {
                 "SIP/2.0 503 Service Unavailable\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: x\r\nCSeq: 1 MESSAGE\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\n\r\n"
             );
             let outcome = final_outcome(&response(&raw), Mode::Pager);
-            let input = crate::mapper::ResponseInput {
+            let input = crate::mail_to_cpm::phases::ResponseInput {
                 envelope: &env,
                 rcpt: &rcpt,
                 uri: None,
@@ -285,15 +285,15 @@ mod tests {
                 imdn_requested: false,
                 now: crate::ids::fixed_now(),
             };
-            let crate::mapper::ResponseDecision::Reply(reply) =
-                crate::mapper::respond(&rules, &input, None)
+            let crate::mail_to_cpm::phases::ResponseDecision::Reply(reply) =
+                crate::mail_to_cpm::phases::respond(&rules, &input, None)
             else {
                 panic!("no reply")
             };
             let wire = reply.to_wire();
             assert!(wire.starts_with("451 4.3.2 "), "{wire}");
             assert!(wire.contains("retry after 60 ("), "{wire}");
-            assert!(wire.len() <= crate::reply::MAX_LINE, "{}", wire.len());
+            assert!(wire.len() <= crate::smtp::reply::MAX_LINE, "{}", wire.len());
             assert!(
                 !wire.trim_end_matches("\r\n").chars().any(char::is_control),
                 "{wire:?}"

@@ -1,7 +1,7 @@
 //! Per-transmission values: Via branch, Call-ID, From tag, CSeq.
 
 use crate::ids::Ids;
-use crate::plan::Stamp;
+use crate::mail_to_cpm::plan::Stamp;
 
 /// RFC 3261 §8.1.1.7 magic cookie.
 pub const BRANCH_COOKIE: &str = "z9hG4bK";

@@ -10,8 +10,8 @@ use super::auth;
 use super::config::{Credentials, SipConfig, Timers};
 use super::next_hop::Transport;
 use super::{RsipBackend, SipBackend};
-use crate::outcome::{FailureKind, Outcome, Protocol};
-use crate::plan::{Content, Delivery, Mode};
+use crate::mail_to_cpm::outcome::{FailureKind, Layer, Outcome};
+use crate::mail_to_cpm::plan::{Content, Delivery, Mode};
 
 /// Every test ends within this, whatever happens.
 const BOUND: Duration = Duration::from_secs(20);
@@ -100,7 +100,7 @@ async fn final_statuses_reach_the_outcome_over_udp_and_tcp() {
                         mode,
                         ..
                     } => {
-                        assert_eq!(*protocol, Protocol::Sip);
+                        assert_eq!(*protocol, Layer::Sip);
                         assert_eq!(*status, code, "{transport} {code}");
                         assert_eq!(reason, super::answerer::reason_phrase(code));
                         assert_eq!(*mode, Mode::Pager);

@@ -16,7 +16,7 @@ use super::config::SipConfig;
 use super::next_hop::Transport;
 use super::tests_backend::{backend, delivery, timers};
 use super::{RsipBackend, SipBackend};
-use crate::outcome::{FailureKind, Outcome};
+use crate::mail_to_cpm::outcome::{FailureKind, Outcome};
 
 fn sipp_available() -> bool {
     std::process::Command::new("sipp")

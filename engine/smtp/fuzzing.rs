@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 
 pub use super::data::ContentError;
-use crate::reply::Reply;
+use crate::smtp::reply::Reply;
 
 /// The DATA content receiver ([`super::data`]): only `CRLF.CRLF` ends the data.
 pub struct DataReceiver(super::data::DataPhase);

@@ -14,8 +14,8 @@ use smtp_proto::{
 use super::config::SmtpConfig;
 use super::replies;
 use super::session::{Flow, Session, State, Transaction};
-use crate::envelope::{Envelope, MailFrom};
-use crate::reply::Reply;
+use crate::smtp::envelope::{Envelope, MailFrom};
+use crate::smtp::reply::Reply;
 
 /// Largest BY= magnitude: by-time is 1 to 9 digits (RFC 2852 §4).
 const MAX_BY_TIME: i64 = 999_999_999;

@@ -72,9 +72,10 @@
 //! # Example
 //! ```no_run
 //! use std::sync::Arc;
-//! use iwf::envelope::{Envelope, Rcpt};
-//! use iwf::reply::Reply;
-//! use iwf::smtp::{BoxFuture, DataReplies, MailHandler, Protocol, SmtpConfig, serve};
+//! use iwf::smtp::envelope::{Envelope, Rcpt};
+//! use iwf::smtp::reply::Reply;
+//! use futures::future::BoxFuture;
+//! use iwf::smtp::{DataReplies, MailHandler, Protocol, SmtpConfig, serve};
 //!
 //! struct AcceptAll;
 //! impl MailHandler for AcceptAll {
@@ -97,16 +98,14 @@
 //! # Ok(()) }
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
-
-use crate::envelope::{Envelope, Rcpt};
-use crate::reply::Reply;
+use crate::smtp::envelope::{Envelope, Rcpt};
+use crate::smtp::reply::Reply;
 
 mod config;
 mod conn;
 mod data;
 mod ehlo;
+pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
 mod line;
@@ -115,6 +114,7 @@ mod params;
 mod rcpt;
 mod received;
 pub(crate) mod replies;
+pub mod reply;
 mod server;
 mod session;
 mod tls;
@@ -129,7 +129,7 @@ pub use server::{ServeReport, serve, serve_with_clock};
 pub use tls::{TlsConfigError, tls_config_from_pem, tls_config_from_pem_files};
 
 /// A boxed, sendable future borrowing from the handler (what [`MailHandler`] methods return).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) use futures::future::BoxFuture;
 
 /// Which protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

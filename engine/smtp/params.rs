@@ -9,7 +9,7 @@
 //! a keyword given twice → `501 5.5.4`). No I/O, table tests below.
 
 use super::replies;
-use crate::reply::Reply;
+use crate::smtp::reply::Reply;
 
 /// The `keyword[=value]` parameters after the path of a MAIL FROM / RCPT TO line.
 /// `line` is the whole command line (CRLF optional).

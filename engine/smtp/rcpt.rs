@@ -9,8 +9,8 @@ use smtp_proto::{
 
 use super::replies;
 use super::session::{Flow, Session, State};
-use crate::envelope::Rcpt;
-use crate::reply::Reply;
+use crate::smtp::envelope::Rcpt;
+use crate::smtp::reply::Reply;
 
 type ProtoRcptTo<'a> = smtp_proto::RcptTo<Cow<'a, str>>;
 
@@ -90,7 +90,7 @@ impl Session {
         }
         let mut rcpt = Rcpt::from_proto(&to);
         if rcpt.address.is_empty() {
-            if !crate::envelope::names_postmaster(line) {
+            if !crate::smtp::envelope::names_postmaster(line) {
                 return self.reply(replies::bad_recipient_syntax());
             }
             rcpt.address = "postmaster".to_string();
@@ -182,9 +182,9 @@ mod tests {
 
     #[test]
     fn postmaster_is_told_apart_from_null() {
-        assert!(crate::envelope::names_postmaster(
+        assert!(crate::smtp::envelope::names_postmaster(
             b"RCPT TO:<Postmaster>\r\n"
         ));
-        assert!(!crate::envelope::names_postmaster(b"RCPT TO:<>\r\n"));
+        assert!(!crate::smtp::envelope::names_postmaster(b"RCPT TO:<>\r\n"));
     }
 }

@@ -5,7 +5,7 @@
 //! follow RFC 3463 / RFC 5248; the greeting, the EHLO/LHLO/HELO reply and 354 carry none
 //! (RFC 2034 §3).
 
-use crate::reply::Reply;
+use crate::smtp::reply::Reply;
 
 use super::Protocol;
 

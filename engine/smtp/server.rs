@@ -21,7 +21,7 @@ use super::replies;
 use super::session::Shared;
 use super::{MailHandler, Protocol};
 use crate::clock::Clock;
-use crate::reply::Reply;
+use crate::smtp::reply::Reply;
 
 /// What [`serve`] reports when it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -106,7 +106,7 @@ pub async fn serve_with_clock(
                 };
                 let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), shared.config.limits.connections_per_ip) else {
                     tracing::info!(%peer, "per-IP connection limit reached");
-                    crate::metrics::connection_refused(protocol, "per_ip");
+                    crate::ops::metrics::connection_refused(protocol, "per_ip");
                     refuse(&socket, &replies::too_many_connections_from_ip(&shared.config.hostname));
                     continue;
                 };
@@ -119,7 +119,7 @@ pub async fn serve_with_clock(
                         && waiting.load(Ordering::Relaxed) < limits.connections => None,
                     Err(_) => {
                         tracing::info!(%peer, "connection limit reached");
-                        crate::metrics::connection_refused(protocol, "limit");
+                        crate::ops::metrics::connection_refused(protocol, "limit");
                         refuse(&socket, &replies::too_many_connections(&shared.config.hostname));
                         continue;
                     }
@@ -141,7 +141,7 @@ pub async fn serve_with_clock(
                                 Ok(Ok(permit)) => permit,
                                 _ => {
                                     tracing::info!(%peer, "connection limit reached");
-                                    crate::metrics::connection_refused(protocol, "limit");
+                                    crate::ops::metrics::connection_refused(protocol, "limit");
                                     refuse(&socket, &replies::too_many_connections(&shared.config.hostname));
                                     return;
                                 }
@@ -149,7 +149,7 @@ pub async fn serve_with_clock(
                         }
                     };
                     let connection = Connection::new(shared, socket, peer, stop_rx);
-                    let active = crate::metrics::session_started(protocol);
+                    let active = crate::ops::metrics::session_started(protocol);
                     connection.run().await;
                     drop(active);
                     drop(ip_slot);

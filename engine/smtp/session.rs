@@ -32,8 +32,8 @@ use super::line::{Line, LineReader};
 use super::replies;
 use super::{MailHandler, Protocol};
 use crate::clock::Clock;
-use crate::envelope::{Client, Envelope};
-use crate::reply::Reply;
+use crate::smtp::envelope::{Client, Envelope};
+use crate::smtp::reply::Reply;
 
 /// How much input buffer a session starts with (the driver reads up to this much at a time).
 pub(crate) const READ_CHUNK: usize = 16 * 1024;

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::envelope::DeliverBy;
+use crate::smtp::envelope::DeliverBy;
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -6,6 +6,8 @@
 //! STARTTLS is opportunistic (RFC 7435): taken whenever offered, the certificate is not
 //! verified (a smarthost on the same host or LAN; a verified mode needs a CA setting).
 
+pub mod smarthost;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -176,16 +178,20 @@ pub struct Session {
     caps: Caps,
 }
 
-struct Reply {
+/// A response as the smarthost sent it: the code and each line's text (for EHLO, the
+/// keywords). What iwf itself answers is a [`crate::smtp::reply::Reply`].
+struct Response {
     code: u16,
     lines: Vec<String>,
 }
 
-impl Reply {
+impl Response {
     fn outcome(&self, stage: Stage) -> SmtpOutcome {
         let first = self.lines.first().map(String::as_str).unwrap_or("");
         let (status, text) = match first.split_once(' ') {
-            Some((s, rest)) if is_enhanced(s) => (Some(s.to_string()), rest.to_string()),
+            Some((s, rest)) if crate::smtp::reply::is_enhanced(s) => {
+                (Some(s.to_string()), rest.to_string())
+            }
             _ => (None, first.to_string()),
         };
         SmtpOutcome::Reply {
@@ -195,15 +201,6 @@ impl Reply {
             text: text.chars().filter(|c| !c.is_control()).collect(),
         }
     }
-}
-
-fn is_enhanced(s: &str) -> bool {
-    let p: Vec<&str> = s.split('.').collect();
-    p.len() == 3
-        && matches!(p[0], "2" | "4" | "5")
-        && p[1..]
-            .iter()
-            .all(|n| (1..=3).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Session {
@@ -263,7 +260,7 @@ impl Session {
         Ok(())
     }
 
-    async fn command(&mut self, line: &str, stage: Stage) -> Result<Reply, SmtpOutcome> {
+    async fn command(&mut self, line: &str, stage: Stage) -> Result<Response, SmtpOutcome> {
         self.io
             .write_all(line.as_bytes())
             .await
@@ -275,7 +272,7 @@ impl Session {
         self.read_reply(stage).await
     }
 
-    async fn read_reply(&mut self, stage: Stage) -> Result<Reply, SmtpOutcome> {
+    async fn read_reply(&mut self, stage: Stage) -> Result<Response, SmtpOutcome> {
         let proto = |d: String| SmtpOutcome::failure_at(stage, "protocol", d);
         let mut lines = Vec::new();
         let mut code = 0;
@@ -315,7 +312,7 @@ impl Session {
                 return Err(proto("reply too long".into()));
             }
         }
-        Ok(Reply { code, lines })
+        Ok(Response { code, lines })
     }
 
     /// MAIL, RCPT, DATA for one mail. Returns the 250 to DATA or the first refusal. When
@@ -464,9 +461,9 @@ pub async fn deliver<P>(
     helo: &str,
     limit: Duration,
     plan: P,
-) -> Result<SmtpOutcome, super::reverse::SipAnswer>
+) -> Result<SmtpOutcome, crate::cpm_to_mail::SipAnswer>
 where
-    P: FnOnce(&Caps) -> Result<(Envelope, Vec<u8>), super::reverse::SipAnswer>,
+    P: FnOnce(&Caps) -> Result<(Envelope, Vec<u8>), crate::cpm_to_mail::SipAnswer>,
 {
     let Some(smarthost) = smarthost else {
         return Ok(SmtpOutcome::failure_at(

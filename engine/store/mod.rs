@@ -19,9 +19,7 @@ mod redis;
 mod sqlite;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +30,7 @@ pub use self::redis::RedisStore;
 pub use self::sqlite::SqliteStore;
 
 /// A boxed future (the trait is used as `dyn Store`).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) use futures::future::BoxFuture;
 
 /// The fields of a correlation record.
 pub type Fields = BTreeMap<String, String>;
@@ -261,7 +259,7 @@ impl Backend {
 /// sender's queue carries the same bytes, so it has the same identity; two different mails
 /// share one only if they share the Message-ID (see the README for the limits).
 pub fn mail_identity(mail_from: &str, raw: &[u8]) -> String {
-    if let Some(id) = crate::mail::message_id_only(raw) {
+    if let Some(id) = crate::mail_to_cpm::mail::message_id_only(raw) {
         // No space or control character: the Redis key puts a space after the identity.
         let id: String = id
             .chars()

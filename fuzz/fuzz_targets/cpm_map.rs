@@ -1,6 +1,6 @@
 //! The CPM → e-mail direction on arbitrary bytes: a SIP request as a UA would send it
 //! (text/plain, message/cpim, multipart/mixed with a recipient-list-history) through
-//! `iwf::reverse::uas::dry_run` with the shipped rules — the path of `iwf map --sip` and of
+//! `iwf::cpm_to_mail::uas::dry_run` with the shipped rules — the path of `iwf map --sip` and of
 //! the UAS: request parsing, CPIM (RFC 3862) and resource-lists parsing, the cpm_* phases,
 //! the mail encoder. The first byte picks the smarthost's capabilities (SMTPUTF8 or not).
 //!
@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
         smtputf8: first & 1 == 1,
         ..Default::default()
     };
-    let run = iwf::reverse::uas::dry_run(
+    let run = iwf::cpm_to_mail::uas::dry_run(
         rules(),
         wire,
         &caps,

@@ -11,7 +11,7 @@
 use std::sync::OnceLock;
 
 use iwf::dryrun::{self, Options};
-use iwf::envelope::Rcpt;
+use iwf::smtp::envelope::Rcpt;
 use iwf::ruleset::RuleSet;
 use libfuzzer_sys::fuzz_target;
 

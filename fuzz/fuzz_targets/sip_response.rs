@@ -11,8 +11,8 @@
 #![no_main]
 
 use bytes::BytesMut;
-use iwf::outcome::Outcome;
-use iwf::plan::Mode;
+use iwf::mail_to_cpm::outcome::Outcome;
+use iwf::mail_to_cpm::plan::Mode;
 use iwf::sip::response::{MAX_PEER_TEXT, final_outcome, malformed, redirect_targets};
 use libfuzzer_sys::fuzz_target;
 use rsipstack::sip::SipMessage;

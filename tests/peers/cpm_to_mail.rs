@@ -515,7 +515,7 @@ fn starttls_to_the_smarthost() {
 #[test]
 fn large_message_mode_arrives_as_one_mail() {
     use base64::Engine;
-    use iwf::outcome::Outcome;
+    use iwf::mail_to_cpm::outcome::Outcome;
 
     if !peers() {
         return;
@@ -527,7 +527,7 @@ fn large_message_mode_arrives_as_one_mail() {
         for (i, size) in [5_000usize, 100_000, 5_000_000].into_iter().enumerate() {
             let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
             let d = large_delivery(&payload);
-            let o = iwf::large::deliver(
+            let o = iwf::mail_to_cpm::large::deliver(
                 &client,
                 &d,
                 &cfg,
@@ -573,7 +573,7 @@ fn large_message_mode_arrives_as_one_mail() {
 /// failure report), nothing is kept.
 #[test]
 fn large_message_refused_by_the_smarthost_fails_the_last_chunk() {
-    use iwf::outcome::{Outcome, Protocol};
+    use iwf::mail_to_cpm::outcome::{Layer, Outcome};
     if !peers() {
         return;
     }
@@ -582,7 +582,7 @@ fn large_message_refused_by_the_smarthost_fails_the_last_chunk() {
     rt.block_on(async {
         let (_server, client, cfg) = large_pair(sink.port).await;
         let d = large_delivery(&[b'x'; 50_000]);
-        let o = iwf::large::deliver(
+        let o = iwf::mail_to_cpm::large::deliver(
             &client,
             &d,
             &cfg,
@@ -594,7 +594,7 @@ fn large_message_refused_by_the_smarthost_fails_the_last_chunk() {
             matches!(
                 o,
                 Outcome::Final {
-                    protocol: Protocol::Msrp,
+                    protocol: Layer::Msrp,
                     status: 403,
                     ..
                 }
@@ -612,7 +612,7 @@ async fn large_pair(
 ) -> (
     iwf::sip::RsipBackend,
     iwf::sip::RsipBackend,
-    iwf::large::LargeConfig,
+    iwf::mail_to_cpm::large::LargeConfig,
 ) {
     large_pair_idle(port, Duration::from_secs(30)).await
 }
@@ -624,11 +624,11 @@ async fn large_pair_idle(
 ) -> (
     iwf::sip::RsipBackend,
     iwf::sip::RsipBackend,
-    iwf::large::LargeConfig,
+    iwf::mail_to_cpm::large::LargeConfig,
 ) {
     use std::sync::Arc;
 
-    use iwf::reverse::{MemoryThreads, Uas, UasConfig};
+    use iwf::cpm_to_mail::{MemoryThreads, Uas, UasConfig};
     use iwf::sip::{RsipBackend, SipConfig};
     let rules = iwf::ruleset::load(&harness::rules_dir(), 1).unwrap();
     let uas = Arc::new(Uas::new(
@@ -661,18 +661,18 @@ async fn large_pair_idle(
     )
     .await
     .unwrap();
-    let cfg = iwf::large::LargeConfig {
+    let cfg = iwf::mail_to_cpm::large::LargeConfig {
         host: "127.0.0.1".parse().unwrap(),
         chunk_size: 10_000,
-        ..iwf::large::LargeConfig::default()
+        ..iwf::mail_to_cpm::large::LargeConfig::default()
     };
     (server, client, cfg)
 }
 
 /// A large-mode delivery to alice@mail.example.org of `payload` as application/octet-stream
 /// in CPIM.
-fn large_delivery(payload: &[u8]) -> iwf::plan::Delivery {
-    use iwf::plan::{Content, Delivery, Mode};
+fn large_delivery(payload: &[u8]) -> iwf::mail_to_cpm::plan::Delivery {
+    use iwf::mail_to_cpm::plan::{Content, Delivery, Mode};
     let mut cpim = b"From: <sip:+15551234567@ims.example.net>\r\nTo: <sip:alice%40mail.example.org@iwf.example.net>\r\nSubject: big\r\n\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
     cpim.extend_from_slice(payload);
     Delivery {
@@ -784,7 +784,7 @@ struct HandSession {
 }
 
 async fn hand_session(client: &iwf::sip::RsipBackend, tag: &str) -> HandSession {
-    use iwf::outcome::Outcome;
+    use iwf::mail_to_cpm::outcome::Outcome;
     use iwf::render::sdp::{SdpOffer, msrp_path, parse_answer};
     use iwf::sip::SipBackend;
     let ours = msrp_path("127.0.0.1".parse().unwrap(), 9, tag, false);
@@ -869,7 +869,7 @@ impl HandSession {
         String::from_utf8_lossy(&got).into_owned()
     }
 
-    async fn bye(&self) -> iwf::outcome::Outcome {
+    async fn bye(&self) -> iwf::mail_to_cpm::outcome::Outcome {
         self.sip.bye().await
     }
 }
@@ -898,8 +898,8 @@ fn assert_failure_report(wire: &str) {
 /// its chunk).
 #[test]
 fn large_message_abandoned_by_bye_gets_a_failure_report_and_no_mail() {
+    use iwf::mail_to_cpm::outcome::Outcome;
     use iwf::msrp::codec::FailureReport;
-    use iwf::outcome::Outcome;
     if !peers() {
         return;
     }
@@ -932,7 +932,7 @@ fn large_message_abandoned_by_bye_gets_a_failure_report_and_no_mail() {
 /// later BYE still gets 200.
 #[test]
 fn large_message_sender_silent_mid_message_gets_a_failure_report() {
-    use iwf::outcome::Outcome;
+    use iwf::mail_to_cpm::outcome::Outcome;
     if !peers() {
         return;
     }
@@ -956,7 +956,7 @@ fn large_message_sender_silent_mid_message_gets_a_failure_report() {
 /// the dialog is still there and the sender's BYE gets 200, not 481 — and no mail is sent.
 #[test]
 fn large_message_connection_closed_mid_message_sends_no_mail() {
-    use iwf::outcome::Outcome;
+    use iwf::mail_to_cpm::outcome::Outcome;
     if !peers() {
         return;
     }

@@ -11,8 +11,8 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::MimePart;
 
-use crate::envelope::{Envelope, Rcpt};
-use crate::reply::Reply;
+use crate::smtp::envelope::{Envelope, Rcpt};
+use crate::smtp::reply::Reply;
 
 /// A recipient the DSN reports.
 pub struct Failed<'a> {
@@ -292,14 +292,14 @@ pub async fn send(
     helo: &str,
     to: &str,
     dsn: Vec<u8>,
-) -> Result<(), crate::smarthost::SendError> {
-    crate::smarthost::send(smarthost, helo, "", &[to], dsn).await
+) -> Result<(), crate::smtp_client::smarthost::SendError> {
+    crate::smtp_client::smarthost::send(smarthost, helo, "", &[to], dsn).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::MailFrom;
+    use crate::smtp::envelope::MailFrom;
 
     #[test]
     fn rfc3464_layout() {

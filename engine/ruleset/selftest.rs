@@ -1,13 +1,13 @@
 //! Running a rule set's own self-tests (`rules/tests/*.yaml`): each case maps a mail (or an
 //! outcome) and compares what the rules produced with what the case expects.
 
-use crate::envelope::{Client, Envelope, MailFrom, Rcpt};
 use crate::ids::{SequentialIds, fixed_now};
 use crate::mail_to_cpm::dryrun::{self, Options};
-use crate::outcome::{FailureKind, Outcome, Protocol};
-use crate::plan::Mode;
+use crate::mail_to_cpm::outcome::{FailureKind, Layer, Outcome};
+use crate::mail_to_cpm::plan::Mode;
 use crate::ruleset::RuleSet;
 use crate::ruleset::file::SelfTest;
+use crate::smtp::envelope::{Client, Envelope, MailFrom, Rcpt};
 
 /// A failed self-test: which case, and what differed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +155,7 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
     } else if !t.expect.is_empty() {
         errs.push("`expect` needs a `mail`".into());
     }
-    errs.extend(crate::reverse::selftest::run(rules, t, now));
+    errs.extend(crate::cpm_to_mail::selftest::run(rules, t, now));
     errs.extend(crate::reports::selftest::run(rules, t, now));
     for (i, case) in t.response.iter().enumerate() {
         let mode = if case.mode.as_deref() == Some("large") {
@@ -165,7 +165,7 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
         };
         let outcome = match (case.status, &case.failure) {
             (Some(status), _) => Outcome::Final {
-                protocol: Protocol::Sip,
+                protocol: Layer::Sip,
                 status,
                 reason: String::new(),
                 headers: Vec::new(),
@@ -198,7 +198,7 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
             received_at: now,
         };
         let cpim = case.body.as_deref() == Some("cpim");
-        let input = crate::mapper::ResponseInput {
+        let input = crate::mail_to_cpm::phases::ResponseInput {
             envelope: &env,
             rcpt: &rcpt,
             uri: None,
@@ -208,7 +208,7 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
             imdn_requested: case.imdn_requested.unwrap_or(cpim),
             now,
         };
-        let (got, notes) = crate::mapper::respond_noting(rules, &input, None);
+        let (got, notes) = crate::mail_to_cpm::phases::respond_noting(rules, &input, None);
         if case.learn.is_some() && notes.learn != case.learn {
             errs.push(format!(
                 "response case {i} ({:?}/{:?}): expected learn {:?}, got {:?}",
@@ -223,9 +223,10 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
             ));
         }
         match (&got, &case.reply, &case.retry) {
-            (crate::mapper::ResponseDecision::Reply(r), Some(want), None)
+            (crate::mail_to_cpm::phases::ResponseDecision::Reply(r), Some(want), None)
                 if r.to_string().starts_with(want.as_str()) => {}
-            (crate::mapper::ResponseDecision::Retry(r), None, Some(want)) if r == want => {}
+            (crate::mail_to_cpm::phases::ResponseDecision::Retry(r), None, Some(want))
+                if r == want => {}
             _ => errs.push(format!(
                 "response case {i} ({:?}/{:?}): expected {}, got {got:?}",
                 case.status,

@@ -12,9 +12,9 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::ids::Ids;
 
+use crate::mail_to_cpm::outcome::{FailureKind, Layer, Outcome};
+use crate::mail_to_cpm::plan::{Delivery, Mode};
 use crate::msrp::{self, ClientConfig, OutgoingMessage};
-use crate::outcome::{FailureKind, Outcome, Protocol};
-use crate::plan::{Delivery, Mode};
 use crate::render::sdp::{SdpOffer, msrp_path, parse_answer};
 use crate::sip::SipBackend;
 
@@ -57,7 +57,7 @@ impl Default for LargeConfig {
 
 fn final_sip(status: u16, reason: &str) -> Outcome {
     Outcome::Final {
-        protocol: Protocol::Sip,
+        protocol: Layer::Sip,
         status,
         reason: reason.into(),
         headers: Vec::new(),
@@ -166,12 +166,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::mail_to_cpm::plan::Content;
     use crate::msrp::{Receiver, ReceiverConfig};
-    use crate::plan::Content;
     use crate::sip::{Answerer, AnswererConfig, ReceivedRequest, Reply, RsipBackend, SipConfig};
 
-    const CERT: &[u8] = include_bytes!("smtp/testdata/cert.pem");
-    const KEY: &[u8] = include_bytes!("smtp/testdata/key.pem");
+    const CERT: &[u8] = include_bytes!("../smtp/testdata/cert.pem");
+    const KEY: &[u8] = include_bytes!("../smtp/testdata/key.pem");
 
     /// A TLS front for the plain MSRP receiver: what an `msrps:` peer looks like on the wire.
     async fn tls_front(backend: std::net::SocketAddr) -> std::net::SocketAddr {
@@ -275,7 +275,7 @@ mod tests {
             matches!(
                 outcome,
                 Outcome::Final {
-                    protocol: Protocol::Msrp,
+                    protocol: Layer::Msrp,
                     status: 200,
                     ..
                 }

@@ -10,24 +10,21 @@
 //! replies of all recipients ──transaction──► one DATA reply (+ DSN)
 //! ```
 
-pub mod facts;
-pub mod run;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use super::facts::{self, Facts, MailFacts};
 use crate::dsl::{Input, Value};
-use crate::envelope::{Envelope, Rcpt};
 use crate::ids::Ids;
-use crate::mail::Mail;
-use crate::outcome::Outcome;
-use crate::plan::{Content, Delivery, Mode, RecipientList, RetryForm, Stamp};
+use crate::mail_to_cpm::mail::Mail;
+use crate::mail_to_cpm::outcome::Outcome;
+use crate::mail_to_cpm::plan::{Content, Delivery, Mode, RecipientList, RetryForm, Stamp};
 use crate::render::{cpim, resource_lists, sip};
-use crate::reply::Reply;
 use crate::ruleset::RuleSet;
+pub use crate::ruleset::run::{self, ActionError, Fault, Fired, RunError};
 use crate::ruleset::schema::{Action, F, FIELD_FNS, FIELDS, Fn};
-pub use facts::{Facts, MailFacts};
-pub use run::{ActionError, Fault, Fired, RunError};
+use crate::smtp::envelope::{Envelope, Rcpt};
+use crate::smtp::reply::Reply;
 
 fn field_of(slot: u16) -> Option<F> {
     FIELDS.get(slot as usize).map(|f| f.1)
@@ -61,7 +58,7 @@ fn words(v: &Value) -> Vec<String> {
 fn reply_of(v: &Value) -> Result<Reply, ActionError> {
     let text = v.to_string();
     Reply::parse(&text).map_err(|e| match e {
-        crate::reply::ReplyError::ControlCharacter => ActionError::Content(
+        crate::smtp::reply::ReplyError::ControlCharacter => ActionError::Content(
             "a value of the message would put a control character into the reply".into(),
         ),
         _ => ActionError::unexpected("an SMTP reply", "`NNN x.y.z text`", &text),
@@ -188,7 +185,7 @@ impl run::PhaseState for RecipientState<'_, '_> {
             Action::Reject => self.reject = Some(reply_of(&value)?),
             Action::Mailbox if !value.is_null() => {
                 let address = value.to_string();
-                if !crate::envelope::is_mailbox(&address) {
+                if !crate::smtp::envelope::is_mailbox(&address) {
                     return Err(ActionError::unexpected(
                         "`mailbox`",
                         "a mail address",
@@ -285,11 +282,11 @@ pub fn resolve_recipient(
 /// A rule failed at run time (step limit, overflow): a temporary local error, logged.
 fn rule_failure(e: &RunError) -> Reply {
     if e.fault == Fault::Content {
-        crate::metrics::rule_failed(&e.rule, "content");
+        crate::ops::metrics::rule_failed(&e.rule, "content");
         tracing::info!(rule = %e.rule, at = %e.at, "mail refused: {}", e.message);
         return crate::smtp::replies::content_refused(&e.message);
     }
-    crate::metrics::rule_failed(&e.rule, "local");
+    crate::ops::metrics::rule_failed(&e.rule, "local");
     tracing::error!(rule = %e.rule, at = %e.at, "rule evaluation failed: {}", e.message);
     crate::smtp::replies::rule_error(&e.rule)
 }
@@ -315,7 +312,7 @@ pub struct Draft {
 struct MessageState<'a, 'x> {
     facts: Facts<'a, 'x>,
     /// What the peer memory knows of the peer behind this recipient's URI.
-    peer: crate::peer_memory::Caps,
+    peer: crate::mail_to_cpm::peer_memory::Caps,
     rules: &'a RuleSet,
     draft: Draft,
     /// RFC 5365 history entries (To/Cc mapped by the address phase), computed once per mail.
@@ -796,7 +793,7 @@ pub fn plan_mail(
     accepted: &[(Rcpt, String)],
     raw: &[u8],
     ids: &dyn Ids,
-    peers: &dyn crate::peer_memory::PeerCaps,
+    peers: &dyn crate::mail_to_cpm::peer_memory::PeerCaps,
     now: DateTime<Utc>,
     explain: bool,
 ) -> MailPlan {
@@ -935,8 +932,8 @@ impl Input for ResponseState<'_, '_> {
             (F::SipStatus, Outcome::Final { status, .. }) => Value::Int(*status as i64),
             (F::SipReason, Outcome::Final { reason, .. }) => Value::str(reason.as_str()),
             (F::SipProtocol, Outcome::Final { protocol, .. }) => Value::str(match protocol {
-                crate::outcome::Protocol::Sip => "sip",
-                crate::outcome::Protocol::Msrp => "msrp",
+                crate::mail_to_cpm::outcome::Layer::Sip => "sip",
+                crate::mail_to_cpm::outcome::Layer::Msrp => "msrp",
             }),
             (F::Failure, Outcome::Failure { kind, .. }) => Value::str(kind.as_str()),
             (F::FailureDetail, Outcome::Failure { detail, .. }) => Value::str(detail.as_str()),
@@ -1178,9 +1175,9 @@ mod tests {
         let rules = crate::ruleset::load(std::path::Path::new("rules"), 1)
             .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
         let envelope = Envelope {
-            mail_from: crate::envelope::MailFrom::default(),
+            mail_from: crate::smtp::envelope::MailFrom::default(),
             rcpts: vec![],
-            client: crate::envelope::Client::default(),
+            client: crate::smtp::envelope::Client::default(),
             received_at: crate::ids::fixed_now(),
         };
         let decide = |args: &str| {
@@ -1206,9 +1203,9 @@ mod tests {
         let rules = crate::ruleset::load(std::path::Path::new("rules"), 1)
             .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
         let envelope = Envelope {
-            mail_from: crate::envelope::MailFrom::default(),
+            mail_from: crate::smtp::envelope::MailFrom::default(),
             rcpts: vec![],
-            client: crate::envelope::Client::default(),
+            client: crate::smtp::envelope::Client::default(),
             received_at: crate::ids::fixed_now(),
         };
         let r = |s: &str| Reply::parse(s).unwrap();
@@ -1283,9 +1280,9 @@ mod tests {
             .unwrap_or_else(|d| panic!("{}", crate::ruleset::diag::render_all(&d)));
         let rcpt = Rcpt::parse("<alice@cpm.example.net>").unwrap();
         let envelope = Envelope {
-            mail_from: crate::envelope::MailFrom::default(),
+            mail_from: crate::smtp::envelope::MailFrom::default(),
             rcpts: vec![rcpt.clone()],
-            client: crate::envelope::Client::default(),
+            client: crate::smtp::envelope::Client::default(),
             received_at: Utc::now(),
         };
         let uri = "sip:alice@ims.example.net".to_string();

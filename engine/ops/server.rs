@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError, Overrides};
 use crate::ids::RandomIds;
 use crate::mail_to_cpm::Gateway;
+use crate::ops::config::{Config, ConfigError, Overrides};
 use crate::sip::{RsipBackend, SipBackend};
 use crate::smtp::{self, Protocol};
 
@@ -23,20 +23,20 @@ pub enum ServeError {
     #[error(transparent)]
     Signals(std::io::Error),
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::ops::metrics::MetricsError),
     #[error("the rule set {} is not usable:\n{error}", dir.display())]
     Rules {
         dir: PathBuf,
-        error: crate::reload::ReloadError,
+        error: crate::ops::reload::ReloadError,
     },
     #[error(transparent)]
-    Demo(#[from] crate::demo::DemoError),
+    Demo(#[from] crate::ops::demo::DemoError),
     #[error(transparent)]
     Store(#[from] crate::store::OpenError),
     #[error("SIP back end: {0}")]
     Sip(crate::sip::client::SipError),
     #[error(transparent)]
-    Watch(#[from] crate::reload::WatchError),
+    Watch(#[from] crate::ops::reload::WatchError),
     /// A listener (SMTP, LMTP, metrics, the demo smarthost) or its address.
     #[error(transparent)]
     Listen(std::io::Error),
@@ -56,18 +56,22 @@ pub async fn serve(mut cfg: Config, demo: bool) -> Result<(), ServeError> {
     let clock = crate::clock::system();
     let ids: Arc<dyn crate::ids::Ids> = Arc::new(RandomIds);
     // --- operations: signals, metrics, generation 1 (before anything can be asked) ---
-    let shutdown = crate::shutdown::on_signals().map_err(ServeError::Signals)?;
+    let shutdown = crate::ops::shutdown::on_signals().map_err(ServeError::Signals)?;
     if let Some(addr) = cfg.metrics_listen {
-        let handle = crate::metrics::install()?;
-        let listener = crate::metrics::bind(addr).await?;
+        let handle = crate::ops::metrics::install()?;
+        let listener = crate::ops::metrics::bind(addr).await?;
         println!(
             "iwf: metrics listening on http://{}/metrics",
             listener.local_addr().map_err(ServeError::Listen)?
         );
-        tokio::spawn(crate::metrics::serve(listener, handle, shutdown.clone()));
+        tokio::spawn(crate::ops::metrics::serve(
+            listener,
+            handle,
+            shutdown.clone(),
+        ));
     }
     let reloader = Arc::new(
-        crate::reload::Reloader::start(&cfg.rules, clock.clone()).map_err(|error| {
+        crate::ops::reload::Reloader::start(&cfg.rules, clock.clone()).map_err(|error| {
             ServeError::Rules {
                 dir: cfg.rules.clone(),
                 error,
@@ -77,7 +81,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> Result<(), ServeError> {
     // --- end operations ---
     let mut _demo = None;
     if demo {
-        let endpoint = crate::demo::start().await?;
+        let endpoint = crate::ops::demo::start().await?;
         println!(
             "demo: in-process CPM endpoint at {} answers MESSAGE and INVITE (MSRP at {}) and prints what it receives",
             endpoint.uri,
@@ -86,7 +90,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> Result<(), ServeError> {
         cfg.sip.outbound_proxy = Some(endpoint.uri.clone());
         _demo = Some(endpoint);
         if cfg.smarthost.is_none() {
-            let sink = crate::reverse::sink::start()
+            let sink = crate::cpm_to_mail::sink::start()
                 .await
                 .map_err(ServeError::Listen)?;
             println!(
@@ -108,15 +112,15 @@ pub async fn serve(mut cfg: Config, demo: bool) -> Result<(), ServeError> {
     ));
     // CPM -> e-mail: the UAS on the same SIP sockets (engine/reverse), sharing the thread
     // store with the mail -> CPM direction (which remembers what the CPM side accepted).
-    let threads: Arc<dyn crate::reverse::ThreadStore> =
-        Arc::new(crate::reverse::MemoryThreads::default());
+    let threads: Arc<dyn crate::cpm_to_mail::ThreadStore> =
+        Arc::new(crate::cpm_to_mail::MemoryThreads::default());
     let uas = Arc::new(
-        crate::reverse::Uas::new(
+        crate::cpm_to_mail::Uas::new(
             reloader.rules(),
             ids.clone(),
             clock.clone(),
             threads.clone(),
-            crate::reverse::UasConfig {
+            crate::cpm_to_mail::UasConfig {
                 smarthost: cfg.smarthost.clone(),
                 helo: cfg.hostname.clone(),
                 smtp_timeout: cfg.smarthost_timeout,
@@ -136,14 +140,17 @@ pub async fn serve(mut cfg: Config, demo: bool) -> Result<(), ServeError> {
     if let Some(p) = backend.tcp_port() {
         println!("iwf: SIP (CPM -> e-mail MESSAGE) listening on tcp port {p}");
     }
-    let sip: Arc<dyn SipBackend> = Arc::new(crate::reverse::threads::Remembering {
-        inner: Arc::new(crate::metrics::MeteredSip(Arc::new(backend), clock.clone())),
+    let sip: Arc<dyn SipBackend> = Arc::new(crate::cpm_to_mail::threads::Remembering {
+        inner: Arc::new(crate::ops::metrics::MeteredSip(
+            Arc::new(backend),
+            clock.clone(),
+        )),
         threads,
     });
     let large = cfg.large.clone();
     let rules = reloader.rules();
-    let _watcher = crate::reload::spawn(reloader, &cfg.reload, shutdown.clone())?;
-    let peers = Arc::new(crate::peer_memory::PeerMemory::new(
+    let _watcher = crate::ops::reload::spawn(reloader, &cfg.reload, shutdown.clone())?;
+    let peers = Arc::new(crate::mail_to_cpm::peer_memory::PeerMemory::new(
         cfg.peer_memory,
         100_000,
     ));

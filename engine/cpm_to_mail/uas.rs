@@ -21,8 +21,8 @@ use tokio::sync::Semaphore;
 use super::{Ctx, Incoming, SipAnswer, ThreadStore, accept, complete, plan, respond};
 use crate::clock::Clock;
 use crate::ids::Ids;
-use crate::mapper::run::Fired;
 use crate::ruleset::RuleSet;
+use crate::ruleset::run::Fired;
 use crate::smtp_client::{self, Caps};
 
 /// How the UAS runs.

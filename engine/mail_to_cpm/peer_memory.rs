@@ -150,7 +150,7 @@ impl PeerMemory {
         }
         let remembered = map.len();
         drop(map);
-        crate::metrics::peer_learned(what.label(), remembered);
+        crate::ops::metrics::peer_learned(what.label(), remembered);
     }
 
     /// The capabilities as of `now`.

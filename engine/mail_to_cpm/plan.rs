@@ -152,12 +152,12 @@ pub struct Stamp {
 
 use chrono::{DateTime, Utc};
 
-use crate::envelope::{Envelope, Rcpt};
 use crate::ids::Ids;
-use crate::mapper::{self, Fired, Planned, RcptDecision};
-use crate::peer_memory::PeerCaps;
-use crate::reply::Reply;
+use crate::mail_to_cpm::peer_memory::PeerCaps;
+use crate::mail_to_cpm::phases::{self, Fired, Planned, RcptDecision};
 use crate::ruleset::RuleSet;
+use crate::smtp::envelope::{Envelope, Rcpt};
+use crate::smtp::reply::Reply;
 
 /// Where one envelope recipient goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +214,7 @@ pub fn route(
     now: DateTime<Utc>,
     explain: Option<&mut Vec<Fired>>,
 ) -> RcptDecision {
-    mapper::resolve_recipient(rules, envelope, rcpt, now, explain)
+    phases::resolve_recipient(rules, envelope, rcpt, now, explain)
 }
 
 /// Plans a whole transaction at the end of DATA: every recipient is routed again by this
@@ -278,7 +278,7 @@ pub fn plan_decided(
             Some(RcptDecision::Reject(reply)) => Route::Refused(reply),
         })
         .collect();
-    let mail = mapper::plan_mail(
+    let mail = phases::plan_mail(
         rules,
         envelope,
         &accepted,

@@ -31,9 +31,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::envelope::Envelope;
-use crate::reply::Reply;
 use crate::smtp::Protocol;
+use crate::smtp::envelope::Envelope;
+use crate::smtp::reply::Reply;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,7 +115,7 @@ pub async fn in_transaction<F: Future>(
     clock: Arc<dyn Clock>,
     fut: F,
 ) -> F::Output {
-    let _active = crate::metrics::mail_received(protocol);
+    let _active = crate::ops::metrics::mail_received(protocol);
     let cx = RefCell::new(Context {
         start: clock.instant(),
         clock,
@@ -153,7 +153,7 @@ pub fn finish_transaction(t: &Transaction<'_>) {
             (cx.clock.instant() - cx.start, cx.call_ids.join(","))
         })
         .unwrap_or_default();
-    crate::metrics::mail_answered(t.protocol, t.reply, took);
+    crate::ops::metrics::mail_answered(t.protocol, t.reply, took);
     let rcpts = t
         .envelope
         .rcpts

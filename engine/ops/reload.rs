@@ -33,9 +33,9 @@ use notify_debouncer_full::{DebounceEventResult, DebouncedEvent, new_debouncer};
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
+use crate::ops::shutdown::Shutdown;
+use crate::ruleset::selftest;
 use crate::ruleset::{self, Diagnostic, RuleSet};
-use crate::selftest;
-use crate::shutdown::Shutdown;
 
 /// The default quiet time before a change is loaded.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
@@ -101,7 +101,7 @@ pub fn build(dir: &Path, generation: u64) -> Result<RuleSet, ReloadError> {
     if !failures.is_empty() {
         return Err(ReloadError::SelfTests(failures));
     }
-    crate::metrics::count_rule_hits(&mut rules);
+    crate::ops::metrics::count_rule_hits(&mut rules);
     Ok(rules)
 }
 
@@ -125,7 +125,7 @@ impl Reloader {
             dir = %dir.display(),
             "rule set generation 1 serving"
         );
-        crate::metrics::reload_succeeded(1, true, clock.now());
+        crate::ops::metrics::reload_succeeded(1, true, clock.now());
         Ok(Reloader {
             dir: dir.to_path_buf(),
             rules: Arc::new(ArcSwap::from_pointee(rules)),
@@ -159,7 +159,7 @@ impl Reloader {
                 let generation = rules.generation;
                 let count = rules.rule_count();
                 self.rules.store(Arc::new(rules));
-                crate::metrics::reload_succeeded(generation, false, self.clock.now());
+                crate::ops::metrics::reload_succeeded(generation, false, self.clock.now());
                 tracing::info!(
                     generation,
                     rules = count,
@@ -170,7 +170,7 @@ impl Reloader {
                 Ok(generation)
             }
             Err(e) => {
-                crate::metrics::reload_failed(e.problems());
+                crate::ops::metrics::reload_failed(e.problems());
                 tracing::error!(
                     generation = serving,
                     cause,

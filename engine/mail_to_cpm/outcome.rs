@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::plan::Mode;
+use crate::mail_to_cpm::plan::Mode;
 
 /// The final outcome of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -11,7 +11,7 @@ pub enum Outcome {
     /// transaction response when the session failed at the MSRP layer.
     Final {
         /// Which protocol answered: `sip` or `msrp`.
-        protocol: Protocol,
+        protocol: Layer,
         status: u16,
         reason: String,
         /// Headers of the response the response rules may read (Contact, Retry-After, Accept).
@@ -26,9 +26,11 @@ pub enum Outcome {
     },
 }
 
+/// Which protocol layer gave a final answer (the rules' `sip.protocol`). Not the
+/// front end's [`crate::smtp::Protocol`] (SMTP or LMTP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Protocol {
+pub enum Layer {
     Sip,
     Msrp,
 }

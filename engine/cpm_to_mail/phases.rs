@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use crate::dsl::Value;
 use crate::dsl::eval::Input;
-use crate::mapper::run::{self, ActionError, Fired, PhaseState, RunError};
 use crate::ruleset::RuleSet;
+use crate::ruleset::run::{self, ActionError, Fired, PhaseState, RunError};
 use crate::ruleset::schema::{Action, F, FIELDS, Fn};
 use crate::smtp_client::SmtpOutcome;
 

@@ -134,10 +134,10 @@ pub struct Config {
     pub smtp: crate::smtp::SmtpConfig,
     pub sip: crate::sip::SipConfig,
     pub metrics_listen: Option<SocketAddr>,
-    pub log_format: crate::logging::LogFormat,
-    pub reload: crate::reload::ReloadConfig,
+    pub log_format: crate::ops::logging::LogFormat,
+    pub reload: crate::ops::reload::ReloadConfig,
     /// Large-mode delivery (its `host` is the SIP listening address).
-    pub large: crate::large::LargeConfig,
+    pub large: crate::mail_to_cpm::large::LargeConfig,
     /// The delivery/correlation store and its limits.
     pub store: crate::store::Backend,
     pub store_limits: crate::store::Limits,
@@ -271,11 +271,11 @@ impl Config {
         let log_format = match o.log_format.clone().or(file.log_format) {
             Some(f) => f
                 .parse()
-                .map_err(|e: crate::logging::UnknownLogFormat| ConfigError {
+                .map_err(|e: crate::ops::logging::UnknownLogFormat| ConfigError {
                     where_: "log_format".into(),
                     message: e.to_string(),
                 })?,
-            None => crate::logging::LogFormat::default(),
+            None => crate::ops::logging::LogFormat::default(),
         };
         let metrics_listen = o
             .metrics_listen
@@ -283,7 +283,7 @@ impl Config {
             .or(file.metrics_listen)
             .map(|a| addr("metrics_listen", &a))
             .transpose()?;
-        let mut reload = crate::reload::ReloadConfig::default();
+        let mut reload = crate::ops::reload::ReloadConfig::default();
         if let Some(w) = file.reload.watch {
             reload.watch = w;
         }
@@ -347,9 +347,9 @@ impl Config {
         if let Some(v) = file.timers.t4_ms {
             sip.timers.t4 = Duration::from_millis(v);
         }
-        let mut large = crate::large::LargeConfig {
+        let mut large = crate::mail_to_cpm::large::LargeConfig {
             host: sip_addr.ip(),
-            ..crate::large::LargeConfig::default()
+            ..crate::mail_to_cpm::large::LargeConfig::default()
         };
         if let Some(ca) = &file.large.tls_ca {
             let pem = std::fs::read(ca).map_err(|e| ConfigError {
@@ -357,7 +357,7 @@ impl Config {
                 message: format!("cannot read {}: {e}", ca.display()),
             })?;
             large.tls = Some(
-                crate::large::tls_client_config(&pem).map_err(|e| ConfigError {
+                crate::mail_to_cpm::large::tls_client_config(&pem).map_err(|e| ConfigError {
                     where_: "large.tls_ca".into(),
                     message: e.to_string(),
                 })?,
@@ -436,9 +436,9 @@ mod tests {
         let c = Config::load(Some(Path::new("contrib/iwf.yaml")), &Overrides::default())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9465".parse().unwrap()));
-        assert_eq!(c.log_format, crate::logging::LogFormat::Text);
+        assert_eq!(c.log_format, crate::ops::logging::LogFormat::Text);
         assert_eq!(c.smtp.shutdown_grace, Duration::from_secs(60));
-        assert_eq!(c.reload, crate::reload::ReloadConfig::default());
+        assert_eq!(c.reload, crate::ops::reload::ReloadConfig::default());
     }
 
     #[test]
@@ -450,7 +450,7 @@ mod tests {
         };
         let c = Config::load(Some(Path::new("contrib/iwf.yaml")), &o).unwrap();
         assert_eq!(c.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
-        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        assert_eq!(c.log_format, crate::ops::logging::LogFormat::Json);
         let bad = Overrides {
             log_format: Some("xml".into()),
             ..Overrides::default()

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::dsl::Value;
-use crate::envelope::{Envelope, Rcpt};
-use crate::mail::{Mail, Mailbox};
+use crate::mail_to_cpm::mail::{Mail, Mailbox};
 use crate::ruleset::schema::{F, Fn};
+use crate::smtp::envelope::{Envelope, Rcpt};
 
 /// What is known of the mail, computed lazily once.
 pub struct MailFacts<'x> {

@@ -131,7 +131,8 @@ fn push_bounded(out: &mut String, text: &str, room: usize) {
     out.push_str("...");
 }
 
-fn is_enhanced(s: &str) -> bool {
+/// `class.subject.detail` (RFC 3463): class 2, 4 or 5, subject and detail 1-3 digits.
+pub(crate) fn is_enhanced(s: &str) -> bool {
     let parts: Vec<&str> = s.split('.').collect();
     parts.len() == 3
         && matches!(parts[0], "2" | "4" | "5")

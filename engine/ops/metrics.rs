@@ -44,13 +44,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::clock::Clock;
-use crate::outcome::Outcome;
-use crate::plan::Delivery;
-use crate::reply::Reply;
+use crate::mail_to_cpm::outcome::Outcome;
+use crate::mail_to_cpm::plan::Delivery;
+use crate::ops::shutdown::Shutdown;
 use crate::ruleset::{RuleSet, schema};
-use crate::shutdown::Shutdown;
-use crate::sip::{BoxFuture, InviteOutcome, SipBackend};
+use crate::sip::{InviteOutcome, SipBackend};
 use crate::smtp::Protocol;
+use crate::smtp::reply::Reply;
+use futures::future::BoxFuture;
 
 /// Histogram buckets in seconds: 1 ms up to SIP Timer F (32 s) and past it.
 const BUCKETS: [f64; 15] = [
@@ -394,13 +395,13 @@ fn sip_request(method: &'static str, outcome: &Outcome, took: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::FailureKind;
-    use crate::plan::Mode;
+    use crate::mail_to_cpm::outcome::FailureKind;
+    use crate::mail_to_cpm::plan::Mode;
 
     #[test]
     fn status_labels() {
         let fin = Outcome::Final {
-            protocol: crate::outcome::Protocol::Sip,
+            protocol: crate::mail_to_cpm::outcome::Layer::Sip,
             status: 404,
             reason: "Not Found".into(),
             headers: vec![],
@@ -424,7 +425,7 @@ mod tests {
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (trigger, shutdown) = crate::shutdown::channel();
+        let (trigger, shutdown) = crate::ops::shutdown::channel();
         let server = tokio::spawn(serve(listener, handle, shutdown));
         let get = |path: &'static str| async move {
             let mut s = TcpStream::connect(addr).await.unwrap();

@@ -73,8 +73,12 @@ pub struct Remembering {
 }
 
 impl Remembering {
-    fn note(&self, d: &crate::plan::Delivery, o: &crate::outcome::Outcome) {
-        let crate::outcome::Outcome::Final { status, .. } = o else {
+    fn note(
+        &self,
+        d: &crate::mail_to_cpm::plan::Delivery,
+        o: &crate::mail_to_cpm::outcome::Outcome,
+    ) {
+        let crate::mail_to_cpm::outcome::Outcome::Final { status, .. } = o else {
             return;
         };
         if status / 100 != 2 {
@@ -105,8 +109,8 @@ impl Remembering {
 impl crate::sip::SipBackend for Remembering {
     fn send_message<'a>(
         &'a self,
-        delivery: &'a crate::plan::Delivery,
-    ) -> crate::sip::BoxFuture<'a, crate::outcome::Outcome> {
+        delivery: &'a crate::mail_to_cpm::plan::Delivery,
+    ) -> futures::future::BoxFuture<'a, crate::mail_to_cpm::outcome::Outcome> {
         Box::pin(async move {
             let o = self.inner.send_message(delivery).await;
             self.note(delivery, &o);
@@ -116,10 +120,10 @@ impl crate::sip::SipBackend for Remembering {
 
     fn send_invite<'a>(
         &'a self,
-        delivery: &'a crate::plan::Delivery,
+        delivery: &'a crate::mail_to_cpm::plan::Delivery,
         sdp_offer: Vec<u8>,
         contact: &'a str,
-    ) -> crate::sip::BoxFuture<'a, crate::sip::InviteOutcome> {
+    ) -> futures::future::BoxFuture<'a, crate::sip::InviteOutcome> {
         Box::pin(async move {
             let o = self.inner.send_invite(delivery, sdp_offer, contact).await;
             self.note(delivery, &o.outcome);
