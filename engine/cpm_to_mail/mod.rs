@@ -29,16 +29,16 @@
 //! | [`large`] | Large Message Mode in: INVITE answered, MSRP session received |
 //! | [`threads`] | mail Message-ID ↔ CPM conversation |
 
-pub mod answer;
-pub mod content;
-pub mod large;
-pub mod phases;
+pub(crate) mod answer;
+pub(crate) mod content;
+pub(crate) mod large;
+pub(crate) mod phases;
 pub mod plan;
-pub mod render;
-pub mod request;
-pub mod selftest;
-pub mod sink;
-pub mod threads;
+pub(crate) mod render;
+pub(crate) mod request;
+pub(crate) mod selftest;
+pub(crate) mod sink;
+pub(crate) mod threads;
 pub mod uas;
 
 use crate::dsl::Value;

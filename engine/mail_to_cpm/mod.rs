@@ -19,17 +19,17 @@
 //! every delivered recipient is recorded in the [`Store`] (keyed by the mail's identity,
 //! [`crate::store::mail_identity`]) before the reply is sent. 250 only after a SIP 2xx.
 
-pub mod answer;
-pub mod dispatch;
+pub(crate) mod answer;
+pub(crate) mod dispatch;
 pub mod dryrun;
-pub mod facts;
+pub(crate) mod facts;
 pub mod large;
 pub mod mail;
 pub mod outcome;
 pub mod peer_memory;
 pub mod phases;
 pub mod plan;
-pub mod relay;
+pub(crate) mod relay;
 
 use std::sync::Arc;
 
@@ -94,7 +94,7 @@ impl MailHandler for Gateway {
     }
 
     fn data(&self, envelope: Envelope, message: Vec<u8>) -> BoxFuture<'_, DataReplies> {
-        // Counted, timed and logged as one transaction (engine/logging.rs).
+        // Counted, timed and logged as one transaction (engine/ops/logging.rs).
         Box::pin(crate::ops::logging::in_transaction(
             self.protocol,
             self.clock.clone(),

@@ -13,7 +13,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use super::facts::{self, Facts, MailFacts};
+use super::facts;
+pub use super::facts::{Facts, MailFacts};
 use crate::dsl::{Input, Value};
 use crate::ids::Ids;
 use crate::mail_to_cpm::mail::Mail;
@@ -21,7 +22,8 @@ use crate::mail_to_cpm::outcome::Outcome;
 use crate::mail_to_cpm::plan::{Content, Delivery, Mode, RecipientList, RetryForm, Stamp};
 use crate::render::{cpim, resource_lists, sip};
 use crate::ruleset::RuleSet;
-pub use crate::ruleset::run::{self, ActionError, Fault, Fired, RunError};
+use crate::ruleset::run;
+pub use crate::ruleset::run::{ActionError, Fault, Fired, RunError};
 use crate::ruleset::schema::{Action, F, FIELD_FNS, FIELDS, Fn};
 use crate::smtp::envelope::{Envelope, Rcpt};
 use crate::smtp::reply::Reply;

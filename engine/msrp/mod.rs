@@ -30,9 +30,9 @@
 //! # Ok(()) }
 //! ```
 
-pub mod client;
+pub(crate) mod client;
 pub mod codec;
-pub mod receiver;
+pub(crate) mod receiver;
 
 pub use client::{
     Client, ClientConfig, ConnectError, MsrpStream, OutgoingMessage, SendOutcome, connect,

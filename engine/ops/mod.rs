@@ -5,7 +5,7 @@
 pub mod config;
 pub mod demo;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod reload;
 pub mod server;
-pub mod shutdown;
+pub(crate) mod shutdown;

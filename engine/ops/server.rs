@@ -110,7 +110,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> Result<(), ServeError> {
         cfg.store_limits.report_ttl,
         clock.clone(),
     ));
-    // CPM -> e-mail: the UAS on the same SIP sockets (engine/reverse), sharing the thread
+    // CPM -> e-mail: the UAS on the same SIP sockets (engine/cpm_to_mail), sharing the thread
     // store with the mail -> CPM direction (which remembers what the CPM side accepted).
     let threads: Arc<dyn crate::cpm_to_mail::ThreadStore> =
         Arc::new(crate::cpm_to_mail::MemoryThreads::default());

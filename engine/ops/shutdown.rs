@@ -26,6 +26,7 @@ impl Trigger {
         self.0.send_replace(true);
     }
 
+    #[cfg(test)]
     /// Another handle waiting for this trigger.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown(self.0.subscribe())

@@ -32,6 +32,7 @@ pub fn wanted(envelope: &Envelope, rcpt: &Rcpt) -> bool {
         && (rcpt.notify.is_empty() || rcpt.notify.contains(&"FAILURE"))
 }
 
+#[cfg(test)]
 /// Builds the DSN message (RFC 5322 text with CRLF line ends).
 pub fn build(
     reporting_mta: &str,

@@ -28,16 +28,16 @@
 
 mod documents;
 pub mod dryrun;
-pub mod dsn;
-pub mod from_cpm;
-pub mod from_mail;
+pub(crate) mod dsn;
+pub(crate) mod from_cpm;
+pub(crate) mod from_mail;
 pub mod imdn;
 pub mod mail_report;
-pub mod mdn;
-pub mod phases;
-pub mod records;
-pub mod selftest;
-pub mod service;
+pub(crate) mod mdn;
+pub(crate) mod phases;
+pub(crate) mod records;
+pub(crate) mod selftest;
+pub(crate) mod service;
 
 pub use documents::is_imdn;
 pub use from_cpm::imdn_from_cpm;

@@ -13,7 +13,7 @@
 pub mod diag;
 pub mod file;
 pub mod load;
-pub mod run;
+pub(crate) mod run;
 pub mod schema;
 pub mod selftest;
 

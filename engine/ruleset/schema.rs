@@ -12,7 +12,7 @@ pub const RECIPIENT: u16 = 2;
 pub const MESSAGE: u16 = 4;
 pub const RESPONSE: u16 = 8;
 pub const TRANSACTION: u16 = 16;
-/// The CPM → e-mail direction (`engine/reverse`).
+/// The CPM → e-mail direction (`engine/cpm_to_mail`).
 pub const CPM_ADDRESS: u16 = 32;
 pub const CPM_MESSAGE: u16 = 64;
 pub const CPM_RESPONSE: u16 = 128;

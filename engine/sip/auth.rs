@@ -239,6 +239,7 @@ pub fn md5_hex(data: &[u8]) -> String {
         .collect()
 }
 
+#[cfg(test)]
 /// Checks an `Authorization` value against the password (used by the test answerer).
 pub fn verify(authorization: &str, password: &str, method: &str) -> bool {
     let rest = authorization

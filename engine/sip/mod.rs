@@ -49,12 +49,12 @@ use crate::mail_to_cpm::outcome::Outcome;
 use crate::mail_to_cpm::plan::Delivery;
 
 pub mod answerer;
-pub mod auth;
-pub mod client;
-pub mod config;
-pub mod next_hop;
+pub(crate) mod auth;
+pub(crate) mod client;
+pub(crate) mod config;
+pub(crate) mod next_hop;
 pub mod response;
-pub mod stamp;
+pub(crate) mod stamp;
 
 #[cfg(test)]
 mod tests_backend;

@@ -317,7 +317,7 @@ pub(crate) fn is_protocol_error(reply: &Reply) -> bool {
             .is_some_and(|s| s.starts_with("5.5."))
 }
 
-// ---- the mail's outcome (engine/mapper, the gateway, the report loop) --------------------
+// ---- the mail's outcome (engine/mail_to_cpm, the report loop) ---------------------------
 //
 // The replies iwf writes itself about a mail, not about the protocol: what the rules did not
 // decide, what the mechanism could not do. Replies the rules decide are in `rules/`.

@@ -6,7 +6,7 @@
 //! STARTTLS is opportunistic (RFC 7435): taken whenever offered, the certificate is not
 //! verified (a smarthost on the same host or LAN; a verified mode needs a CA setting).
 
-pub mod smarthost;
+pub(crate) mod smarthost;
 
 use std::sync::Arc;
 use std::time::Duration;

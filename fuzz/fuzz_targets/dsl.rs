@@ -180,7 +180,7 @@ fn mail(raw: &[u8]) {
     let rules = rules();
     let now = iwf::ids::fixed_now();
     let ids = iwf::ids::SequentialIds::new();
-    let (from, rcpts) = iwf::dryrun::implied_envelope(raw);
+    let (from, rcpts) = iwf::mail_to_cpm::dryrun::implied_envelope(raw);
     let mut envelope = Envelope {
         mail_from: MailFrom {
             size: Some(raw.len() as u64),
@@ -193,7 +193,7 @@ fn mail(raw: &[u8]) {
     let mut accepted = Vec::new();
     for r in rcpts.into_iter().take(8) {
         if let RcptDecision::Accept { uri } =
-            mapper::resolve_recipient(rules, &envelope, &r, now, None)
+            phases::resolve_recipient(rules, &envelope, &r, now, None)
         {
             envelope.rcpts.push(r.clone());
             accepted.push((r, uri));
@@ -209,7 +209,16 @@ fn mail(raw: &[u8]) {
         envelope.rcpts.push(r.clone());
         accepted.push((r, "tel:+15551234567".into()));
     }
-    let _ = mapper::plan_mail(rules, &envelope, &accepted, raw, &ids, now, false);
+    let _ = phases::plan_mail(
+        rules,
+        &envelope,
+        &accepted,
+        raw,
+        &ids,
+        &iwf::mail_to_cpm::peer_memory::Unknown,
+        now,
+        false,
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! `iwf map` on arbitrary mail bytes with the shipped rules (`iwf::dryrun::run`, the same
+//! `iwf map` on arbitrary mail bytes with the shipped rules (`iwf::mail_to_cpm::dryrun::run`, the same
 //! path as the CLI and the snapshot tests). The envelope is the one the mail implies
 //! (From → MAIL FROM, To/Cc → RCPT TO), or when the first byte is odd a fixed recipient
 //! that the shipped rules accept, so the message phase always runs.
@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use iwf::dryrun::{self, Options};
+use iwf::mail_to_cpm::dryrun::{self, Options};
 use iwf::smtp::envelope::Rcpt;
 use iwf::ruleset::RuleSet;
 use libfuzzer_sys::fuzz_target;
