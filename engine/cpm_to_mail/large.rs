@@ -36,7 +36,7 @@ use crate::msrp::ReceivedMessage;
 use crate::msrp::codec::{
     ByteRange, FailureReport, Frame, Limits, Method, Parser, Request, Status,
 };
-use crate::msrp::receiver::{Absorbed, Reassembler};
+use crate::msrp::receiver::{Absorbed, Reassembler, reason, success_report};
 use crate::render::sdp::{msrp_path, parse_answer};
 
 /// Longest session: INVITE to the complete message.
@@ -261,7 +261,7 @@ pub async fn invite(uas: Arc<Uas>, mut tx: Transaction, inc: Incoming) {
         last.response(status, reason(status)).render(&mut out);
     }
     if status == 200 && last.success_report == Some(true) {
-        report(&*uas.ids, &last, &msg).render(&mut out);
+        success_report(&*uas.ids, &last, &msg).render(&mut out);
     }
     tracing::info!(
         call_id,
@@ -525,43 +525,6 @@ fn msrp_status(sip: u16) -> u16 {
         403 | 404 => 403,
         408 | 480 | 503 | 504 => 408,
         _ => 400,
-    }
-}
-
-/// `REPORT` with `Status: 000 200 OK` for the delivered message (RFC 4975 §7.1.2).
-fn report(ids: &dyn Ids, last: &Request, msg: &ReceivedMessage) -> Request {
-    let total = msg.content.len() as u64;
-    Request {
-        message_id: Some(msg.message_id.clone()),
-        byte_range: Some(ByteRange {
-            start: 1,
-            end: Some(total),
-            total: Some(total),
-        }),
-        status: Some(Status {
-            namespace: 0,
-            code: 200,
-            reason: Some("OK".into()),
-        }),
-        ..Request::new(
-            ids.ident(),
-            Method::Report,
-            last.from_path.iter().take(1).cloned().collect(),
-            last.to_path.iter().take(1).cloned().collect(),
-        )
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Unintelligible",
-        403 => "Action-not-allowed",
-        408 => "Transaction-did-not-complete-in-allotted-time",
-        413 => "Stop-sending-message",
-        415 => "MIME-not-understood",
-        501 => "Request-method-not-understood",
-        _ => "",
     }
 }
 

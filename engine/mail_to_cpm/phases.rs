@@ -1285,7 +1285,7 @@ mod tests {
             mail_from: crate::smtp::envelope::MailFrom::default(),
             rcpts: vec![rcpt.clone()],
             client: crate::smtp::envelope::Client::default(),
-            received_at: Utc::now(),
+            received_at: crate::ids::fixed_now(),
         };
         let uri = "sip:alice@ims.example.net".to_string();
         let history = [resource_lists::Entry {
@@ -1306,7 +1306,7 @@ mod tests {
                     rcpt: Some(&rcpt),
                     rcpt_uri: Some(&uri),
                     mail: None,
-                    now: Utc::now(),
+                    now: crate::ids::fixed_now(),
                 },
                 rules: &rules,
                 draft: Draft {

@@ -264,7 +264,7 @@ async fn serve_connection(
 }
 
 /// `REPORT` with `Status: 000 200 OK` for a complete message (RFC 4975 §7.1.2).
-fn success_report(
+pub(crate) fn success_report(
     ids: &dyn crate::ids::Ids,
     last_chunk: &Request,
     msg: &ReceivedMessage,
@@ -292,7 +292,7 @@ fn success_report(
 }
 
 /// Reason phrases from the RFC 4975 §15 registry.
-fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Unintelligible",
