@@ -460,37 +460,23 @@ pub fn dry_run_with_record(
         },
         Ok(p) => {
             let e = &p.envelope;
-            let mut mail = format!("MAIL FROM:<{}>", e.mail_from);
-            if e.eight_bit && caps.eightbitmime {
-                mail.push_str(" BODY=8BITMIME");
-            }
-            if e.smtputf8 {
-                mail.push_str(" SMTPUTF8");
-            }
-            if caps.dsn {
-                mail.push_str(" RET=HDRS");
-                if let Some(id) = &e.envid {
-                    mail.push_str(&format!(" ENVID={id}"));
-                }
-            }
-            if let (true, Some(by)) = (caps.deliverby, e.by.filter(|b| *b > 0)) {
-                mail.push_str(&format!(" BY={by};R"));
-            }
-            let mut rcpt = format!("RCPT TO:<{}>", e.rcpt);
-            if caps.dsn
-                && let Some(n) = &e.notify
-            {
-                rcpt.push_str(&format!(" NOTIFY={n} ORCPT=rfc822;{}", e.rcpt));
-            }
-            let ok = smtp_client::SmtpOutcome::Reply {
-                stage: smtp_client::Stage::Data,
-                code: 250,
-                status: Some("2.0.0".into()),
-                text: "queued".into(),
+            // The lines the session would send (the same function), and the smarthost
+            // assumed to take the mail: 250 to DATA.
+            let (lines, ok) = match smtp_client::commands(e, caps, p.message.len()) {
+                Ok((mail, rcpt)) => (
+                    Some(vec![mail, rcpt]),
+                    smtp_client::SmtpOutcome::Reply {
+                        stage: smtp_client::Stage::Data,
+                        code: 250,
+                        status: Some("2.0.0".into()),
+                        text: "queued".into(),
+                    },
+                ),
+                Err(refused) => (None, refused),
             };
             let a = respond(rules, &ok, Some(&e.rcpt), now, Some(&mut explain));
             DryRun {
-                envelope: Some(vec![mail, rcpt]),
+                envelope: lines,
                 mail: Some(String::from_utf8_lossy(&p.message).into_owned()),
                 response: a.summary(),
                 explain,

@@ -203,6 +203,76 @@ impl Response {
     }
 }
 
+/// The MAIL and RCPT command lines (without CRLF) for one mail to a server with `c`, or the
+/// outcome that refuses the mail before anything is sent (SMTPUTF8 needed but not offered,
+/// an address SMTP cannot carry, over the server's SIZE). Pure: the session sends these
+/// lines and `iwf map --sip` shows them.
+pub fn commands(
+    env: &Envelope,
+    c: &Caps,
+    message_len: usize,
+) -> Result<(String, String), SmtpOutcome> {
+    if env.smtputf8 && !c.smtputf8 {
+        return Err(SmtpOutcome::Reply {
+            stage: Stage::Mail,
+            code: 553,
+            status: Some("5.6.7".into()),
+            text: "the mail needs SMTPUTF8, which the smarthost does not offer".into(),
+        });
+    }
+    for v in [&env.mail_from, &env.rcpt] {
+        if v.chars()
+            .any(|ch| ch.is_control() || ch == '<' || ch == '>' || ch == ' ')
+        {
+            return Err(SmtpOutcome::failure_at(
+                Stage::Mail,
+                "protocol",
+                format!("address `{}` cannot be written into SMTP", v.escape_debug()),
+            ));
+        }
+    }
+    let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
+    if let Some(size) = c.size {
+        if message_len as u64 > size {
+            return Err(SmtpOutcome::Reply {
+                stage: Stage::Mail,
+                code: 552,
+                status: Some("5.3.4".into()),
+                text: format!(
+                    "message of {} bytes over the smarthost's SIZE {size}",
+                    message_len
+                ),
+            });
+        }
+        mail.push_str(&format!(" SIZE={message_len}"));
+    }
+    if env.eight_bit && c.eightbitmime {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if env.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    if c.dsn {
+        mail.push_str(" RET=HDRS");
+        if let Some(id) = env.envid.as_deref().filter(|i| is_xtext_safe(i)) {
+            mail.push_str(&format!(" ENVID={id}"));
+        }
+    }
+    if let (true, Some(by)) = (c.deliverby, env.by.filter(|b| *b > 0)) {
+        mail.push_str(&format!(" BY={by};R"));
+    }
+    let mut rcpt = format!("RCPT TO:<{}>", env.rcpt);
+    if c.dsn {
+        if let Some(n) = env.notify.as_deref().filter(|n| is_xtext_safe(n)) {
+            rcpt.push_str(&format!(" NOTIFY={n}"));
+        }
+        if env.rcpt.is_ascii() && is_xtext_safe(&env.rcpt) {
+            rcpt.push_str(&format!(" ORCPT=rfc822;{}", env.rcpt));
+        }
+    }
+    Ok((mail, rcpt))
+}
+
 impl Session {
     /// Connects to `smarthost` (`host:port`), reads the greeting, says EHLO and takes
     /// STARTTLS when offered.
@@ -328,69 +398,11 @@ impl Session {
         env: &Envelope,
         message: &[u8],
     ) -> Result<SmtpOutcome, SmtpOutcome> {
-        let c = self.caps.clone();
-        if env.smtputf8 && !c.smtputf8 {
-            return Err(SmtpOutcome::Reply {
-                stage: Stage::Mail,
-                code: 553,
-                status: Some("5.6.7".into()),
-                text: "the mail needs SMTPUTF8, which the smarthost does not offer".into(),
-            });
-        }
-        for v in [&env.mail_from, &env.rcpt] {
-            if v.chars()
-                .any(|ch| ch.is_control() || ch == '<' || ch == '>' || ch == ' ')
-            {
-                return Err(SmtpOutcome::failure_at(
-                    Stage::Mail,
-                    "protocol",
-                    format!("address `{}` cannot be written into SMTP", v.escape_debug()),
-                ));
-            }
-        }
-        let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
-        if let Some(size) = c.size {
-            if message.len() as u64 > size {
-                return Err(SmtpOutcome::Reply {
-                    stage: Stage::Mail,
-                    code: 552,
-                    status: Some("5.3.4".into()),
-                    text: format!(
-                        "message of {} bytes over the smarthost's SIZE {size}",
-                        message.len()
-                    ),
-                });
-            }
-            mail.push_str(&format!(" SIZE={}", message.len()));
-        }
-        if env.eight_bit && c.eightbitmime {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if env.smtputf8 {
-            mail.push_str(" SMTPUTF8");
-        }
-        if c.dsn {
-            mail.push_str(" RET=HDRS");
-            if let Some(id) = env.envid.as_deref().filter(|i| is_xtext_safe(i)) {
-                mail.push_str(&format!(" ENVID={id}"));
-            }
-        }
-        if let (true, Some(by)) = (c.deliverby, env.by.filter(|b| *b > 0)) {
-            mail.push_str(&format!(" BY={by};R"));
-        }
+        let (mut mail, mut rcpt) = commands(env, &self.caps, message.len())?;
         mail.push_str("\r\n");
         let r = self.command(&mail, Stage::Mail).await?;
         if r.code != 250 {
             return Err(r.outcome(Stage::Mail));
-        }
-        let mut rcpt = format!("RCPT TO:<{}>", env.rcpt);
-        if c.dsn {
-            if let Some(n) = env.notify.as_deref().filter(|n| is_xtext_safe(n)) {
-                rcpt.push_str(&format!(" NOTIFY={n}"));
-            }
-            if env.rcpt.is_ascii() && is_xtext_safe(&env.rcpt) {
-                rcpt.push_str(&format!(" ORCPT=rfc822;{}", env.rcpt));
-            }
         }
         rcpt.push_str("\r\n");
         let r = self.command(&rcpt, Stage::Rcpt).await?;
@@ -503,5 +515,66 @@ where
                 format!("no reply from the smarthost within {} s", limit.as_secs()),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(rcpt: &str) -> Envelope {
+        Envelope {
+            mail_from: "b+tok@iwf.example.net".into(),
+            rcpt: rcpt.into(),
+            eight_bit: true,
+            smtputf8: false,
+            envid: Some("ab+2Bc".into()),
+            notify: Some("FAILURE".into()),
+            by: Some(60),
+        }
+    }
+
+    /// The MAIL/RCPT lines follow what the server offers (RFC 1870 SIZE, RFC 6152
+    /// 8BITMIME, RFC 3461 DSN with xtext-safe values only, RFC 2852 BY), and a mail the
+    /// server cannot take is refused before anything is sent.
+    #[test]
+    fn commands_follow_the_servers_extensions() {
+        let all = Caps {
+            starttls: false,
+            eightbitmime: true,
+            smtputf8: true,
+            dsn: true,
+            deliverby: true,
+            size: Some(1000),
+        };
+        let (mail, rcpt) = commands(&env("bob@mail.example.org"), &all, 500).unwrap();
+        assert_eq!(
+            mail,
+            "MAIL FROM:<b+tok@iwf.example.net> SIZE=500 BODY=8BITMIME RET=HDRS BY=60;R"
+        );
+        assert_eq!(
+            rcpt,
+            "RCPT TO:<bob@mail.example.org> NOTIFY=FAILURE ORCPT=rfc822;bob@mail.example.org"
+        );
+        let (mail, rcpt) = commands(&env("bob@mail.example.org"), &Caps::default(), 500).unwrap();
+        assert_eq!(mail, "MAIL FROM:<b+tok@iwf.example.net>");
+        assert_eq!(rcpt, "RCPT TO:<bob@mail.example.org>");
+        let over = commands(&env("bob@mail.example.org"), &all, 1001).unwrap_err();
+        assert!(
+            matches!(over, SmtpOutcome::Reply { code: 552, .. }),
+            "{over:?}"
+        );
+        let mut utf8 = env("bob@mail.example.org");
+        utf8.smtputf8 = true;
+        let refused = commands(&utf8, &Caps::default(), 10).unwrap_err();
+        assert!(
+            matches!(refused, SmtpOutcome::Reply { code: 553, .. }),
+            "{refused:?}"
+        );
+        let injected = commands(&env("bob@x>\r\nRCPT TO:<eve@x"), &all, 10).unwrap_err();
+        assert!(
+            matches!(injected, SmtpOutcome::Failure { .. }),
+            "{injected:?}"
+        );
     }
 }
