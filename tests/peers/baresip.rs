@@ -32,7 +32,22 @@ struct Baresip {
 }
 
 impl Baresip {
+    /// Starts baresip on a free port. baresip also binds SIP/TLS on a port of its own
+    /// choosing next to it; when another test holds that one, baresip exits with "Address
+    /// already in use" and is started again on another port (at most three tries).
     fn start() -> Baresip {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::try_start() {
+                Ok(b) => return b,
+                Err(out) if tries < 3 && out.contains("Address already in use") => continue,
+                Err(out) => panic!("baresip did not start: {out}"),
+            }
+        }
+    }
+
+    fn try_start() -> Result<Baresip, String> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(false);
         std::fs::write(
@@ -67,13 +82,13 @@ impl Baresip {
         .is_none()
         {
             proc.kill();
-            panic!("baresip did not start: {}", proc.output());
+            return Err(proc.output());
         }
-        Baresip {
+        Ok(Baresip {
             proc,
             port,
             _dir: dir,
-        }
+        })
     }
 }
 
