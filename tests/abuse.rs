@@ -121,7 +121,8 @@ async fn start_with(next_hop: Option<(String, iwf::sip::Timers)>, limits: smtp::
         smarthost.clone(),
         stop.clone().notified_owned(),
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // As `iwf serve` binds it (smtp::bind: a backlog for bursts of connects).
+    let listener = smtp::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let gw = Arc::new(Gateway {
         peers: Arc::new(Default::default()),

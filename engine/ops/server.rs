@@ -160,9 +160,7 @@ pub async fn serve(mut cfg: Config, demo: bool) -> Result<(), ServeError> {
         (cfg.lmtp_listen, Protocol::Lmtp),
     ] {
         let Some(addr) = addr else { continue };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(ServeError::Listen)?;
+        let listener = smtp::bind(addr).await.map_err(ServeError::Listen)?;
         println!(
             "iwf: {} listening on {}",
             if protocol == Protocol::Smtp {

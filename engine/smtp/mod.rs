@@ -125,7 +125,7 @@ mod tests;
 mod tests_table;
 
 pub use config::{ESMTP_PARAMETER_ALLOWANCE, Limits, SmtpConfig, VrfyPolicy};
-pub use server::{ServeReport, serve, serve_with_clock};
+pub use server::{LISTEN_BACKLOG, ServeReport, bind, serve, serve_with_clock};
 pub use tls::{TlsConfigError, tls_config_from_pem, tls_config_from_pem_files};
 
 /// A boxed, sendable future borrowing from the handler (what [`MailHandler`] methods return).

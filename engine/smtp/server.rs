@@ -32,6 +32,25 @@ pub struct ServeReport {
     pub aborted_sessions: usize,
 }
 
+/// Pending connections the kernel keeps for the accept loop. Rust's and tokio's `bind`
+/// listen with 128: a burst of more connects than that (a sender opening 300 sessions at
+/// once, a slowloris) overflows the accept queue, the kernel drops the handshake's last ACK
+/// and the client waits for our greeting while we never saw it (seen as 30 s stalls).
+/// The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listener for [`serve`] with [`LISTEN_BACKLOG`].
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves SMTP or LMTP on `listener` until `shutdown` completes, then drains.
 ///
 /// * Each connection gets a session (a tokio task). Over [`Limits::connections`] sessions
