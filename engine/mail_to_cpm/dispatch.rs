@@ -11,7 +11,7 @@ use crate::ids::Ids;
 use crate::mail_to_cpm::outcome::Outcome;
 use crate::mail_to_cpm::peer_memory::{Learned, PeerMemory};
 use crate::mail_to_cpm::phases::{self, ResponseDecision};
-use crate::mail_to_cpm::plan::{self, Delivery, Mode, PlanContext, RetryForm};
+use crate::mail_to_cpm::plan::{self, Delivery, Mode, RetryForm};
 use crate::ruleset::RuleSet;
 use crate::sip::SipBackend;
 use crate::smtp::envelope::{Envelope, Rcpt};
@@ -132,25 +132,19 @@ impl Dispatch<'_> {
     /// included).
     fn replan(&self, rcpt: &Rcpt, uri: &str) -> Option<Delivery> {
         let accepted = [(rcpt.clone(), uri.to_string())];
-        let unknown = crate::mail_to_cpm::peer_memory::Unknown;
         let snapshot = self.peers.map(|m| m.at(self.clock.instant()));
-        let ctx = PlanContext {
-            now: self.clock.now(),
-            ids: self.ids,
-            peers: match &snapshot {
-                Some(s) => s,
-                None => &unknown,
-            },
-            explain: false,
+        let peers: &dyn crate::mail_to_cpm::peer_memory::PeerCaps = match &snapshot {
+            Some(s) => s,
+            None => &crate::mail_to_cpm::peer_memory::Unknown,
         };
         let mail = phases::plan_mail(
             self.rules,
             self.envelope,
             &accepted,
             self.raw,
-            ctx.ids,
-            ctx.peers,
-            ctx.now,
+            self.ids,
+            peers,
+            self.clock.now(),
             false,
         );
         mail.planned.into_iter().find_map(|p| match p {
