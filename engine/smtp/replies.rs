@@ -579,4 +579,26 @@ mod tests {
         assert!(!is_protocol_error(&message_too_big(1)));
         assert!(!is_protocol_error(&Reply::new(550, "5.1.1", "unknown")));
     }
+
+    /// Text iwf copies from a peer (a smarthost's error, a CPM reply) into its own reply
+    /// cannot smuggle a reply of another class: every line keeps our code, control
+    /// characters become `?`, lines are bounded.
+    #[test]
+    fn peer_text_in_a_reply_stays_inside_it() {
+        let hostile = "refused\r\n250 2.0.0 ok\n250 2.0.0 delivered\u{7}";
+        for reply in [
+            relay_failed("<a@b>", &hostile),
+            relay_refused("<a@b>", &hostile),
+            report_state_error(&hostile),
+            unconvertible("a@b", &hostile),
+        ] {
+            let wire = reply.to_wire();
+            let code = reply.code.to_string();
+            for line in wire.split_terminator("\r\n") {
+                assert!(line.starts_with(&code), "{wire:?}");
+                assert!(!line.contains('\r') && !line.contains('\u{7}'), "{wire:?}");
+                assert!(line.len() <= 512, "{wire:?}");
+            }
+        }
+    }
 }
