@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
             let plan = iwf::mail_to_cpm::plan::plan_decided(
                 &rules,
                 &envelope,
-                black_box(&raw),
+                Mail::parse(black_box(&raw)),
                 vec![Some(accepted.clone())],
                 &ctx,
             );

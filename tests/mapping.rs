@@ -329,3 +329,49 @@ fn readme_config_example_loads() {
         .unwrap_or_else(|e| panic!("README config example: {e}"));
     assert_eq!(cfg.smarthost.as_deref(), Some("127.0.0.1:25"));
 }
+
+/// The gateway takes the store key's Message-ID from its one parse of the mail
+/// (`Mail::parse`), not from a second, header-only parse: for every fixture and corpus mail
+/// (and a few broken ones) both give the same identity, so keys written by an older build
+/// still match a sender's retry.
+#[test]
+fn the_store_key_from_the_one_parse_is_the_header_only_one() {
+    use iwf::mail_to_cpm::mail::Mail;
+    use iwf::store::{mail_identity, mail_identity_of};
+    let mut mails: Vec<Vec<u8>> = Vec::new();
+    for dir in ["tests/fixtures/mails", "tests/fixtures/corpus"] {
+        let mut stack = vec![std::path::PathBuf::from(dir)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "eml") {
+                    mails.push(split_fixture(&std::fs::read(&p).unwrap()).2);
+                }
+            }
+        }
+    }
+    assert!(mails.len() > 20, "fixtures found: {}", mails.len());
+    for odd in [
+        &b""[..],
+        b"\r\n\r\nno headers",
+        b"Message-ID: <a b@c>\r\n\r\nx",
+        b"Message-ID: <first@x>\r\nMessage-ID: <second@x>\r\n\r\nx",
+        b"message-id:   <lower@x>  \r\n\r\n",
+        b"Subject: x\r\nMessage-ID:\r\n <folded@x>\r\n\r\nbody",
+        b"Message-ID: not-an-id\r\n\r\n",
+        b"garbage line without colon\r\nMessage-ID: <g@x>\r\n\r\n",
+    ] {
+        mails.push(odd.to_vec());
+    }
+    for raw in &mails {
+        let id = Mail::parse(raw).ok().and_then(|m| m.message_id());
+        assert_eq!(
+            mail_identity_of("s@x", id.as_deref(), raw),
+            mail_identity("s@x", raw),
+            "{}",
+            String::from_utf8_lossy(&raw[..raw.len().min(200)])
+        );
+    }
+}

@@ -172,6 +172,7 @@ mod tests {
             ],
             deliveries: Vec::new(),
             explain: Vec::new(),
+            about: None,
         };
         let side = vec![
             None,

@@ -141,7 +141,7 @@ impl Dispatch<'_> {
             self.rules,
             self.envelope,
             &accepted,
-            self.raw,
+            crate::mail_to_cpm::mail::Mail::parse(self.raw),
             self.ids,
             peers,
             self.clock.now(),

@@ -184,7 +184,13 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
         peers: &crate::mail_to_cpm::peer_memory::Unknown,
         explain: opts.explain,
     };
-    let plan = plan::plan_decided(rules, &envelope, raw, decisions, &ctx);
+    let plan = plan::plan_decided(
+        rules,
+        &envelope,
+        crate::mail_to_cpm::mail::Mail::parse(raw),
+        decisions,
+        &ctx,
+    );
     explain.extend(plan.explain.iter().cloned());
     let recorder = Recorder {
         rules,

@@ -37,6 +37,7 @@ use arc_swap::ArcSwap;
 
 use crate::clock::Clock;
 use crate::ids::Ids;
+use crate::mail_to_cpm::mail::Mail;
 use crate::mail_to_cpm::phases::RcptDecision;
 use crate::reports::records::{MailFacts, SentRecord};
 use crate::ruleset::RuleSet;
@@ -115,7 +116,14 @@ impl Gateway {
         // One rule-set generation maps the whole transaction.
         let rules = self.rules.load_full();
         let now = self.clock.now();
-        let key = crate::store::mail_identity(&envelope.mail_from.address, &raw);
+        // One parse of the mail: the store key's Message-ID and the plan both come from it.
+        let mail = Mail::parse(&raw);
+        let message_id = mail.as_ref().ok().and_then(Mail::message_id);
+        let key = crate::store::mail_identity_of(
+            &envelope.mail_from.address,
+            message_id.as_deref(),
+            &raw,
+        );
         let addresses: Vec<String> = envelope.rcpts.iter().map(|r| r.address.clone()).collect();
         // Who has this mail already? A store that cannot say means no delivery now: the
         // sender retries later (and no 250 goes out whose record could not be kept).
@@ -127,7 +135,7 @@ impl Gateway {
         let plan = plan::plan(
             &rules,
             &envelope,
-            &raw,
+            mail,
             &done,
             &PlanContext {
                 now,
@@ -155,7 +163,7 @@ impl Gateway {
         // What a later IMDN needs to know about this mail (only when one was asked for).
         let asked =
             self.reports.is_some() && plan.deliveries.iter().any(|d| d.imdn_message_id.is_some());
-        let about = asked.then(|| MailFacts::of(&envelope, &raw));
+        let about = asked.then(|| MailFacts::of(&envelope, &raw, plan.about.as_ref()));
         let sends = plan.deliveries.iter().enumerate().map(|(k, d)| {
             let who: Vec<String> = plan
                 .served_by(k)

@@ -17,7 +17,7 @@ use super::facts;
 pub use super::facts::{Facts, MailFacts};
 use crate::dsl::{Input, Value};
 use crate::ids::Ids;
-use crate::mail_to_cpm::mail::Mail;
+use crate::mail_to_cpm::mail::{Mail, MailError};
 use crate::mail_to_cpm::outcome::Outcome;
 use crate::mail_to_cpm::plan::{Content, Delivery, Mode, RecipientList, RetryForm, Stamp};
 use crate::render::{cpim, resource_lists, sip};
@@ -782,6 +782,17 @@ pub enum Planned {
 pub struct MailPlan {
     pub planned: Vec<Planned>,
     pub explain: Vec<Fired>,
+    /// What a later report needs of the mail (none when it did not parse).
+    pub about: Option<MailSummary>,
+}
+
+/// The mail's facts a report record keeps, taken from the plan's one parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailSummary {
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    /// The first Disposition-Notification-To address.
+    pub dnt: Option<String>,
 }
 
 /// Maps a mail for its accepted recipients: `accepted` pairs each RCPT with the URI the
@@ -793,14 +804,14 @@ pub fn plan_mail(
     rules: &RuleSet,
     envelope: &Envelope,
     accepted: &[(Rcpt, String)],
-    raw: &[u8],
+    mail: Result<Mail<'_>, MailError>,
     ids: &dyn Ids,
     peers: &dyn crate::mail_to_cpm::peer_memory::PeerCaps,
     now: DateTime<Utc>,
     explain: bool,
 ) -> MailPlan {
     let mut plan = MailPlan::default();
-    let mail = match Mail::parse(raw) {
+    let mail = match mail {
         Ok(m) => MailFacts::new(m),
         Err(e) => {
             let reply = crate::smtp::replies::unparsable_message(&e);
@@ -810,6 +821,11 @@ pub fn plan_mail(
     };
     let mut fired = explain.then(Vec::new);
     let mut mail = mail;
+    plan.about = Some(MailSummary {
+        message_id: mail.mail.message_id(),
+        subject: mail.subject().map(str::to_string),
+        dnt: mail.dnt().first().map(|b| b.address.clone()),
+    });
     let author = mail
         .from()
         .first()

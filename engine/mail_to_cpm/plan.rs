@@ -153,8 +153,9 @@ pub struct Stamp {
 use chrono::{DateTime, Utc};
 
 use crate::ids::Ids;
+use crate::mail_to_cpm::mail::{Mail, MailError};
 use crate::mail_to_cpm::peer_memory::PeerCaps;
-use crate::mail_to_cpm::phases::{self, Fired, Planned, RcptDecision};
+use crate::mail_to_cpm::phases::{self, Fired, MailSummary, Planned, RcptDecision};
 use crate::ruleset::RuleSet;
 use crate::smtp::envelope::{Envelope, Rcpt};
 use crate::smtp::reply::Reply;
@@ -185,6 +186,8 @@ pub struct TransactionPlan {
     pub deliveries: Vec<Delivery>,
     /// The rules that fired (when asked for).
     pub explain: Vec<Fired>,
+    /// What a report record keeps of the mail (none when it did not parse).
+    pub about: Option<MailSummary>,
 }
 
 impl TransactionPlan {
@@ -220,10 +223,12 @@ pub fn route(
 /// Plans a whole transaction at the end of DATA: every recipient is routed again by this
 /// one rule-set generation (even if a reload came in since RCPT), those `done` says an
 /// earlier attempt delivered are left out, and the message phase plans the requests.
+/// `mail` is the one parse of the message ([`Mail::parse`]) the gateway also takes the
+/// store key from.
 pub fn plan(
     rules: &RuleSet,
     envelope: &Envelope,
-    raw: &[u8],
+    mail: Result<Mail<'_>, MailError>,
     done: &[bool],
     ctx: &PlanContext,
 ) -> TransactionPlan {
@@ -246,7 +251,7 @@ pub fn plan(
             }
         })
         .collect();
-    let mut plan = plan_decided(rules, envelope, raw, decisions, ctx);
+    let mut plan = plan_decided(rules, envelope, mail, decisions, ctx);
     explain.append(&mut plan.explain);
     plan.explain = explain;
     plan
@@ -257,7 +262,7 @@ pub fn plan(
 pub fn plan_decided(
     rules: &RuleSet,
     envelope: &Envelope,
-    raw: &[u8],
+    mail: Result<Mail<'_>, MailError>,
     decisions: Vec<Option<RcptDecision>>,
     ctx: &PlanContext,
 ) -> TransactionPlan {
@@ -282,7 +287,7 @@ pub fn plan_decided(
         rules,
         envelope,
         &accepted,
-        raw,
+        mail,
         ctx.ids,
         ctx.peers,
         ctx.now,
@@ -310,6 +315,7 @@ pub fn plan_decided(
         routes,
         deliveries,
         explain: mail.explain,
+        about: mail.about,
     }
 }
 

@@ -140,7 +140,12 @@ pub struct MailFacts {
 }
 
 impl MailFacts {
-    pub fn of(envelope: &crate::smtp::envelope::Envelope, raw: &[u8]) -> MailFacts {
+    /// `about` is what the plan kept of the mail's one parse (none: it did not parse).
+    pub fn of(
+        envelope: &crate::smtp::envelope::Envelope,
+        raw: &[u8],
+        about: Option<&crate::mail_to_cpm::phases::MailSummary>,
+    ) -> MailFacts {
         let (returned, returned_full) = returned_part(raw, envelope.mail_from.ret == Some("FULL"));
         let mut f = MailFacts {
             arrival: envelope.received_at.timestamp(),
@@ -148,14 +153,10 @@ impl MailFacts {
             returned_full,
             ..MailFacts::default()
         };
-        if let Ok(m) = crate::mail_to_cpm::mail::Mail::parse(raw) {
-            f.message_id = m.message_id();
-            f.subject = m.subject();
-            f.dnt = m
-                .mailboxes("Disposition-Notification-To")
-                .into_iter()
-                .next()
-                .map(|b| b.address);
+        if let Some(a) = about {
+            f.message_id = a.message_id.clone();
+            f.subject = a.subject.clone();
+            f.dnt = a.dnt.clone();
         }
         f
     }

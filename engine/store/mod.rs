@@ -259,7 +259,14 @@ impl Backend {
 /// sender's queue carries the same bytes, so it has the same identity; two different mails
 /// share one only if they share the Message-ID (see the README for the limits).
 pub fn mail_identity(mail_from: &str, raw: &[u8]) -> String {
-    if let Some(id) = crate::mail_to_cpm::mail::message_id_only(raw) {
+    let id = crate::mail_to_cpm::mail::message_id_only(raw);
+    mail_identity_of(mail_from, id.as_deref(), raw)
+}
+
+/// [`mail_identity`] with the Message-ID already parsed (the gateway parses a mail once:
+/// `Mail::parse(raw).message_id()` is what `message_id_only(raw)` finds).
+pub fn mail_identity_of(mail_from: &str, message_id: Option<&str>, raw: &[u8]) -> String {
+    if let Some(id) = message_id {
         // No space or control character: the Redis key puts a space after the identity.
         let id: String = id
             .chars()
