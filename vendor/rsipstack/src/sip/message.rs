@@ -470,7 +470,12 @@ impl Request {
     /// [`String::from_utf8_lossy`], which is fine for logging but corrupts
     /// non-UTF-8 bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let head = format!(
+        // iwf patch: one buffer sized for the usual head plus the body (no second copy of
+        // the head to append the body).
+        use core::fmt::Write as _;
+        let mut head = String::with_capacity(512 + self.body.len());
+        let _ = write!(
+            head,
             "{} {} {}\r\n{}\r\n",
             self.method, self.uri, self.version, self.headers
         );
@@ -641,7 +646,10 @@ impl Response {
     /// See [`Request::to_bytes`]: the body is written verbatim because a SIP
     /// body is an opaque octet sequence (RFC 3261 §7.4), not necessarily UTF-8.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let head = format!(
+        use core::fmt::Write as _;
+        let mut head = String::with_capacity(512 + self.body.len());
+        let _ = write!(
+            head,
             "{} {} {}\r\n{}\r\n",
             self.version,
             self.status_code.code(),
