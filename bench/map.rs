@@ -12,6 +12,10 @@ use iwf::mail_to_cpm::phases;
 use iwf::render::sip;
 use iwf::smtp::envelope::{Client, Envelope, MailFrom, Rcpt};
 
+/// The allocator `iwf` runs with (engine/main.rs), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn mail_1k() -> Vec<u8> {
     let mut m = String::from(
         "Received: from mx.mail.example.org (mx.mail.example.org [192.0.2.1]) by iwf.example.net with ESMTP id 1; Fri, 21 Nov 2025 09:03:08 -0500\r\n\
@@ -53,6 +57,30 @@ fn bench(c: &mut Criterion) {
         peers: &iwf::mail_to_cpm::peer_memory::Unknown,
         explain: false,
     };
+
+    // `MAP_COUNT=parse:N` / `MAP_COUNT=full:N`: run that case N times and exit, for
+    // `perf stat -e instructions:u` (instructions per mail do not move with the machine's
+    // load the way time does; bench/README.md, issue 15).
+    if let Ok(spec) = std::env::var("MAP_COUNT") {
+        let (case, n) = spec.split_once(':').expect("MAP_COUNT=parse:N or full:N");
+        let n: u64 = n.parse().expect("a count");
+        for _ in 0..n {
+            if case == "parse" {
+                black_box(Mail::parse(black_box(&raw)).unwrap());
+            } else {
+                let plan = iwf::mail_to_cpm::plan::plan_decided(
+                    &rules,
+                    &envelope,
+                    Mail::parse(black_box(&raw)),
+                    vec![Some(accepted.clone())],
+                    &ctx,
+                );
+                let req = sip::render_message(&plan.deliveries[0], &stamp).unwrap();
+                black_box(req.to_bytes());
+            }
+        }
+        std::process::exit(0);
+    }
 
     let mut g = c.benchmark_group("1KB mail");
     g.bench_function("parse (mail-parser)", |b| {
