@@ -415,18 +415,18 @@ pub static BUILTINS: &[Builtin] = &[
                 Value::Str(u) => u.clone(),
                 _ => return Ok(Value::Null),
             };
-            Ok(Value::str(
-                match a[0].as_str().map(str::trim).filter(|n| !n.is_empty()) {
-                    Some(n) => format!("{} <{uri}>", crate::render::encoder::Quoted(n)),
-                    None => {
-                        let mut out = String::with_capacity(uri.len() + 2);
-                        out.push('<');
-                        out.push_str(&uri);
-                        out.push('>');
-                        out
-                    }
-                },
-            ))
+            Ok(Value::str({
+                let name = a[0].as_str().map(str::trim).filter(|n| !n.is_empty());
+                let mut out = String::with_capacity(uri.len() + name.map_or(2, |n| n.len() + 8));
+                if let Some(n) = name {
+                    use std::fmt::Write;
+                    let _ = write!(out, "{} ", crate::render::encoder::Quoted(n));
+                }
+                out.push('<');
+                out.push_str(&uri);
+                out.push('>');
+                out
+            }))
         }
     ),
     builtin!(
@@ -438,9 +438,7 @@ pub static BUILTINS: &[Builtin] = &[
         "RFC 1123 date in GMT for SIP Date (RFC 3261 §20.17) from Unix seconds",
         |a| {
             let t = date(i(&a[0]))?;
-            Ok(Value::str(
-                t.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
-            ))
+            Ok(Value::str(rfc1123(&t, "GMT")))
         }
     ),
     builtin!(
@@ -452,7 +450,7 @@ pub static BUILTINS: &[Builtin] = &[
         "RFC 3339 date in UTC (CPIM DateTime) from Unix seconds",
         |a| {
             let t = date(i(&a[0]))?;
-            Ok(Value::str(t.format("%Y-%m-%dT%H:%M:%SZ").to_string()))
+            Ok(Value::str(iso(&t)))
         }
     ),
     builtin!(
@@ -464,9 +462,7 @@ pub static BUILTINS: &[Builtin] = &[
         "RFC 5322 §3.3 date in UTC (`Fri, 21 Nov 2025 14:03:07 +0000`) from Unix seconds",
         |a| {
             let t = date(i(&a[0]))?;
-            Ok(Value::str(
-                t.format("%a, %d %b %Y %H:%M:%S +0000").to_string(),
-            ))
+            Ok(Value::str(rfc1123(&t, "+0000")))
         }
     ),
 ];
@@ -484,6 +480,67 @@ pub fn find(name: &str) -> Option<&'static Builtin> {
 /// The UTC time of Unix seconds `secs`.
 fn date(secs: i64) -> Result<DateTime<Utc>, FnError> {
     DateTime::<Utc>::from_timestamp(secs, 0).ok_or(FnError::DateOutOfRange(secs))
+}
+
+/// `%a, %d %b %Y %H:%M:%S <zone>`, written directly: the same text as chrono's `format`,
+/// without parsing the pattern for every mail (a SIP Date per request).
+fn rfc1123(t: &DateTime<Utc>, zone: &str) -> String {
+    use chrono::{Datelike, Timelike};
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    if !(0..=9999).contains(&t.year()) {
+        return t
+            .format(&format!("%a, %d %b %Y %H:%M:%S {zone}"))
+            .to_string();
+    }
+    let mut out = String::with_capacity(26 + zone.len());
+    out.push_str(DAYS[t.weekday().num_days_from_monday() as usize]);
+    out.push_str(", ");
+    push_digits(&mut out, t.day(), 2);
+    out.push(' ');
+    out.push_str(MONTHS[t.month0() as usize]);
+    out.push(' ');
+    push_digits(&mut out, t.year() as u32, 4);
+    out.push(' ');
+    push_time(&mut out, t.hour(), t.minute(), t.second());
+    out.push(' ');
+    out.push_str(zone);
+    out
+}
+
+/// `%Y-%m-%dT%H:%M:%SZ`, written directly (see [`rfc1123`]).
+fn iso(t: &DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    if !(0..=9999).contains(&t.year()) {
+        return t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    }
+    let mut out = String::with_capacity(20);
+    push_digits(&mut out, t.year() as u32, 4);
+    out.push('-');
+    push_digits(&mut out, t.month(), 2);
+    out.push('-');
+    push_digits(&mut out, t.day(), 2);
+    out.push('T');
+    push_time(&mut out, t.hour(), t.minute(), t.second());
+    out.push('Z');
+    out
+}
+
+fn push_time(out: &mut String, h: u32, m: u32, s: u32) {
+    push_digits(out, h, 2);
+    out.push(':');
+    push_digits(out, m, 2);
+    out.push(':');
+    push_digits(out, s, 2);
+}
+
+/// `n` in exactly `width` decimal digits (zero-padded; `n` has at most `width` digits).
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    for k in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10u32.pow(k) % 10) as u8));
+    }
 }
 
 fn s(v: &Value) -> &str {
@@ -593,6 +650,43 @@ mod tests {
 
     fn call(name: &str, args: Vec<Value>) -> Value {
         (find(name).unwrap().f)(&args).unwrap()
+    }
+
+    /// The hand-written date texts are chrono's `format` of the same pattern, for dates
+    /// across the range (leap days, year bounds, every weekday and month, single digits).
+    #[test]
+    fn dates_are_what_strftime_writes() {
+        let mut secs: Vec<i64> = vec![
+            0,
+            1,
+            59,
+            86_399,
+            951_782_400,     // 2000-02-29
+            1_763_733_787,   // 2025-11-21 14:03:07
+            253_402_300_799, // 9999-12-31 23:59:59
+            -62_167_219_200, // 0000-01-01
+            -62_167_219_201, // -0001-12-31: chrono's own text
+            253_402_300_800, // 10000-01-01: chrono's own text
+        ];
+        let mut x: i64 = 12345;
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            secs.push((x >> 20) % 253_402_300_800);
+        }
+        for t in secs {
+            let d = date(t).unwrap();
+            assert_eq!(
+                rfc1123(&d, "GMT"),
+                d.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+            );
+            assert_eq!(
+                rfc1123(&d, "+0000"),
+                d.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
+            );
+            assert_eq!(iso(&d), d.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        }
     }
 
     #[test]

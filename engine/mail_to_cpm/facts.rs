@@ -20,7 +20,7 @@ pub struct MailFacts<'x> {
     /// Shared with every `mail.text` value the rules read (no copy per reference).
     text: OnceCell<Option<Arc<str>>>,
     dnt: OnceCell<Vec<Mailbox>>,
-    date: OnceCell<Option<(i64, String)>>,
+    date_iso: OnceCell<Option<String>>,
     subject: OnceCell<Option<String>>,
     /// Values of `mail.*` fields and field functions, computed once per mail: rules of every
     /// recipient read the same mail, often the same header several times.
@@ -39,7 +39,7 @@ impl<'x> MailFacts<'x> {
             cc: OnceCell::new(),
             text: OnceCell::new(),
             dnt: OnceCell::new(),
-            date: OnceCell::new(),
+            date_iso: OnceCell::new(),
             subject: OnceCell::new(),
             values: RefCell::new(Vec::new()),
             calls: RefCell::new(Vec::new()),
@@ -66,8 +66,15 @@ impl<'x> MailFacts<'x> {
         self.dnt
             .get_or_init(|| self.mail.mailboxes("Disposition-Notification-To"))
     }
-    pub fn date(&self) -> Option<&(i64, String)> {
-        self.date.get_or_init(|| self.mail.date()).as_ref()
+    /// Date: as Unix seconds.
+    pub fn date(&self) -> Option<i64> {
+        self.mail.date_parsed().map(|d| d.to_timestamp())
+    }
+    /// Date: as RFC 3339 with the original offset (made when a rule reads it).
+    pub fn date_iso(&self) -> Option<&str> {
+        self.date_iso
+            .get_or_init(|| self.mail.date_parsed().map(|d| d.to_rfc3339()))
+            .as_deref()
     }
     pub fn subject(&self) -> Option<&str> {
         self.subject.get_or_init(|| self.mail.subject()).as_deref()
@@ -184,8 +191,8 @@ impl Facts<'_, '_> {
             F::MailBcc => addresses(&m.mail.mailboxes("Bcc")),
             F::MailDnt => addresses(m.dnt()),
             F::MailSubject => Value::opt_str(m.subject()),
-            F::MailDate => m.date().map(|d| Value::Int(d.0)).unwrap_or_default(),
-            F::MailDateIso => Value::opt_str(m.date().map(|d| d.1.as_str())),
+            F::MailDate => m.date().map(Value::Int).unwrap_or_default(),
+            F::MailDateIso => Value::opt_str(m.date_iso()),
             F::MailMessageId => Value::opt_str(m.mail.message_id()),
             F::MailSize => Value::Int(m.mail.raw.len() as i64),
             F::MailText => m

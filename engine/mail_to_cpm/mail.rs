@@ -126,11 +126,13 @@ impl<'x> Mail<'x> {
 
     /// Date: as Unix seconds and RFC 3339 with the original offset.
     pub fn date(&self) -> Option<(i64, String)> {
-        let d = self.msg.date()?;
-        if !d.is_valid() {
-            return None;
-        }
-        Some((d.to_timestamp(), d.to_rfc3339()))
+        self.date_parsed()
+            .map(|d| (d.to_timestamp(), d.to_rfc3339()))
+    }
+
+    /// The Date: header when it is a valid date.
+    pub fn date_parsed(&self) -> Option<&mail_parser::DateTime> {
+        self.msg.date().filter(|d| d.is_valid())
     }
 
     pub fn message_id(&self) -> Option<String> {

@@ -71,12 +71,15 @@ pub struct Quoted<'a>(pub &'a str);
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"")?;
-        for c in self.0.chars() {
-            if c == '"' || c == '\\' {
-                f.write_str("\\")?;
-            }
-            write!(f, "{c}")?;
+        // Runs between the characters that need a backslash, written whole.
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['"', '\\']) {
+            f.write_str(&rest[..i])?;
+            f.write_str("\\")?;
+            f.write_str(&rest[i..i + 1])?;
+            rest = &rest[i + 1..];
         }
+        f.write_str(rest)?;
         f.write_str("\"")
     }
 }
