@@ -66,9 +66,9 @@ pub fn compile(e: &Expr, scope: &dyn Scope) -> Result<(Code, Ty), Vec<CompileErr
         scope,
         errors: Vec::new(),
     };
-    let out = c.expr(e);
+    let (code, ty) = c.expr(e);
     if c.errors.is_empty() {
-        Ok(out)
+        Ok((fold(code), ty))
     } else {
         Err(c.errors)
     }
@@ -88,9 +88,82 @@ pub fn compile_template(
         _ => (c.concat(parts), Ty::Str),
     };
     if c.errors.is_empty() {
-        Ok(out)
+        Ok((fold(out.0), out.1))
     } else {
         Err(c.errors)
+    }
+}
+
+/// Constant folding: a sub-expression whose operands are all constants is evaluated once,
+/// when the rules load (`${config.max_forwards}`, `"*;+g.3gpp.icsi-ref=\"${config.cpm_icsi}\""`,
+/// `4 * config.pager_max_bytes`, `lower(config.iwf_domain)`), instead of for every mail.
+/// Built-ins are pure, so the value is the one every evaluation would produce. A `~` match
+/// (it sets `match`) and `match` itself are never folded; an operation that fails on its
+/// constants (an overflow, a division by zero) is left to fail at run time as before.
+fn fold(code: Code) -> Code {
+    fn is_const(c: &Code) -> bool {
+        matches!(c, Code::Const(_))
+    }
+    /// Folds in place (the box is kept).
+    fn boxed(mut c: Box<Code>) -> Box<Code> {
+        let inner = std::mem::replace(&mut *c, Code::Captures);
+        *c = fold(inner);
+        c
+    }
+    let code = match code {
+        Code::Builtin(b, args) => Code::Builtin(b, args.into_iter().map(fold).collect()),
+        Code::Lookup(t, k) => Code::Lookup(t, boxed(k)),
+        Code::Match {
+            subject,
+            re,
+            negate,
+        } => {
+            return Code::Match {
+                subject: boxed(subject),
+                re,
+                negate,
+            };
+        }
+        Code::Not(a) => Code::Not(boxed(a)),
+        Code::Neg(a) => Code::Neg(boxed(a)),
+        Code::Bin(op, a, b) => Code::Bin(op, boxed(a), boxed(b)),
+        Code::If(c, a, b) => {
+            let (c, a, b) = (fold(*c), fold(*a), fold(*b));
+            if let Code::Const(v) = &c {
+                return if v.is_true() { a } else { b };
+            }
+            Code::If(Box::new(c), Box::new(a), Box::new(b))
+        }
+        Code::Concat(parts) => Code::Concat(parts.into_iter().map(fold).collect()),
+        Code::List(items) => Code::List(items.into_iter().map(fold).collect()),
+        Code::Map(entries) => Code::Map(entries.into_iter().map(|(k, v)| (k, fold(v))).collect()),
+        Code::Index(a, b) => Code::Index(boxed(a), boxed(b)),
+        leaf @ (Code::Const(_) | Code::Field(_) | Code::FieldFn(..) | Code::Captures) => {
+            return leaf;
+        }
+    };
+    let constant = match &code {
+        Code::Builtin(_, args) | Code::Concat(args) | Code::List(args) => args.iter().all(is_const),
+        Code::Lookup(_, k) | Code::Not(k) | Code::Neg(k) => is_const(k),
+        Code::Bin(_, a, b) | Code::Index(a, b) => is_const(a) && is_const(b),
+        Code::Map(entries) => entries.iter().all(|(_, v)| is_const(v)),
+        _ => false,
+    };
+    if !constant {
+        return code;
+    }
+    struct NoInput;
+    impl super::eval::Input for NoInput {
+        fn field(&self, _: u16) -> Value {
+            Value::Null
+        }
+        fn field_fn(&self, _: u16, _: &str) -> Value {
+            Value::Null
+        }
+    }
+    match super::eval::eval(&code, &NoInput, &mut super::eval::Frame::new(u32::MAX)) {
+        Ok(v) if !matches!(v, Value::Regex(_)) => Code::Const(v),
+        _ => code,
     }
 }
 

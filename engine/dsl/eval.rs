@@ -198,6 +198,24 @@ fn overflow() -> EvalError {
     EvalError::Overflow
 }
 
+/// An operand: a constant by reference (its step counted), anything else evaluated into
+/// `slot`.
+fn operand<'c>(
+    code: &'c Code,
+    input: &dyn Input,
+    frame: &mut Frame,
+    slot: &'c mut Option<Value>,
+) -> Result<&'c Value, EvalError> {
+    if let Code::Const(v) = code {
+        if frame.steps_left == 0 {
+            return Err(EvalError::StepLimit(frame.limit));
+        }
+        frame.steps_left -= 1;
+        return Ok(v);
+    }
+    Ok(slot.insert(eval(code, input, frame)?))
+}
+
 fn binary(
     op: BinOp,
     a: &Code,
@@ -227,25 +245,37 @@ fn binary(
         }
         _ => {}
     }
+    // Comparisons read constants in place (`x == "R"`, `d in config.served_domains`): no
+    // clone of the constant per evaluation. The step is counted as if it were evaluated.
+    if matches!(
+        op,
+        BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::In
+    ) {
+        let (mut l_slot, mut r_slot) = (None, None);
+        let l = operand(a, input, frame, &mut l_slot)?;
+        let r = operand(b, input, frame, &mut r_slot)?;
+        return Ok(Value::Bool(match op {
+            BinOp::Eq => l == r,
+            BinOp::Ne => l != r,
+            BinOp::In => functions::contains(r, l),
+            _ => {
+                let ord = match (l, r) {
+                    (Value::Int(x), Value::Int(y)) => x.cmp(y),
+                    (Value::Str(x), Value::Str(y)) => x.cmp(y),
+                    _ => return Ok(Value::Bool(false)),
+                };
+                match op {
+                    BinOp::Lt => ord.is_lt(),
+                    BinOp::Le => ord.is_le(),
+                    BinOp::Gt => ord.is_gt(),
+                    _ => ord.is_ge(),
+                }
+            }
+        }));
+    }
     let l = eval(a, input, frame)?;
     let r = eval(b, input, frame)?;
     Ok(match op {
-        BinOp::Eq => Value::Bool(l == r),
-        BinOp::Ne => Value::Bool(l != r),
-        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
-            let ord = match (&l, &r) {
-                (Value::Int(x), Value::Int(y)) => x.cmp(y),
-                (Value::Str(x), Value::Str(y)) => x.cmp(y),
-                _ => return Ok(Value::Bool(false)),
-            };
-            Value::Bool(match op {
-                BinOp::Lt => ord.is_lt(),
-                BinOp::Le => ord.is_le(),
-                BinOp::Gt => ord.is_gt(),
-                _ => ord.is_ge(),
-            })
-        }
-        BinOp::In => Value::Bool(functions::contains(&r, &l)),
         BinOp::Add => match (l, r) {
             (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_add(y).ok_or_else(overflow)?),
             (Value::List(x), Value::List(y)) => {
@@ -279,9 +309,18 @@ fn binary(
                 })?,
             )
         }
-        BinOp::And | BinOp::Or | BinOp::Coalesce | BinOp::Match | BinOp::NotMatch => {
-            unreachable!("handled before")
-        }
+        BinOp::And
+        | BinOp::Or
+        | BinOp::Coalesce
+        | BinOp::Match
+        | BinOp::NotMatch
+        | BinOp::Eq
+        | BinOp::Ne
+        | BinOp::Lt
+        | BinOp::Le
+        | BinOp::Gt
+        | BinOp::Ge
+        | BinOp::In => unreachable!("handled before"),
     })
 }
 
@@ -440,6 +479,37 @@ mod tests {
             assert_eq!(got, want, "{src}");
             assert_eq!(got.to_string(), text, "{src}");
         }
+    }
+
+    /// Constant sub-expressions are folded when compiled; the rest evaluate as before.
+    #[test]
+    fn constants_fold_when_compiled() {
+        let code = |src: &str| compile(&parse_expression(src).unwrap(), &S).unwrap().0;
+        let folded = [
+            ("\"a${config.limit}b\"", Value::str("a1300b")),
+            ("[1, 2][5] ?? 0", Value::Int(0)),
+            ("4 * config.limit", Value::Int(5200)),
+            ("lookup(\"prio\", \"1\")", Value::str("urgent")),
+            ("upper(\"x\") + \"y\"", Value::str("Xy")),
+        ];
+        for (src, want) in folded {
+            assert!(matches!(code(src), Code::Const(v) if v == want), "{src}");
+            assert_eq!(run(src), want, "{src}");
+        }
+        // Still evaluated per input: fields, `~` (it sets `match`), and a failing operation
+        // (its error stays a run-time error).
+        for src in [
+            "rcpt.local ~ /^x/",
+            "\"tel:${rcpt.local}\"",
+            "n / 0",
+            "if n == 7 then \"a\" else \"b\"",
+        ] {
+            assert!(!matches!(code(src), Code::Const(_)), "{src}");
+        }
+        assert!(matches!(
+            code("if true then rcpt.local else \"x\""),
+            Code::Field(0)
+        ));
     }
 
     #[test]
