@@ -208,6 +208,18 @@ async fn write(stream: &mut Stream, replies: &[u8], timeout: Duration) -> std::i
     if replies.is_empty() {
         return Ok(());
     }
+    // On plain TCP a batch of replies almost always fits the socket's send buffer: written
+    // at once it needs no timer (arming and cancelling one per reply batch was a visible
+    // share of the CPU per mail). What does not fit is written below, within `timeout`.
+    let mut replies = replies;
+    if let crate::tls::MaybeTls::Plain(tcp) = stream {
+        match tcp.try_write(replies) {
+            Ok(n) if n == replies.len() => return Ok(()),
+            Ok(n) => replies = &replies[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
     let write = async {
         stream.write_all(replies).await?;
         stream.flush().await
