@@ -126,10 +126,7 @@ impl DataPhase {
                         continue;
                     }
                     // The run of plain text up to the next CR or LF, in one go.
-                    let run = input[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .unwrap_or(input.len() - i);
+                    let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                     self.text(&input[i..i + run]);
                     self.scan = Scan::Mid;
                     i += run;
