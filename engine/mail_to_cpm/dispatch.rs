@@ -60,7 +60,7 @@ pub struct Dispatched {
 pub struct Dispatch<'a> {
     pub rules: &'a RuleSet,
     pub envelope: &'a Envelope,
-    pub raw: &'a [u8],
+    pub raw: &'a bytes::Bytes,
     pub backend: &'a dyn Backend,
     pub clock: &'a dyn Clock,
     pub ids: &'a dyn Ids,

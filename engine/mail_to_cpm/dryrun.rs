@@ -184,6 +184,8 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
         peers: &crate::mail_to_cpm::peer_memory::Unknown,
         explain: opts.explain,
     };
+    // The network path shares the received buffer; a dry run copies its input once.
+    let raw = &bytes::Bytes::copy_from_slice(raw);
     let plan = plan::plan_decided(rules, &envelope, raw, decisions, &ctx);
     explain.extend(plan.explain.iter().cloned());
     let recorder = Recorder {

@@ -4,6 +4,7 @@
 
 use std::sync::LazyLock;
 
+use bytes::Bytes;
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 
 /// The parser configuration: standard headers typed, every other header RFC 2047-decoded
@@ -53,6 +54,9 @@ pub enum MailError {
 pub struct Mail<'x> {
     pub raw: &'x [u8],
     pub msg: Message<'x>,
+    /// The shared buffer `raw` is, when parsed with [`Mail::parse_shared`]: large mode then
+    /// carries the MIME body as a slice of it rather than a copy.
+    shared: Option<&'x Bytes>,
 }
 
 /// A mailbox: display name (decoded) and address.
@@ -68,7 +72,19 @@ impl<'x> Mail<'x> {
         if msg.headers().is_empty() {
             return Err(MailError::NoHeaders);
         }
-        Ok(Mail { raw, msg })
+        Ok(Mail {
+            raw,
+            msg,
+            shared: None,
+        })
+    }
+
+    /// [`Mail::parse`] of a mail held in a shared buffer, whose pieces can then be handed
+    /// out without copying ([`Mail::mime_entity_shared`]).
+    pub fn parse_shared(raw: &'x Bytes) -> Result<Self, MailError> {
+        let mut mail = Mail::parse(raw)?;
+        mail.shared = Some(raw);
+        Ok(mail)
     }
 
     fn find(&self, name: &str) -> impl Iterator<Item = &mail_parser::Header<'x>> {
@@ -209,6 +225,17 @@ impl<'x> Mail<'x> {
         (out, &self.raw[start..end])
     }
 
+    /// [`Mail::mime_entity_parts`] with the body as [`Bytes`]: a slice of the received mail
+    /// when it was parsed with [`Mail::parse_shared`] (no copy), else a copy.
+    pub fn mime_entity_shared(&self) -> (Vec<u8>, Bytes) {
+        let (head, body) = self.mime_entity_parts();
+        let body = match self.shared {
+            Some(all) => all.slice_ref(body),
+            None => Bytes::copy_from_slice(body),
+        };
+        (head, body)
+    }
+
     /// Whether any part could not be decoded as declared.
     pub fn has_encoding_problem(&self) -> bool {
         self.msg.parts.iter().any(|p| p.is_encoding_problem)
@@ -339,6 +366,24 @@ Sch=F6n\r\n";
         assert!(
             String::from_utf8_lossy(&m.mime_entity())
                 .starts_with("Content-Type: text/plain; charset=iso-8859-1\r\n")
+        );
+    }
+
+    #[test]
+    fn a_shared_mail_hands_out_its_body_without_a_copy() {
+        let raw = Bytes::from_static(
+            b"From: a@x.org\r\nContent-Type: text/plain\r\nX-Other: 1\r\n\r\nbody\r\n",
+        );
+        let shared = Mail::parse_shared(&raw).unwrap();
+        let (head, body) = shared.mime_entity_shared();
+        assert_eq!(head, b"Content-Type: text/plain\r\n\r\n");
+        assert_eq!(&body[..], b"body\r\n");
+        assert_eq!(body.as_ptr(), raw[raw.len() - 6..].as_ptr());
+        let copied = Mail::parse(&raw).unwrap().mime_entity_shared();
+        assert_eq!((copied.0, &copied.1[..]), (head, &body[..]));
+        assert_eq!(
+            shared.mime_entity(),
+            b"Content-Type: text/plain\r\n\r\nbody\r\n"
         );
     }
 

@@ -112,6 +112,8 @@ struct Sent {
 
 impl Gateway {
     async fn deliver(&self, envelope: Envelope, raw: Vec<u8>) -> DataReplies {
+        // Shared (not copied): a large-mode request carries the mail's body as a slice of it.
+        let raw = bytes::Bytes::from(raw);
         // One rule-set generation maps the whole transaction.
         let rules = self.rules.load_full();
         let now = self.clock.now();
