@@ -2,10 +2,13 @@
 //! (decoded headers, address lists, date, the text/plain content in UTF-8, the raw MIME
 //! entity for large mode).
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use bytes::Bytes;
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+
+use crate::dsl::Str;
 
 /// The parser configuration: standard headers typed, every other header RFC 2047-decoded
 /// text. Other address headers (Disposition-Notification-To) are parsed on demand by
@@ -180,15 +183,21 @@ impl<'x> Mail<'x> {
         Some(crlf(t.trim_end_matches(['\r', '\n'])).into_owned())
     }
 
-    /// [`Mail::text`] in a shared buffer, copied once from the parsed mail (not twice).
-    pub fn text_shared(&self) -> Option<std::sync::Arc<str>> {
+    /// [`Mail::text`] as a rule value: when the text is the received octets themselves (no
+    /// transfer or charset decoding, CRLF line ends) of a mail parsed with
+    /// [`Mail::parse_shared`], a slice of it, not a copy; else copied once (not twice).
+    pub fn text_shared(&self) -> Option<Str> {
         if self.msg.text_body_count() == 0 && self.msg.html_body_count() == 0 {
             return None;
         }
         let t = self.msg.body_text(0)?;
-        Some(std::sync::Arc::from(&*crlf(
-            t.trim_end_matches(['\r', '\n']),
-        )))
+        let text = crlf(t.trim_end_matches(['\r', '\n']));
+        if let (Some(all), Cow::Borrowed(text)) = (self.shared, &text)
+            && let Some(shared) = Str::within(all, text)
+        {
+            return Some(shared);
+        }
+        Some(Str::from(&*text))
     }
 
     /// The top-level MIME entity as received: its Content-* headers and raw body, for
@@ -385,6 +394,36 @@ Sch=F6n\r\n";
             shared.mime_entity(),
             b"Content-Type: text/plain\r\n\r\nbody\r\n"
         );
+    }
+
+    #[test]
+    fn a_text_that_needs_no_decoding_is_read_in_place() {
+        let plain = Bytes::from_static(
+            b"From: a@x.org\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nline 1\r\nline \xc3\xa9\r\n\r\n",
+        );
+        let text = Mail::parse_shared(&plain).unwrap().text_shared().unwrap();
+        assert_eq!(&*text, "line 1\r\nline \u{e9}");
+        let at = plain.len() - "line 1\r\nline \u{e9}\r\n\r\n".len();
+        assert_eq!(text.as_ptr(), plain[at..].as_ptr(), "a slice of the mail");
+        assert_eq!(
+            Mail::parse(&plain).unwrap().text_shared().as_deref(),
+            Some(&*text),
+            "the same text copied"
+        );
+        // decoded, or with bare LF made CRLF: a new buffer with the decoded text
+        for (raw, want) in [
+            (
+                &b"Content-Transfer-Encoding: quoted-printable\r\n\r\nSch=C3=B6n\r\n"[..],
+                "Sch\u{f6}n",
+            ),
+            (&b"Subject: x\r\n\r\na\nb\r\n"[..], "a\r\nb"),
+        ] {
+            let raw = Bytes::copy_from_slice(raw);
+            let text = Mail::parse_shared(&raw).unwrap().text_shared().unwrap();
+            assert_eq!(&*text, want);
+            let inside = raw.as_ptr_range().contains(&text.as_ptr());
+            assert!(!inside, "{want:?} is not the received octets");
+        }
     }
 
     #[test]

@@ -306,7 +306,7 @@ pub struct Draft {
     pub mode: Mode,
     pub imdn: Vec<String>,
     pub cpim_body: bool,
-    pub text: Option<std::sync::Arc<str>>,
+    pub text: Option<crate::dsl::Str>,
     pub recipient_list: RecipientList,
     pub exploder: Option<String>,
     pub reject: Option<Reply>,
