@@ -30,7 +30,7 @@ for bin in kamailio smtp-source python3; do
 done
 [ -x "$IWF" ] || (cd "$ROOT" && cargo build --release --quiet)
 
-WORK=$(mktemp -d /tmp/iwf-large-bench.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/iwf-large-bench.XXXXXX")
 IWF_PID=
 cleanup() {
   [ -n "$IWF_PID" ] && kill "$IWF_PID" 2>/dev/null && wait "$IWF_PID" 2>/dev/null || true
