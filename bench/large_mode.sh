@@ -11,6 +11,7 @@
 #   bench/large_mode.sh                      # defaults below
 #   N100K=1000 N1M=100 SESSIONS=16 bench/large_mode.sh
 #   ONLY_RSS=1 bench/large_mode.sh           # only the 10 MB peak-RSS figure
+#   ONLY_RSS=1 RSS_TRACE=/tmp/rss.txt bench/large_mode.sh  # and its memory over time
 # Needs: kamailio, smtp-source (postfix), python3; builds target/release/iwf if missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,13 +23,14 @@ SESSIONS=${SESSIONS:-16} # concurrent SMTP sessions
 NPY=${NPY:-1000}         # Python baseline sessions
 BIG=${BIG:-10000000}     # the RSS mail's payload
 ONLY_RSS=${ONLY_RSS:-}   # set: only the peak-RSS figure (skips the throughput tables)
+RSS_MAILS=${RSS_MAILS:-1} # big mails the RSS process delivers, one after the other
 
 for bin in kamailio smtp-source python3; do
   command -v "$bin" >/dev/null || { echo "skipped: $bin not installed"; exit 0; }
 done
 [ -x "$IWF" ] || (cd "$ROOT" && cargo build --release --quiet)
 
-WORK=$(mktemp -d /tmp/iwf-large-bench.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/iwf-large-bench.XXXXXX")
 IWF_PID=
 cleanup() {
   [ -n "$IWF_PID" ] && kill "$IWF_PID" 2>/dev/null && wait "$IWF_PID" 2>/dev/null || true
@@ -122,6 +124,12 @@ fi
 # Peak RSS of a fresh process delivering one big mail.
 start_iwf 10240
 idle=$(awk '/VmHWM/ {print $2}' /proc/$IWF_PID/status)
+SAMPLER=
+if [ -n "${RSS_TRACE:-}" ]; then
+  python3 "$ROOT/bench/large/rss_trace.py" "$IWF_PID" "$RSS_TRACE" &
+  SAMPLER=$!
+  sleep 0.3 # the sampler is running before the mail starts
+fi
 read -r _ _ ok < <(load "$BIG" 1 1)
 peak=$(awk '/VmHWM/ {print $2}' /proc/$IWF_PID/status)
 echo
@@ -129,6 +137,13 @@ echo "| peak RSS, one $((BIG / 1000000)) MB mail, 10 KB chunks | VmHWM kB | × m
 echo "|---|---|---|"
 echo "| fresh iwf, idle | $idle | |"
 echo "| after delivering it ($ok delivered) | $peak | $(python3 -c "print(f'{$peak*1024/$BIG:.2f}')") |"
+# The same process, more of the same mail one after the other (a warm allocator).
+for n in $(seq 2 "$RSS_MAILS"); do
+  read -r _ _ ok < <(load "$BIG" 1 1)
+  peak=$(awk '/VmHWM/ {print $2}' /proc/$IWF_PID/status)
+  echo "| after mail $n ($ok delivered) | $peak | $(python3 -c "print(f'{$peak*1024/$BIG:.2f}')") |"
+done
+[ -n "$SAMPLER" ] && { kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null || true; }
 if [ -s "$WORK/smtp-source.err" ]; then
   echo; echo "smtp-source complained:"; sort "$WORK/smtp-source.err" | uniq -c | head
 fi

@@ -38,7 +38,8 @@ fn mail_1k() -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let rules = iwf::ruleset::load(Path::new("rules"), 1).expect("shipped rules load");
-    let raw = mail_1k();
+    // Held shared, as `iwf serve` holds the received mail.
+    let raw = bytes::Bytes::from(mail_1k());
     let rcpt = Rcpt::parse("<+15551234567@cpm.example.net> NOTIFY=SUCCESS,FAILURE").unwrap();
     let envelope = Envelope {
         mail_from: MailFrom::parse("<alice@mail.example.org> BY=3600;R").unwrap(),
@@ -71,7 +72,7 @@ fn bench(c: &mut Criterion) {
                 let plan = iwf::mail_to_cpm::plan::plan_decided(
                     &rules,
                     &envelope,
-                    Mail::parse(black_box(&raw)),
+                    Mail::parse_shared(black_box(&raw)),
                     vec![Some(accepted.clone())],
                     &ctx,
                 );
@@ -93,7 +94,7 @@ fn bench(c: &mut Criterion) {
             let plan = iwf::mail_to_cpm::plan::plan_decided(
                 &rules,
                 &envelope,
-                Mail::parse(black_box(&raw)),
+                Mail::parse_shared(black_box(&raw)),
                 vec![Some(accepted.clone())],
                 &ctx,
             );

@@ -77,7 +77,7 @@ proptest! {
                 prop_assert!(!line.contains('\n') && !line.contains('\r'));
                 prop_assert!(!line.starts_with("Via: evil"));
             }
-            let cpim_head = String::from_utf8_lossy(&d.delivery.content.body);
+            let cpim_head = String::from_utf8_lossy(&d.delivery.content.body.to_vec()).into_owned();
             prop_assert!(!cpim_head.contains("\r\nVia: evil"));
         }
     }

@@ -11,4 +11,4 @@ pub(crate) mod value;
 pub use compile::{Code, CompileError, Scope};
 pub use eval::{EvalError, Frame, Input};
 pub use functions::FnError;
-pub use value::{Ty, Value};
+pub use value::{Str, Ty, Value};

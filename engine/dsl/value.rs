@@ -11,7 +11,7 @@ pub enum Value {
     Null,
     Bool(bool),
     Int(i64),
-    Str(Arc<str>),
+    Str(Str),
     List(Arc<[Value]>),
     Map(Arc<BTreeMap<String, Value>>),
     /// A compiled `/regex/` literal (only as an argument or the right side of `~`).
@@ -19,18 +19,18 @@ pub enum Value {
 }
 
 impl Value {
-    pub fn str(s: impl Into<Arc<str>>) -> Value {
+    pub fn str(s: impl Into<Str>) -> Value {
         Value::Str(s.into())
     }
 
-    pub fn opt_str(s: Option<impl Into<Arc<str>>>) -> Value {
+    pub fn opt_str(s: Option<impl Into<Str>>) -> Value {
         s.map(|s| Value::Str(s.into())).unwrap_or(Value::Null)
     }
 
     pub fn list_of_str<I, S>(items: I) -> Value
     where
         I: IntoIterator<Item = S>,
-        S: Into<Arc<str>>,
+        S: Into<Str>,
     {
         Value::List(items.into_iter().map(|s| Value::Str(s.into())).collect())
     }
@@ -131,6 +131,135 @@ impl fmt::Display for Value {
             }
             Value::Regex(re) => write!(f, "/{}/", re.0.as_str()),
         }
+    }
+}
+
+/// The text of a string value: its own shared buffer, or a slice of a buffer someone else
+/// holds (the received mail, for a `mail.text` that needed no decoding), so that a 10 MB
+/// body is not copied to be read by the rules. Compares, orders and prints as its text.
+#[derive(Clone)]
+pub struct Str(Text);
+
+#[derive(Clone)]
+enum Text {
+    Own(Arc<str>),
+    /// Exactly the octets of a `&str` (checked where it is made): valid UTF-8.
+    Slice(bytes::Bytes),
+}
+
+impl Str {
+    /// `text` without a copy when it lies inside `owner` (a slice of it); `None` when not.
+    pub fn within(owner: &bytes::Bytes, text: &str) -> Option<Str> {
+        let (start, end) = (
+            owner.as_ptr() as usize,
+            owner.as_ptr() as usize + owner.len(),
+        );
+        let at = text.as_ptr() as usize;
+        (start <= at && at + text.len() <= end)
+            .then(|| Str(Text::Slice(owner.slice_ref(text.as_bytes()))))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Text::Own(s) => s,
+            // SAFETY: a `Slice` holds exactly the octets of a `&str` (`Str::within`), and
+            // `Bytes` never changes its octets: they are valid UTF-8.
+            Text::Slice(b) => unsafe { std::str::from_utf8_unchecked(b) },
+        }
+    }
+}
+
+impl std::ops::Deref for Str {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Str {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Str {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<Arc<str>> for Str {
+    fn from(s: Arc<str>) -> Str {
+        Str(Text::Own(s))
+    }
+}
+
+impl From<&str> for Str {
+    fn from(s: &str) -> Str {
+        Str(Text::Own(s.into()))
+    }
+}
+
+impl From<String> for Str {
+    fn from(s: String) -> Str {
+        Str(Text::Own(s.into()))
+    }
+}
+
+impl From<&String> for Str {
+    fn from(s: &String) -> Str {
+        Str(Text::Own(s.as_str().into()))
+    }
+}
+
+impl From<Box<str>> for Str {
+    fn from(s: Box<str>) -> Str {
+        Str(Text::Own(s.into()))
+    }
+}
+
+impl From<std::borrow::Cow<'_, str>> for Str {
+    fn from(s: std::borrow::Cow<'_, str>) -> Str {
+        Str(Text::Own(s.into()))
+    }
+}
+
+impl PartialEq for Str {
+    fn eq(&self, other: &Str) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Str {}
+
+impl PartialOrd for Str {
+    fn partial_cmp(&self, other: &Str) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Str {
+    fn cmp(&self, other: &Str) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for Str {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+/// As the text's own `Debug` (what `Arc<str>` printed).
+impl fmt::Debug for Str {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Str {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -60,7 +60,7 @@ pub struct Dispatched {
 pub struct Dispatch<'a> {
     pub rules: &'a RuleSet,
     pub envelope: &'a Envelope,
-    pub raw: &'a [u8],
+    pub raw: &'a bytes::Bytes,
     pub backend: &'a dyn Backend,
     pub clock: &'a dyn Clock,
     pub ids: &'a dyn Ids,
@@ -141,7 +141,7 @@ impl Dispatch<'_> {
             self.rules,
             self.envelope,
             &accepted,
-            crate::mail_to_cpm::mail::Mail::parse(self.raw),
+            crate::mail_to_cpm::mail::Mail::parse_shared(self.raw),
             self.ids,
             peers,
             self.clock.now(),

@@ -184,10 +184,12 @@ pub fn run(rules: &RuleSet, raw: &[u8], opts: &Options) -> DryRun {
         peers: &crate::mail_to_cpm::peer_memory::Unknown,
         explain: opts.explain,
     };
+    // The network path shares the received buffer; a dry run copies its input once.
+    let raw = &bytes::Bytes::copy_from_slice(raw);
     let plan = plan::plan_decided(
         rules,
         &envelope,
-        crate::mail_to_cpm::mail::Mail::parse(raw),
+        crate::mail_to_cpm::mail::Mail::parse_shared(raw),
         decisions,
         &ctx,
     );

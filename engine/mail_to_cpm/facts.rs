@@ -2,11 +2,10 @@
 //! computed once per mail and shared by every phase and recipient.
 
 use std::cell::{OnceCell, RefCell};
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::dsl::Value;
+use crate::dsl::{Str, Value};
 use crate::mail_to_cpm::mail::{Mail, Mailbox};
 use crate::ruleset::schema::{F, Fn};
 use crate::smtp::envelope::{Envelope, Rcpt};
@@ -18,7 +17,7 @@ pub struct MailFacts<'x> {
     to: OnceCell<Vec<Mailbox>>,
     cc: OnceCell<Vec<Mailbox>>,
     /// Shared with every `mail.text` value the rules read (no copy per reference).
-    text: OnceCell<Option<Arc<str>>>,
+    text: OnceCell<Option<Str>>,
     dnt: OnceCell<Vec<Mailbox>>,
     date_iso: OnceCell<Option<String>>,
     subject: OnceCell<Option<String>>,
@@ -59,7 +58,7 @@ impl<'x> MailFacts<'x> {
     pub fn text(&self) -> Option<&str> {
         self.text_shared().map(|t| &**t)
     }
-    fn text_shared(&self) -> Option<&Arc<str>> {
+    fn text_shared(&self) -> Option<&Str> {
         self.text.get_or_init(|| self.mail.text_shared()).as_ref()
     }
     pub fn dnt(&self) -> &[Mailbox] {

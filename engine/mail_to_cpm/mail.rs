@@ -2,9 +2,13 @@
 //! (decoded headers, address lists, date, the text/plain content in UTF-8, the raw MIME
 //! entity for large mode).
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
+use bytes::Bytes;
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+
+use crate::dsl::Str;
 
 /// The parser configuration: standard headers typed, every other header RFC 2047-decoded
 /// text. Other address headers (Disposition-Notification-To) are parsed on demand by
@@ -53,6 +57,9 @@ pub enum MailError {
 pub struct Mail<'x> {
     pub raw: &'x [u8],
     pub msg: Message<'x>,
+    /// The shared buffer `raw` is, when parsed with [`Mail::parse_shared`]: large mode then
+    /// carries the MIME body as a slice of it rather than a copy.
+    shared: Option<&'x Bytes>,
 }
 
 /// A mailbox: display name (decoded) and address.
@@ -68,7 +75,19 @@ impl<'x> Mail<'x> {
         if msg.headers().is_empty() {
             return Err(MailError::NoHeaders);
         }
-        Ok(Mail { raw, msg })
+        Ok(Mail {
+            raw,
+            msg,
+            shared: None,
+        })
+    }
+
+    /// [`Mail::parse`] of a mail held in a shared buffer, whose pieces can then be handed
+    /// out without copying ([`Mail::mime_entity_shared`]).
+    pub fn parse_shared(raw: &'x Bytes) -> Result<Self, MailError> {
+        let mut mail = Mail::parse(raw)?;
+        mail.shared = Some(raw);
+        Ok(mail)
     }
 
     fn find(&self, name: &str) -> impl Iterator<Item = &mail_parser::Header<'x>> {
@@ -166,15 +185,21 @@ impl<'x> Mail<'x> {
         Some(crlf(t.trim_end_matches(['\r', '\n'])).into_owned())
     }
 
-    /// [`Mail::text`] in a shared buffer, copied once from the parsed mail (not twice).
-    pub fn text_shared(&self) -> Option<std::sync::Arc<str>> {
+    /// [`Mail::text`] as a rule value: when the text is the received octets themselves (no
+    /// transfer or charset decoding, CRLF line ends) of a mail parsed with
+    /// [`Mail::parse_shared`], a slice of it, not a copy; else copied once (not twice).
+    pub fn text_shared(&self) -> Option<Str> {
         if self.msg.text_body_count() == 0 && self.msg.html_body_count() == 0 {
             return None;
         }
         let t = self.msg.body_text(0)?;
-        Some(std::sync::Arc::from(&*crlf(
-            t.trim_end_matches(['\r', '\n']),
-        )))
+        let text = crlf(t.trim_end_matches(['\r', '\n']));
+        if let (Some(all), Cow::Borrowed(text)) = (self.shared, &text)
+            && let Some(shared) = Str::within(all, text)
+        {
+            return Some(shared);
+        }
+        Some(Str::from(&*text))
     }
 
     /// The top-level MIME entity as received: its Content-* headers and raw body, for
@@ -209,6 +234,17 @@ impl<'x> Mail<'x> {
         let start = (root.offset_body as usize).min(self.raw.len());
         let end = (root.offset_end as usize).clamp(start, self.raw.len());
         (out, &self.raw[start..end])
+    }
+
+    /// [`Mail::mime_entity_parts`] with the body as [`Bytes`]: a slice of the received mail
+    /// when it was parsed with [`Mail::parse_shared`] (no copy), else a copy.
+    pub fn mime_entity_shared(&self) -> (Vec<u8>, Bytes) {
+        let (head, body) = self.mime_entity_parts();
+        let body = match self.shared {
+            Some(all) => all.slice_ref(body),
+            None => Bytes::copy_from_slice(body),
+        };
+        (head, body)
     }
 
     /// Whether any part could not be decoded as declared.
@@ -342,6 +378,54 @@ Sch=F6n\r\n";
             String::from_utf8_lossy(&m.mime_entity())
                 .starts_with("Content-Type: text/plain; charset=iso-8859-1\r\n")
         );
+    }
+
+    #[test]
+    fn a_shared_mail_hands_out_its_body_without_a_copy() {
+        let raw = Bytes::from_static(
+            b"From: a@x.org\r\nContent-Type: text/plain\r\nX-Other: 1\r\n\r\nbody\r\n",
+        );
+        let shared = Mail::parse_shared(&raw).unwrap();
+        let (head, body) = shared.mime_entity_shared();
+        assert_eq!(head, b"Content-Type: text/plain\r\n\r\n");
+        assert_eq!(&body[..], b"body\r\n");
+        assert_eq!(body.as_ptr(), raw[raw.len() - 6..].as_ptr());
+        let copied = Mail::parse(&raw).unwrap().mime_entity_shared();
+        assert_eq!((copied.0, &copied.1[..]), (head, &body[..]));
+        assert_eq!(
+            shared.mime_entity(),
+            b"Content-Type: text/plain\r\n\r\nbody\r\n"
+        );
+    }
+
+    #[test]
+    fn a_text_that_needs_no_decoding_is_read_in_place() {
+        let plain = Bytes::from_static(
+            b"From: a@x.org\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nline 1\r\nline \xc3\xa9\r\n\r\n",
+        );
+        let text = Mail::parse_shared(&plain).unwrap().text_shared().unwrap();
+        assert_eq!(&*text, "line 1\r\nline \u{e9}");
+        let at = plain.len() - "line 1\r\nline \u{e9}\r\n\r\n".len();
+        assert_eq!(text.as_ptr(), plain[at..].as_ptr(), "a slice of the mail");
+        assert_eq!(
+            Mail::parse(&plain).unwrap().text_shared().as_deref(),
+            Some(&*text),
+            "the same text copied"
+        );
+        // decoded, or with bare LF made CRLF: a new buffer with the decoded text
+        for (raw, want) in [
+            (
+                &b"Content-Transfer-Encoding: quoted-printable\r\n\r\nSch=C3=B6n\r\n"[..],
+                "Sch\u{f6}n",
+            ),
+            (&b"Subject: x\r\n\r\na\nb\r\n"[..], "a\r\nb"),
+        ] {
+            let raw = Bytes::copy_from_slice(raw);
+            let text = Mail::parse_shared(&raw).unwrap().text_shared().unwrap();
+            assert_eq!(&*text, want);
+            let inside = raw.as_ptr_range().contains(&text.as_ptr());
+            assert!(!inside, "{want:?} is not the received octets");
+        }
     }
 
     #[test]

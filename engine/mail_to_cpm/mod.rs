@@ -113,11 +113,13 @@ struct Sent {
 
 impl Gateway {
     async fn deliver(&self, envelope: Envelope, raw: Vec<u8>) -> DataReplies {
+        // Shared (not copied): a large-mode request carries the mail's body as a slice of it.
+        let raw = bytes::Bytes::from(raw);
         // One rule-set generation maps the whole transaction.
         let rules = self.rules.load_full();
         let now = self.clock.now();
         // One parse of the mail: the store key's Message-ID and the plan both come from it.
-        let mail = Mail::parse(&raw);
+        let mail = Mail::parse_shared(&raw);
         let message_id = mail.as_ref().ok().and_then(Mail::message_id);
         let key = crate::store::mail_identity_of(
             &envelope.mail_from.address,

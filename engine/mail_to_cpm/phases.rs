@@ -10,6 +10,7 @@
 //! replies of all recipients ──transaction──► one DATA reply (+ DSN)
 //! ```
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -305,7 +306,7 @@ pub struct Draft {
     pub mode: Mode,
     pub imdn: Vec<String>,
     pub cpim_body: bool,
-    pub text: Option<std::sync::Arc<str>>,
+    pub text: Option<crate::dsl::Str>,
     pub recipient_list: RecipientList,
     pub exploder: Option<String>,
     pub reject: Option<Reply>,
@@ -584,15 +585,16 @@ fn build_delivery_sized(
     };
     let recipient = facts.rcpt.map(|r| r.address.clone()).unwrap_or_default();
     let imdn_id = (!d.imdn.is_empty()).then(|| ids.token());
-    let (inner_head, inner_body, cpim_needed): (Vec<u8>, &[u8], bool) = match (d.mode, facts.mail) {
+    // The inner body is shared: in large mode a slice of the received mail, never copied.
+    let (inner_head, inner_body, cpim_needed): (Vec<u8>, Bytes, bool) = match (d.mode, facts.mail) {
         (Mode::Large, Some(m)) => {
-            let (head, body) = m.mail.mime_entity_parts();
+            let (head, body) = m.mail.mime_entity_shared();
             (head, body, true)
         }
-        (Mode::Large, None) => (cpim::text_entity(""), &[], true),
+        (Mode::Large, None) => (cpim::text_entity(""), Bytes::new(), true),
         (Mode::Pager, _) => (
             cpim::TEXT_ENTITY_HEAD.to_vec(),
-            text.as_bytes(),
+            Bytes::copy_from_slice(text.as_bytes()),
             d.cpim_body || imdn_id.is_some(),
         ),
     };
@@ -627,14 +629,14 @@ fn build_delivery_sized(
         let doc = cpim::Cpim {
             headers: &cpim_headers,
             imdn: imdn_id.as_deref().map(|id| (id, d.imdn.as_slice())),
-            inner: &[&inner_head, inner_body],
+            inner: &[&inner_head],
         }
-        .render()?;
+        .render_with_tail(inner_body.clone())?;
         ("message/cpim".to_string(), doc)
     } else {
         (
             "text/plain;charset=UTF-8".to_string(),
-            text.as_bytes().to_vec(),
+            inner_body.clone().into(),
         )
     };
     let mut headers = d.headers.clone();
@@ -668,7 +670,7 @@ fn build_delivery_sized(
             let boundary = format!("iwf-{}", ids.token());
             let (ct, body) = resource_lists::multipart(
                 &[
-                    (vec![("Content-Type".into(), content_type)], body),
+                    (vec![("Content-Type".into(), content_type)], body.to_vec()),
                     (
                         vec![
                             (
@@ -687,10 +689,7 @@ fn build_delivery_sized(
                 body: body.into(),
             }
         }
-        _ => Content {
-            content_type,
-            body: body.into(),
-        },
+        _ => Content { content_type, body },
     };
     Ok(Delivery {
         recipient,
@@ -698,7 +697,7 @@ fn build_delivery_sized(
         request_uri,
         headers,
         content,
-        cpim_inner: cpim_needed.then(|| bytes::Bytes::copy_from_slice(inner_body)),
+        cpim_inner: cpim_needed.then_some(inner_body),
         imdn_dispositions: if imdn_id.is_some() {
             d.imdn.clone()
         } else {

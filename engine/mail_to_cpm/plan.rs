@@ -128,8 +128,9 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Content {
     pub content_type: String,
-    /// Shared, so that large mode streams it into MSRP chunks without another copy.
-    pub body: bytes::Bytes,
+    /// Shared pieces, so that large mode streams it into MSRP chunks without another
+    /// copy: in large mode the CPIM head we wrote, then the mail's body as received.
+    pub body: crate::render::body::Body,
 }
 
 /// The per-transmission values the mechanism puts into a request.
@@ -223,7 +224,7 @@ pub fn route(
 /// Plans a whole transaction at the end of DATA: every recipient is routed again by this
 /// one rule-set generation (even if a reload came in since RCPT), those `done` says an
 /// earlier attempt delivered are left out, and the message phase plans the requests.
-/// `mail` is the one parse of the message ([`Mail::parse`]) the gateway also takes the
+/// `mail` is the one parse of the message ([`Mail::parse_shared`]) the gateway also takes the
 /// store key from.
 pub fn plan(
     rules: &RuleSet,
@@ -344,7 +345,7 @@ pub fn retry(
                 Some(text) => {
                     next.content = Content {
                         content_type: "text/plain;charset=UTF-8".into(),
-                        body: text,
+                        body: text.into(),
                     };
                     next.cpim_inner = None;
                     next.imdn_message_id = None;
@@ -374,7 +375,8 @@ fn wrap_in_cpim(d: &mut Delivery) {
         "To".to_string(),
         header("To").unwrap_or_else(|| format!("<{}>", d.request_uri)),
     ));
-    let inner = crate::render::cpim::text_entity(&String::from_utf8_lossy(&d.content.body));
+    let text = d.content.body.to_bytes();
+    let inner = crate::render::cpim::text_entity(&String::from_utf8_lossy(&text));
     if let Ok(doc) = (crate::render::cpim::Cpim {
         headers: &headers,
         imdn: None,
@@ -382,7 +384,7 @@ fn wrap_in_cpim(d: &mut Delivery) {
     })
     .render()
     {
-        d.cpim_inner = Some(d.content.body.clone());
+        d.cpim_inner = Some(text);
         d.content.content_type = "message/cpim".into();
         d.content.body = doc.into();
     }
@@ -403,7 +405,7 @@ mod tests {
             ],
             content: Content {
                 content_type: content_type.into(),
-                body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+                body: body.as_bytes().to_vec().into(),
             },
             cpim_inner: inner.map(|t| bytes::Bytes::copy_from_slice(t.as_bytes())),
             imdn_message_id: Some("t000000000000001".into()),
@@ -422,7 +424,7 @@ mod tests {
             let d = planned(content_type, "whatever was rendered", Some(text));
             let next = retry(RetryForm::Text, &d, || unreachable!()).unwrap();
             assert_eq!(next.content.content_type, "text/plain;charset=UTF-8");
-            assert_eq!(&next.content.body[..], text.as_bytes());
+            assert_eq!(next.content.body.to_vec(), text.as_bytes());
             assert_eq!(next.mode, Mode::Pager);
             assert!(next.imdn_message_id.is_none() && next.imdn_dispositions.is_empty());
         }
@@ -441,14 +443,14 @@ mod tests {
         let next = retry(RetryForm::Large, &d, || unreachable!()).unwrap();
         assert_eq!(next.mode, Mode::Large);
         assert_eq!(next.content.content_type, "message/cpim");
-        let doc = String::from_utf8_lossy(&next.content.body);
+        let doc = String::from_utf8_lossy(&next.content.body.to_vec()).into_owned();
         assert!(
             doc.starts_with("From: <sip:alice@iwf.example.net>\r\nTo: <tel:+15551234567>\r\n"),
             "{doc}"
         );
         assert!(doc.ends_with("hello\r\n\r\nworld"), "{doc}");
         let back = retry(RetryForm::Text, &next, || unreachable!()).unwrap();
-        assert_eq!(&back.content.body[..], b"hello\r\n\r\nworld");
+        assert_eq!(back.content.body.to_vec(), b"hello\r\n\r\nworld");
         // CPIM already: only the mode changes.
         let cpim = planned("message/cpim", "From: x\r\n\r\ndoc", Some("doc"));
         let next = retry(RetryForm::Large, &cpim, || unreachable!()).unwrap();

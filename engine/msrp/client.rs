@@ -42,6 +42,7 @@ use crate::clock::Clock;
 use crate::ids::Ids;
 use crate::mail_to_cpm::outcome::{FailureKind, Layer, Outcome};
 use crate::mail_to_cpm::plan::Mode;
+use crate::render::body::Body;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -285,8 +286,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.io
     }
 
-    /// Sends `content` as one MSRP message. `content` is sliced per chunk, not copied.
-    pub async fn send(&mut self, msg: &OutgoingMessage, content: Bytes) -> SendOutcome {
+    /// Sends `content` as one MSRP message. `content` is sliced per chunk, not copied (a
+    /// [`Body`] of two pieces: only a chunk that spans both is assembled).
+    pub async fn send(&mut self, msg: &OutgoingMessage, content: impl Into<Body>) -> SendOutcome {
+        self.send_body(msg, content.into()).await
+    }
+
+    async fn send_body(&mut self, msg: &OutgoingMessage, content: Body) -> SendOutcome {
         if let Some(why) = &self.broken {
             return SendOutcome::ConnectionLost {
                 detail: why.clone(),

@@ -42,6 +42,7 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::ids::Ids;
+use crate::render::body::Body;
 
 /// The seven hyphens every end-line starts with.
 const END_HYPHENS: &[u8] = b"-------";
@@ -959,7 +960,7 @@ impl ChunkTemplate {
 /// Iterator of SEND requests carrying one message in chunks. Created by [`Chunks::new`].
 pub struct Chunks<F = fn() -> String> {
     template: ChunkTemplate,
-    content: Bytes,
+    content: Body,
     chunk_size: usize,
     offset: usize,
     done: bool,
@@ -972,7 +973,7 @@ impl Chunks {
     /// with an empty body and `Byte-Range: 1-0/0`.
     pub fn new(
         template: ChunkTemplate,
-        content: Bytes,
+        content: impl Into<Body>,
         chunk_size: usize,
         ids: &dyn Ids,
     ) -> Chunks<impl FnMut() -> String + Send + '_> {
@@ -986,13 +987,13 @@ impl<F: FnMut() -> String> Chunks<F> {
     /// occur in the chunk.
     pub fn with_tid_source(
         template: ChunkTemplate,
-        content: Bytes,
+        content: impl Into<Body>,
         chunk_size: usize,
         next_tid: F,
     ) -> Self {
         Chunks {
             template,
-            content,
+            content: content.into(),
             chunk_size: chunk_size.max(1),
             offset: 0,
             done: false,

@@ -1,5 +1,8 @@
 //! The CPIM document (RFC 3862) with the imdn namespace (RFC 5438 §7.1.1).
 
+use bytes::Bytes;
+
+use crate::render::body::Body;
 use crate::render::encoder::{self, EncodeError};
 
 /// A message/cpim document: headers, then the inner MIME entity.
@@ -17,6 +20,20 @@ impl Cpim<'_> {
     pub fn render(&self) -> Result<Vec<u8>, EncodeError> {
         let inner_len: usize = self.inner.iter().map(|p| p.len()).sum();
         let mut out = Vec::with_capacity(inner_len + 256);
+        self.write(&mut out)?;
+        Ok(out)
+    }
+
+    /// The document with `tail` after the inner pieces, as a [`Body`] that holds `tail`
+    /// shared, not copied: a large mail's MIME body stays where it was received.
+    pub fn render_with_tail(&self, tail: Bytes) -> Result<Body, EncodeError> {
+        let inner_len: usize = self.inner.iter().map(|p| p.len()).sum();
+        let mut head = Vec::with_capacity(inner_len + 256);
+        self.write(&mut head)?;
+        Ok(Body::pieces(head, tail))
+    }
+
+    fn write(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let mut line = |n: &str, v: &str| -> Result<(), EncodeError> {
             encoder::check_name(n)?;
             encoder::check_value(n, v)?;
@@ -40,7 +57,7 @@ impl Cpim<'_> {
         for piece in self.inner {
             out.extend_from_slice(piece);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The length of what [`render`](Self::render) writes, after the same checks (it fails
@@ -141,6 +158,24 @@ mod tests {
             inner: &[],
         };
         assert!(doc.render().is_err() && doc.encoded_len().is_err());
+    }
+
+    #[test]
+    fn a_tail_is_the_document_end_unchanged() {
+        let headers = vec![("From".to_string(), "<sip:a@iwf.example.net>".to_string())];
+        let doc = Cpim {
+            headers: &headers,
+            imdn: None,
+            inner: &[b"Content-Type: text/plain\r\n\r\n"],
+        };
+        let whole = Cpim {
+            inner: &[b"Content-Type: text/plain\r\n\r\n", b"the body"],
+            ..doc
+        };
+        let body = doc
+            .render_with_tail(Bytes::from_static(b"the body"))
+            .unwrap();
+        assert_eq!(body.to_vec(), whole.render().unwrap());
     }
 
     #[test]

@@ -260,7 +260,7 @@ mod tests {
                 .collect(),
             content: Content {
                 content_type: "text/plain;charset=UTF-8".into(),
-                body: bytes::Bytes::from_static(b"hi"),
+                body: bytes::Bytes::from_static(b"hi").into(),
             },
             cpim_inner: None,
             imdn_message_id: None,

@@ -139,7 +139,7 @@ fn run_one(rules: &RuleSet, t: &SelfTest) -> Vec<String> {
                     errs.push(format!("{rcpt}: header {n} should be absent, got `{got}`"));
                 }
             }
-            let body = String::from_utf8_lossy(&d.delivery.content.body).into_owned();
+            let body = String::from_utf8_lossy(&d.delivery.content.body.to_vec()).into_owned();
             for (n, v) in &exp.cpim {
                 let want = format!("{n}: {v}\r\n");
                 if !body.contains(&want) {

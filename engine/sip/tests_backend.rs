@@ -30,7 +30,7 @@ pub(super) fn delivery(uri: &str) -> Delivery {
         ],
         content: Content {
             content_type: "text/plain;charset=UTF-8".into(),
-            body: bytes::Bytes::from_static(b"Meet at 12:30?"),
+            body: bytes::Bytes::from_static(b"Meet at 12:30?").into(),
         },
         cpim_inner: None,
         imdn_message_id: None,

@@ -213,7 +213,7 @@ fn mail(raw: &[u8]) {
         rules,
         &envelope,
         &accepted,
-        raw,
+        &bytes::Bytes::copy_from_slice(raw),
         &ids,
         &iwf::mail_to_cpm::peer_memory::Unknown,
         now,
