@@ -12,10 +12,6 @@ use iwf::mail_to_cpm::phases;
 use iwf::render::sip;
 use iwf::smtp::envelope::{Client, Envelope, MailFrom, Rcpt};
 
-/// The allocator `iwf` runs with (engine/main.rs), so the figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn mail_1k() -> Vec<u8> {
     let mut m = String::from(
         "Received: from mx.mail.example.org (mx.mail.example.org [192.0.2.1]) by iwf.example.net with ESMTP id 1; Fri, 21 Nov 2025 09:03:08 -0500\r\n\

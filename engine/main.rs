@@ -12,12 +12,6 @@ use iwf::mail_to_cpm::dryrun::{self, Options};
 use iwf::ruleset::{self, diag};
 use iwf::smtp::envelope::{Client, MailFrom, Rcpt};
 
-/// mimalloc instead of glibc malloc: the gateway allocates many small, short-lived values per
-/// mail (rule values, header lines, SIP messages); see bench/README.md (issue 15) for the
-/// measured difference.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "iwf", version, about = "E-mail <-> CPM interworking function")]
 struct Cli {
@@ -95,6 +89,7 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    big_buffers_mapped();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { rules_flag, rules } => {
@@ -104,6 +99,29 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve(a, false),
         Command::Demo(a) => serve(a, true),
         Command::Store { action, config } => store(action, config),
+    }
+}
+
+/// Blocks of a megabyte or more (a big mail's DATA buffer as it grows, a decoded copy)
+/// get their own mapping from glibc's malloc, given back to the kernel when freed and grown
+/// by `mremap` without a copy. Left alone, glibc raises that threshold to the largest block
+/// freed so far (up to 32 MB): after the first big mail the next ones are carved from the
+/// worker threads' arenas and stay resident once freed, one mail's worth per arena, so a
+/// process that has delivered a few 10 MB mails peaks at ~3.9x a mail's size instead of
+/// ~2.9x (bench/results/large-rss-2026-12-01.md). Setting it also stops the raising. An
+/// operator's own `MALLOC_MMAP_THRESHOLD_` is left to glibc.
+fn big_buffers_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: called first in `main`, before any other thread exists; it only sets a
+        // malloc parameter.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 1 << 20);
+        }
     }
 }
 
