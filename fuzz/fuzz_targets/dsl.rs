@@ -37,7 +37,7 @@ fn rules() -> &'static RuleSet {
 
 /// A phase's names, as the loader resolves them.
 struct PhaseScope {
-    bit: u8,
+    bit: u16,
     captures: bool,
 }
 
@@ -114,7 +114,7 @@ fn run_code(code: &iwf::dsl::Code, text: &str) {
     let _ = iwf::dsl::eval::eval(code, &Fields { text }, &mut frame);
 }
 
-fn expression(bit: u8, src: &str, text: &str) {
+fn expression(bit: u16, src: &str, text: &str) {
     let Ok(expr) = parse_expression(src) else {
         return;
     };
@@ -128,7 +128,7 @@ fn expression(bit: u8, src: &str, text: &str) {
     }
 }
 
-fn template(bit: u8, src: &str, text: &str) {
+fn template(bit: u16, src: &str, text: &str) {
     let Ok(parts) = parse_template(src) else {
         return;
     };
@@ -209,11 +209,12 @@ fn mail(raw: &[u8]) {
         envelope.rcpts.push(r.clone());
         accepted.push((r, "tel:+15551234567".into()));
     }
+    let raw = bytes::Bytes::copy_from_slice(raw);
     let _ = phases::plan_mail(
         rules,
         &envelope,
         &accepted,
-        &bytes::Bytes::copy_from_slice(raw),
+        iwf::mail_to_cpm::mail::Mail::parse_shared(&raw),
         &ids,
         &iwf::mail_to_cpm::peer_memory::Unknown,
         now,
