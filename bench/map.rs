@@ -55,49 +55,39 @@ fn bench(c: &mut Criterion) {
         explain: false,
     };
 
-    // `MAP_COUNT=parse:N` / `MAP_COUNT=full:N`: run that case N times and exit, for
-    // `perf stat -e instructions:u` (instructions per mail do not move with the machine's
-    // load the way time does; bench/README.md, issue 15).
+    // The plan step `iwf serve` runs at the end of DATA, for a recipient the RCPT step
+    // accepted, and the request it sends.
+    let parse = || Mail::parse(black_box(&raw)).unwrap();
+    let full = || {
+        let plan = iwf::mail_to_cpm::plan::plan_decided(
+            &rules,
+            &envelope,
+            Mail::parse_shared(black_box(&raw)),
+            vec![Some(accepted.clone())],
+            &ctx,
+        );
+        let req = sip::render_message(&plan.deliveries[0], &stamp).unwrap();
+        req.to_bytes()
+    };
+    // `MAP_COUNT=parse:N` / `MAP_COUNT=full:N`: run that case N times and exit, for an
+    // instruction count (bench/map_icount.sh: instructions per mail do not move with the
+    // machine's load the way time does).
     if let Ok(spec) = std::env::var("MAP_COUNT") {
         let (case, n) = spec.split_once(':').expect("MAP_COUNT=parse:N or full:N");
         let n: u64 = n.parse().expect("a count");
         for _ in 0..n {
             if case == "parse" {
-                black_box(Mail::parse(black_box(&raw)).unwrap());
+                black_box(parse());
             } else {
-                let plan = iwf::mail_to_cpm::plan::plan_decided(
-                    &rules,
-                    &envelope,
-                    Mail::parse_shared(black_box(&raw)),
-                    vec![Some(accepted.clone())],
-                    &ctx,
-                );
-                let req = sip::render_message(&plan.deliveries[0], &stamp).unwrap();
-                black_box(req.to_bytes());
+                black_box(full());
             }
         }
         std::process::exit(0);
     }
 
     let mut g = c.benchmark_group("1KB mail");
-    g.bench_function("parse (mail-parser)", |b| {
-        b.iter(|| black_box(Mail::parse(black_box(&raw)).unwrap()))
-    });
-    g.bench_function("parse + rules + render", |b| {
-        b.iter(|| {
-            // The plan step `iwf serve` runs at the end of DATA, for a recipient the
-            // RCPT step accepted.
-            let plan = iwf::mail_to_cpm::plan::plan_decided(
-                &rules,
-                &envelope,
-                Mail::parse_shared(black_box(&raw)),
-                vec![Some(accepted.clone())],
-                &ctx,
-            );
-            let req = sip::render_message(&plan.deliveries[0], &stamp).unwrap();
-            black_box(req.to_bytes())
-        })
-    });
+    g.bench_function("parse (mail-parser)", |b| b.iter(|| black_box(parse())));
+    g.bench_function("parse + rules + render", |b| b.iter(|| black_box(full())));
     g.finish();
 }
 
