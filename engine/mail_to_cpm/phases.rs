@@ -781,7 +781,8 @@ pub enum Planned {
 pub struct MailPlan {
     pub planned: Vec<Planned>,
     pub explain: Vec<Fired>,
-    /// What a later report needs of the mail (none when it did not parse).
+    /// What a later report needs of the mail (none when it did not parse, or when no
+    /// request asks for IMDN).
     pub about: Option<MailSummary>,
 }
 
@@ -820,11 +821,6 @@ pub fn plan_mail(
     };
     let mut fired = explain.then(Vec::new);
     let mut mail = mail;
-    plan.about = Some(MailSummary {
-        message_id: mail.mail.message_id(),
-        subject: mail.subject().map(str::to_string),
-        dnt: mail.dnt().first().map(|b| b.address.clone()),
-    });
     let author = mail
         .from()
         .first()
@@ -906,6 +902,19 @@ pub fn plan_mail(
         plan.planned.push(planned);
     }
     plan.explain = fired.unwrap_or_default();
+    // Only a request that asks for IMDN gets a report record: the summary is made for
+    // those alone (Disposition-Notification-To is parsed when a rule or this reads it).
+    let reported = plan
+        .planned
+        .iter()
+        .any(|p| matches!(p, Planned::Deliver(d) if d.imdn_message_id.is_some()));
+    if reported {
+        plan.about = Some(MailSummary {
+            message_id: mail.mail.message_id(),
+            subject: mail.subject().map(str::to_string),
+            dnt: mail.dnt().first().map(|b| b.address.clone()),
+        });
+    }
     plan
 }
 

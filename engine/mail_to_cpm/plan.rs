@@ -187,7 +187,8 @@ pub struct TransactionPlan {
     pub deliveries: Vec<Delivery>,
     /// The rules that fired (when asked for).
     pub explain: Vec<Fired>,
-    /// What a report record keeps of the mail (none when it did not parse).
+    /// What a report record keeps of the mail (none when it did not parse, or when no
+    /// request asks for IMDN).
     pub about: Option<MailSummary>,
 }
 
