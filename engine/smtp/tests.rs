@@ -1324,3 +1324,46 @@ async fn trickling_clients_do_not_starve_legitimate_mail() {
     }
     assert_eq!(server.handler.messages().len(), 1);
 }
+
+/// A client that pipelines commands and never reads the replies: once the socket takes no
+/// more, the reply write (no longer written at once) waits at most the command timeout and
+/// the session is closed; other sessions are served meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_reads_its_replies_is_cut_off() {
+    let server = Server::start(
+        Protocol::Smtp,
+        config(|c| c.limits.command_timeout = Duration::from_millis(300)),
+        Recorder::default(),
+    )
+    .await;
+    let hog = TcpStream::connect(server.addr).await.unwrap();
+    let (mut hog_read, mut hog_write) = hog.into_split();
+    let writer = tokio::spawn(async move {
+        let noops = b"NOOP\r\n".repeat(1 << 20);
+        let _ = hog_write.write_all(&noops).await;
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut busy = server.hello().await;
+    busy.expect("NOOP", "250").await;
+    // The hog's connection has ended already: what it can still read is what was in the
+    // socket buffers when the write gave up, far from a reply to every NOOP, then EOF or
+    // a reset.
+    let mut sink = vec![0u8; 1 << 16];
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut got = 0usize;
+        loop {
+            match hog_read.read(&mut sink).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await
+    .expect("the session of a client that never reads was not closed");
+    let all_replies = (1usize << 20) * "250 2.0.0 OK\r\n".len();
+    assert!(
+        got < all_replies / 2,
+        "read {got} of {all_replies} reply octets"
+    );
+    writer.abort();
+}
