@@ -32,9 +32,9 @@ struct Baresip {
 }
 
 impl Baresip {
-    /// Starts baresip on a free port. baresip also binds SIP/TLS on a port of its own
-    /// choosing next to it; when another test holds that one, baresip exits with "Address
-    /// already in use" and is started again on another port (at most three tries).
+    /// Starts baresip on a free port ([`super::harness::baresip_port`]: its SIP/TLS
+    /// transport takes the next one); should one be taken meanwhile, baresip exits with
+    /// "Address already in use" and is started again on another port (at most three tries).
     fn start() -> Baresip {
         let mut tries = 0;
         loop {
@@ -49,7 +49,7 @@ impl Baresip {
 
     fn try_start() -> Result<Baresip, String> {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port(false);
+        let port = super::harness::baresip_port();
         std::fs::write(
             dir.path().join("config"),
             format!(

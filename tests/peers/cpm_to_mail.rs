@@ -708,43 +708,10 @@ fn baresip_message_reaches_the_smarthost() {
     for (mode, status) in [("ok", 202), ("550", 404)] {
         let sink = Smarthost::start(mode);
         let (iwf, udp, _) = start_iwf(sink.port, 10);
-        let dir = tempfile::tempdir().unwrap();
-        let port = baresip_port();
-        let files = [
-            (
-                "config",
-                format!(
-                    "sip_listen\t\t127.0.0.1:{port}\nmodule_path\t\t/usr/lib/baresip/modules\nmodule\t\t\taccount.so\nmodule\t\t\tcontact.so\nmodule_app\t\tmenu.so\n"
-                ),
-            ),
-            (
-                "accounts",
-                format!(
-                    "<sip:bob@ims.example.net>;regint=0;outbound=\"sip:127.0.0.1:{udp};transport=udp\"\n"
-                ),
-            ),
-            (
-                "contacts",
-                "\"Alice\" <sip:alice%40mail.example.org@iwf.example.net>\n".to_string(),
-            ),
-            (
-                "current_contact",
-                "sip:alice%40mail.example.org@iwf.example.net".to_string(),
-            ),
-        ];
-        for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        let (_, out) = harness::run(
-            "baresip",
-            Command::new("baresip").arg("-f").arg(dir.path()).args([
-                "-s",
-                "-e",
-                "/message hello from baresip, grüße",
-                "-t",
-                "5",
-            ]),
-            Duration::from_secs(30),
+        let out = baresip_message(
+            &format!("sip:127.0.0.1:{udp};transport=udp"),
+            "hello from baresip, grüße",
+            5,
         );
         assert!(
             out.contains(&format!("SIP/2.0 {status} ")),
@@ -1247,44 +1214,10 @@ fn baresip_through_kamailio_to_a_postfix_mailbox() {
     let pf = MailboxPostfix::start();
     let (iwf, udp, _) = start_iwf(pf.port, 15);
     let kam = KamailioProxy::start(udp);
-    let dir = tempfile::tempdir().unwrap();
-    let port = baresip_port();
-    let files = [
-        (
-            "config",
-            format!(
-                "sip_listen\t\t127.0.0.1:{port}\nmodule_path\t\t/usr/lib/baresip/modules\nmodule\t\t\taccount.so\nmodule\t\t\tcontact.so\nmodule_app\t\tmenu.so\n"
-            ),
-        ),
-        (
-            "accounts",
-            format!(
-                "<sip:bob@ims.example.net>;regint=0;outbound=\"sip:127.0.0.1:{};transport=udp\"\n",
-                kam.port
-            ),
-        ),
-        (
-            "contacts",
-            "\"Alice\" <sip:alice%40mail.example.org@iwf.example.net>\n".to_string(),
-        ),
-        (
-            "current_contact",
-            "sip:alice%40mail.example.org@iwf.example.net".to_string(),
-        ),
-    ];
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    let (_, out) = harness::run(
-        "baresip",
-        Command::new("baresip").arg("-f").arg(dir.path()).args([
-            "-s",
-            "-e",
-            "/message Grüße aus dem Telefon, schöne Woche!",
-            "-t",
-            "8",
-        ]),
-        Duration::from_secs(40),
+    let out = baresip_message(
+        &format!("sip:127.0.0.1:{};transport=udp", kam.port),
+        "Grüße aus dem Telefon, schöne Woche!",
+        8,
     );
     let ctx = || {
         format!(
@@ -1352,12 +1285,57 @@ fn baresip_through_kamailio_to_a_postfix_mailbox() {
     );
 }
 
-/// A port free for both UDP and TCP: baresip binds its `sip_listen` on both.
-fn baresip_port() -> u16 {
-    loop {
-        let p = free_port(true);
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
+/// baresip as bob@ims.example.net sends one `/message` to alice@mail.example.org (through
+/// `outbound`) and quits after `secs`; its console output.
+///
+/// baresip binds its `sip_listen` port on UDP and TCP and the next port for TLS. A port
+/// found free can be taken before baresip binds it (the other tests open connections all
+/// the time), so the port is picked below the kernel's ephemeral range (where no outgoing
+/// connection lands) and a start that failed to bind is retried on another port.
+fn baresip_message(outbound: &str, text: &str, secs: u64) -> String {
+    let mut out = String::new();
+    for _attempt in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let port = harness::baresip_port();
+        let files = [
+            (
+                "config",
+                format!(
+                    "sip_listen\t\t127.0.0.1:{port}\nmodule_path\t\t/usr/lib/baresip/modules\nmodule\t\t\taccount.so\nmodule\t\t\tcontact.so\nmodule_app\t\tmenu.so\n"
+                ),
+            ),
+            (
+                "accounts",
+                format!("<sip:bob@ims.example.net>;regint=0;outbound=\"{outbound}\"\n"),
+            ),
+            (
+                "contacts",
+                "\"Alice\" <sip:alice%40mail.example.org@iwf.example.net>\n".to_string(),
+            ),
+            (
+                "current_contact",
+                "sip:alice%40mail.example.org@iwf.example.net".to_string(),
+            ),
+        ];
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let message = format!("/message {text}");
+        let quit_after = secs.to_string();
+        (_, out) = harness::run(
+            "baresip",
+            Command::new("baresip").arg("-f").arg(dir.path()).args([
+                "-s",
+                "-e",
+                &message,
+                "-t",
+                &quit_after,
+            ]),
+            Duration::from_secs(secs + 30),
+        );
+        if !out.contains("Address already in use") {
+            break;
         }
     }
+    out
 }

@@ -636,3 +636,23 @@ impl Sink {
             .collect()
     }
 }
+
+/// A port for baresip's `sip_listen`: free on UDP and TCP, and the next one free on TCP
+/// (baresip puts its SIP/TLS transport there). Taken from below the kernel's ephemeral range,
+/// where `bind(0)` and outgoing connections of the other tests never land, so it stays free
+/// until baresip binds it unless another baresip took it; callers retry on "Address already
+/// in use".
+pub fn baresip_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let p = base + NEXT.fetch_add(2, Ordering::Relaxed) % 2_000;
+        let free = std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok();
+        if free {
+            return p;
+        }
+    }
+}
