@@ -1,4 +1,5 @@
-//! [`RsipBackend`]: the [`SipBackend`] on rsipstack's transaction layer.
+//! [`RsipBackend`]: the [`SipBackend`] on rsipstack's transports, with iwf's own MESSAGE
+//! transaction and rsipstack's INVITE/BYE transactions.
 //!
 //! # How rsipstack is driven (DESIGN.md §4)
 //!
@@ -7,27 +8,38 @@
 //!   [`RsipBackend::shutdown`] is called (both cancel the endpoint's token).
 //! * The UDP socket is made here with a 4 MiB receive buffer and handed over with
 //!   `UdpConnection::from_socket`.
-//! * One client transaction per request: `Transaction::new_client` with the connection
-//!   and destination already chosen (so rsipstack does no lookup of its own), `send()`, then
-//!   `receive()` until a final response. The future of `send_message` owns the transaction
-//!   and polls it itself: that is the "owner polling `receive()`" the timers need, and since
-//!   nothing else holds the transaction, dropping the future drops (and detaches) it whole;
-//!   `receive()` is never raced in a `select!`.
-//! * Timer E/F come from rsipstack (T1/T2/T4 and `t1x64` are set from [`Timers`]). Its
-//!   Timer F produces a locally made 408, and a failed write on a stream a locally made
+//! * MESSAGE runs on iwf's own non-INVITE client transaction
+//!   ([`NonInviteClient`](super::transaction), RFC 3261 §17.1.2, sans I/O): the request
+//!   is serialized once, written on the chosen connection and again on each Timer E; the
+//!   [`ResponseTap`] (rsipstack's `TransportEventInspector`) takes responses whose top Via
+//!   branch and CSeq method match a pending MESSAGE out of rsipstack's receive path, before
+//!   its endpoint builds a transaction key, and discards malformed ones (§18.1.2). Timer F
+//!   ends it as `Failure{Timeout}`, a failed write or a closed stream as
+//!   `Failure{Transport}`. rsipstack still parses, owns the sockets and connections, and
+//!   runs everything else. Measured why: bench/results/issue15-2026-12-01.md §4.
+//! * INVITE and BYE: one rsipstack client transaction per request:
+//!   `Transaction::new_client` with the connection and destination already chosen (so
+//!   rsipstack does no lookup of its own), `send()`, then `receive()` until a final
+//!   response. The future owns the transaction and polls it itself: that is the "owner
+//!   polling `receive()`" the timers need, and since nothing else holds the transaction,
+//!   dropping the future drops (and detaches) it whole; `receive()` is never raced in a
+//!   `select!`.
+//! * Timer B/F of those come from rsipstack (T1/T2/T4 and `t1x64` are set from [`Timers`]).
+//!   Its Timer F produces a locally made 408, and a failed write on a stream a locally made
 //!   503; a `MessageInspector` marks every locally made response (they are the only ones
 //!   that reach `after_received` without a source address), so they become
 //!   `Failure{Timeout}` / `Failure{Transport}` and a real 408/503 from the peer stays a
 //!   `Final`.
 //! * A whole delivery (redirects, the authentication retry, DNS, TCP connect) ends within
-//!   one Timer F from its start: follow-up transactions get an extra Timer B event
-//!   scheduled on rsipstack's timer wheel at that deadline.
+//!   one Timer F from its start: a follow-up MESSAGE's Timer F is capped at that deadline;
+//!   a follow-up INVITE gets an extra Timer B event on rsipstack's timer wheel at it.
 //! * TCP/TLS connections are opened here (one per target, reused by every transaction, one
 //!   opener per target at a time so a burst does not open one each; [`RsipBackend::connect_proxy`]
 //!   opens the proxy's before a burst) and registered with the transport
-//!   layer, which reads them. When one closes, the transactions in flight on it are ended
-//!   with `TransactionEvent::Terminate` (after a short grace, so a response read just
-//!   before the close still wins) and report `Failure{Transport}`.
+//!   layer, which reads them. When one closes, the transactions in flight on it end (an
+//!   rsipstack one by `TransactionEvent::Terminate`, a MESSAGE by the connection's cancel
+//!   token) after a short grace, so a response read just before the close still wins, and
+//!   report `Failure{Transport}`.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -36,20 +48,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rsipstack::sip::{self, Header, SipMessage, StatusCodeKind};
-use rsipstack::transaction::endpoint::{EndpointInner, EndpointOption, MessageInspector};
+use rsipstack::transaction::endpoint::{
+    EndpointInner, EndpointOption, MessageInspector, TransportEventInspector,
+};
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 use rsipstack::transaction::transaction::{Transaction, TransactionEvent, TransactionEventSender};
 use rsipstack::transaction::{EndpointBuilder, TransactionTimer};
+use rsipstack::transport::stream::StreamConnection;
 use rsipstack::transport::tcp::TcpConnection;
 use rsipstack::transport::tls::TlsConnection;
 use rsipstack::transport::udp::UdpConnection;
-use rsipstack::transport::{SipAddr, SipConnection, TcpListenerConnection, TransportLayer};
+use rsipstack::transport::{
+    SipAddr, SipConnection, TcpListenerConnection, TransportEvent, TransportLayer,
+};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::config::{Credentials, SipConfig, Timers};
 use super::next_hop::{self, Dns, HickoryDns, HopHost, HopUri, Target, Transport};
 use super::response::{self, LOCAL_MARKER};
+use super::transaction::{Disposition, NonInviteClient, Timeout};
 use super::{BoxFuture, InviteOutcome, Session, SipBackend, auth, stamp};
 use crate::clock::Clock;
 use crate::ids::Ids;
@@ -163,6 +181,94 @@ struct Inner {
     streams: Mutex<HashMap<Target, Stream>>,
     /// One opener per target at a time (a target that hangs does not hold up others).
     connecting: Mutex<HashMap<Target, Arc<tokio::sync::Mutex<()>>>>,
+    /// MESSAGE transactions in flight, by Via branch ([`ResponseTap`] feeds them).
+    pending: Pending,
+}
+
+/// The MESSAGE client transactions waiting for responses, by the branch of their Via.
+type Pending = Arc<Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<sip::Response>>>>;
+
+/// Takes the responses to iwf's own MESSAGE transactions out of rsipstack's receive path
+/// (before the endpoint computes a transaction key for them) and hands each to its
+/// transaction; everything else (requests, responses to INVITE/BYE) goes on to rsipstack.
+/// A response matches by the branch of its top Via and CSeq method MESSAGE (RFC 3261
+/// §17.1.3); one that is not well formed is discarded (§18.1.2).
+struct ResponseTap {
+    pending: Pending,
+}
+
+impl ResponseTap {
+    fn take(&self, event: TransportEvent) -> Option<TransportEvent> {
+        let TransportEvent::Incoming(SipMessage::Response(resp), conn, from) = event else {
+            return Some(event);
+        };
+        let tu = message_branch(&resp).and_then(|b| lock(&self.pending).get(b).cloned());
+        let Some(tu) = tu else {
+            return Some(TransportEvent::Incoming(
+                SipMessage::Response(resp),
+                conn,
+                from,
+            ));
+        };
+        match response::malformed(&resp) {
+            Some(why) => warn!(%from, %why, "malformed SIP response discarded"),
+            None => {
+                tu.send(resp).ok();
+            }
+        }
+        None
+    }
+}
+
+impl TransportEventInspector for ResponseTap {
+    fn handle<'a, 'f>(
+        &'a self,
+        event: TransportEvent,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<TransportEvent>> + Send + 'f>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        Box::pin(std::future::ready(self.take(event)))
+    }
+}
+
+/// The top Via's branch of a response to a MESSAGE, if it is one.
+fn message_branch(resp: &sip::Response) -> Option<&str> {
+    let (mut via, mut cseq) = (None, None);
+    for h in resp.headers.iter() {
+        let name = h.name();
+        if via.is_none() && (name.eq_ignore_ascii_case("via") || name == "v") {
+            via = Some(h.value());
+        } else if cseq.is_none() && name.eq_ignore_ascii_case("cseq") {
+            cseq = Some(h.value());
+        }
+        if via.is_some() && cseq.is_some() {
+            break;
+        }
+    }
+    if cseq?.split_whitespace().nth(1)? != "MESSAGE" {
+        return None;
+    }
+    let top = via?.split(',').next()?;
+    top.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("branch")
+            .then(|| value.trim())
+    })
+}
+
+/// Removes a MESSAGE transaction from [`Pending`] when its driver ends, however it ends.
+struct Registered<'a> {
+    pending: &'a Pending,
+    branch: &'a str,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(self.branch);
+    }
 }
 
 /// A stream connection and the transactions in flight on it.
@@ -344,12 +450,16 @@ impl RsipBackend {
             callid_suffix: Some(host.clone()),
             ..Default::default()
         };
+        let pending = Pending::default();
         let endpoint = EndpointBuilder::new()
             .with_cancel_token(cancel.clone())
             .with_transport_layer(transport_layer)
             .with_option(option)
             .with_user_agent(&config.user_agent)
             .with_inspector(Box::new(LocalMarker))
+            .with_transport_inspector(Box::new(ResponseTap {
+                pending: pending.clone(),
+            }))
             .build();
         let incoming = endpoint
             .incoming_transactions()
@@ -386,6 +496,7 @@ impl RsipBackend {
                 dns: tokio::sync::OnceCell::new(),
                 streams: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
+                pending,
             }),
         })
     }
@@ -717,17 +828,24 @@ impl Inner {
                 })?;
                 insert_before_content_type(&mut request, header, value);
             }
-            prev = Some(stamp);
             let dest = SipAddr {
                 r#type: Some(target.transport.to_rsip()),
                 addr: target.addr.into(),
             };
             let sent = matches!(kind, Kind::Invite { .. }).then(|| request.clone());
-            let followup = redirects > 0 || auth_used;
-            let resp = match self
-                .run_transaction(request, conn, dest, stream, followup.then_some(deadline))
-                .await
-            {
+            let followup = (redirects > 0 || auth_used).then_some(deadline);
+            let end = match kind {
+                Kind::Message => {
+                    self.run_message(request, &stamp.branch, conn, dest, followup)
+                        .await
+                }
+                Kind::Invite { .. } => {
+                    self.run_transaction(request, conn, dest, stream, followup)
+                        .await
+                }
+            };
+            prev = Some(stamp);
+            let resp = match end {
                 TxEnd::Final(r) => r,
                 TxEnd::Timeout => {
                     return Err(fail(
@@ -1010,6 +1128,73 @@ impl Inner {
         stamp::sent_by(&self.host, port)
     }
 
+    /// One MESSAGE client transaction on iwf's own state machine
+    /// ([`NonInviteClient`]): the request is serialized once and written again on each
+    /// Timer E; responses arrive through [`ResponseTap`]; a stream that closes ends it
+    /// (after [`CLOSE_GRACE`], so a response read just before the close still wins).
+    async fn run_message(
+        &self,
+        request: sip::Request,
+        branch: &str,
+        conn: SipConnection,
+        dest: SipAddr,
+        deadline: Option<Instant>,
+    ) -> TxEnd {
+        let bytes = SipMessage::Request(request).to_bytes();
+        let (tu, mut responses) = tokio::sync::mpsc::unbounded_channel();
+        lock(&self.pending).insert(branch.to_string(), tu);
+        let _registered = Registered {
+            pending: &self.pending,
+            branch,
+        };
+        let reliable = conn.is_reliable();
+        let mut tx = NonInviteClient::new(self.clock.instant(), reliable, self.timers, deadline);
+        if let Err(e) = send_raw(&conn, &bytes, &dest).await {
+            tx.on_transport_error();
+            return TxEnd::Transport(format!("send failed: {e}"));
+        }
+        let closed = conn.cancel_token().filter(|_| reliable);
+        let closed = async move {
+            match closed {
+                Some(token) => {
+                    token.cancelled().await;
+                    tokio::time::sleep(CLOSE_GRACE).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(closed);
+        while let Some(wake) = tx.poll_timeout() {
+            tokio::select! {
+                biased;
+                resp = responses.recv() => {
+                    let Some(resp) = resp else { break };
+                    let code = resp.status_code.code();
+                    if tx.on_response(code, self.clock.instant()) == Disposition::Final {
+                        return TxEnd::Final(resp);
+                    }
+                }
+                () = &mut closed => {
+                    tx.on_transport_error();
+                    return TxEnd::Transport("connection closed before a final response".into());
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    match tx.handle_timeout(self.clock.instant().max(wake)) {
+                        Some(Timeout::Retransmit) => {
+                            if let Err(e) = send_raw(&conn, &bytes, &dest).await {
+                                tx.on_transport_error();
+                                return TxEnd::Transport(format!("retransmission failed: {e}"));
+                            }
+                        }
+                        Some(Timeout::TimedOut) => return TxEnd::Timeout,
+                        None => {}
+                    }
+                }
+            }
+        }
+        TxEnd::Transport("the transaction ended without a final response".into())
+    }
+
     /// One client transaction, polled here until its final response (see module docs).
     async fn run_transaction(
         &self,
@@ -1071,6 +1256,16 @@ async fn drive(tx: &mut Transaction) -> TxEnd {
         return TxEnd::Final(resp);
     }
     TxEnd::Transport("connection closed before a final response".into())
+}
+
+/// Writes a serialized request on `conn` (to `dest` on UDP).
+async fn send_raw(conn: &SipConnection, bytes: &[u8], dest: &SipAddr) -> rsipstack::Result<()> {
+    match conn {
+        SipConnection::Udp(udp) => udp.send_raw(bytes, dest).await,
+        SipConnection::Tcp(tcp) => tcp.send_raw(bytes).await,
+        SipConnection::Tls(tls) => tls.send_raw(bytes).await,
+        other => other.send(SipMessage::try_from(bytes)?, Some(dest)).await,
+    }
 }
 
 /// The first Digest challenge of a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate).

@@ -7,7 +7,8 @@
 //! |---|---|
 //! | `mod.rs` | the [`SipBackend`] trait the rest of iwf uses |
 //! | [`config`] | [`SipConfig`]: sockets, advertised host, outbound proxy, T1/T2/T4, credentials, TLS |
-//! | [`client`] | [`RsipBackend`], the implementation on rsipstack's transaction layer (its docs say how rsipstack is driven) |
+//! | [`client`] | [`RsipBackend`], the implementation on rsipstack's transport and INVITE transactions (its docs say how rsipstack is driven) |
+//! | [`transaction`] | the MESSAGE client transaction (RFC 3261 §17.1.2) as a state machine without I/O |
 //! | [`next_hop`] | outbound proxy or RFC 3263 (NAPTR/SRV/A) resolution, DNS behind a trait |
 //! | [`auth`] | digest (RFC 2617, MD5, `qop=auth`) for 401/407 |
 //! | [`response`] | response → `Outcome`, 3xx Contact lists |
@@ -22,7 +23,8 @@
 //!    none left → `Failure{Transport}`.
 //! 3. Render the MESSAGE with [`render_message`](crate::render::sip::render_message) and a
 //!    fresh [`Stamp`](crate::mail_to_cpm::plan::Stamp); run a non-INVITE client transaction (RFC 3261
-//!    §17.1.2: Timer E retransmits on UDP, Timer F = 64·T1 ends it).
+//!    §17.1.2: Timer E retransmits on UDP, Timer F = 64·T1 ends it) on
+//!    [`transaction::NonInviteClient`].
 //! 4. 1xx are ignored. A 3xx recurses to its best untried Contact (highest `q`, at most
 //!    [`client::MAX_REDIRECTS`] hops, same Call-ID and From tag, CSeq + 1); unresolved, the
 //!    last 3xx is reported. A 401/407 with credentials configured is answered once with
@@ -55,6 +57,7 @@ pub(crate) mod config;
 pub(crate) mod next_hop;
 pub mod response;
 pub(crate) mod stamp;
+pub mod transaction;
 
 #[cfg(test)]
 mod tests_backend;

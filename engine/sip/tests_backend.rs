@@ -873,3 +873,66 @@ async fn malformed_responses_are_discarded() {
     })
     .await;
 }
+
+/// RFC 3261 §17.1.3: a response belongs to the MESSAGE transaction whose branch is in its
+/// top Via and whose CSeq method is MESSAGE. A 200 for another branch, or with the right
+/// branch under a second Via only, or for an INVITE, is not the answer; a 486 in compact
+/// form (`v:` with two Via values in one line, `i:`, `f:`, `t:`) is.
+#[tokio::test]
+async fn responses_match_by_top_via_branch_and_cseq_method() {
+    bounded(async {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let header = |name: &str| {
+                req.split("\r\n")
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                    .unwrap()
+            };
+            let (via, call_id, from_h, to, cseq) = (
+                header("via"),
+                header("call-id"),
+                header("from"),
+                header("to"),
+                header("cseq"),
+            );
+            let seq = cseq.split_whitespace().next().unwrap().to_string();
+            let other_via = via.replace("branch=z9hG4bK", "branch=z9hG4bKother");
+            let answers = [
+                format!(
+                    "SIP/2.0 200 OK\r\nVia: {other_via}\r\nFrom: {from_h}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
+                ),
+                format!(
+                    "SIP/2.0 200 OK\r\nVia: {other_via}\r\nVia: {via}\r\nFrom: {from_h}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
+                ),
+                format!(
+                    "SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: {from_h}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {seq} INVITE\r\nContent-Length: 0\r\n\r\n"
+                ),
+                format!(
+                    "SIP/2.0 486 Busy Here\r\nv: {via}, SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKup\r\nf: {from_h}\r\nt: {to};tag=x\r\ni: {call_id}\r\nCSeq: {cseq}\r\nl: 0\r\n\r\n"
+                ),
+            ];
+            for wire in answers {
+                sock.send_to(wire.as_bytes(), from).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        });
+        let be = backend(SipConfig {
+            timers: timers(200),
+            ..SipConfig::default()
+        })
+        .await;
+        let outcome = be
+            .send_message(&delivery(&format!("sip:bob@{addr};transport=udp")))
+            .await;
+        assert_eq!(status_of(&outcome), Some(486), "{outcome:?}");
+        peer.await.unwrap();
+    })
+    .await;
+}
