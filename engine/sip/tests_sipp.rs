@@ -245,6 +245,35 @@ async fn no_answer(transport: Transport) {
     assert_received(&sipp.stop().await, transport, port);
 }
 
+/// RFC 3261 §17.1.2.2 against a real UAS: SIPp answers 200 only after 1.7 s; with T1 = 200 ms
+/// the MESSAGE is sent again at 200, 600 and 1400 ms (Timer E doubling), each copy
+/// byte for byte the first (same branch, so SIPp takes them as retransmissions of the one
+/// transaction), and the late 200 ends the delivery as a 200.
+async fn retransmits_until_a_late_answer() {
+    let be = backend(SipConfig {
+        timers: timers(200),
+        ..SipConfig::default()
+    })
+    .await;
+    let sipp = Sipp::start("message_uas_delay.xml", Transport::Udp, &["-d", "1700"]).await;
+    let start = Instant::now();
+    let outcome = be.send_message(&delivery(&sipp.uri(Transport::Udp))).await;
+    assert_eq!(final_status(&outcome), Some((200, "OK")), "{outcome:?}");
+    assert!(start.elapsed() >= Duration::from_millis(1700));
+    let trace = sipp.finish().await;
+    let copies: Vec<&str> = trace
+        .split("-----------------------------------------------")
+        .filter(|m| m.contains("UDP message received"))
+        .filter_map(|m| m.split_once("\n\n").map(|(_, msg)| msg.trim_end()))
+        .collect();
+    assert!(copies.len() >= 4, "{} copies:\n{trace}", copies.len());
+    assert!(copies[0].contains(";branch=z9hG4bK"), "{trace}");
+    assert!(
+        copies.iter().all(|c| *c == copies[0]),
+        "the copies differ:\n{trace}"
+    );
+}
+
 #[tokio::test]
 async fn sipp_uas_over_udp() {
     if !sipp_available() {
@@ -255,6 +284,7 @@ async fn sipp_uas_over_udp() {
         let be = backend(SipConfig::default()).await;
         answers(Transport::Udp, &be).await;
         no_answer(Transport::Udp).await;
+        retransmits_until_a_late_answer().await;
     })
     .await
     .expect("SIPp UDP cases within their bound");
