@@ -1153,7 +1153,8 @@ impl Inner {
             tx.on_transport_error();
             return TxEnd::Transport(format!("send failed: {e}"));
         }
-        let closed = conn.cancel_token().filter(|_| reliable);
+        // A stream's token fires when it closes; the UDP socket's when the back end stops.
+        let closed = conn.cancel_token();
         let closed = async move {
             match closed {
                 Some(token) => {
@@ -1176,7 +1177,12 @@ impl Inner {
                 }
                 () = &mut closed => {
                     tx.on_transport_error();
-                    return TxEnd::Transport("connection closed before a final response".into());
+                    let what = if reliable {
+                        "connection closed before a final response"
+                    } else {
+                        "SIP back end stopped before a final response"
+                    };
+                    return TxEnd::Transport(what.into());
                 }
                 () = tokio::time::sleep_until(wake) => {
                     match tx.handle_timeout(self.clock.instant().max(wake)) {

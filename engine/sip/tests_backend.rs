@@ -936,3 +936,29 @@ async fn responses_match_by_top_via_branch_and_cseq_method() {
     })
     .await;
 }
+
+/// A MESSAGE waiting on a silent UDP peer when the back end is stopped ends at once as a
+/// transport failure, not at Timer F 32 s later.
+#[tokio::test]
+async fn stopping_the_back_end_ends_a_pending_udp_message() {
+    bounded(async {
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let be = backend(SipConfig::default()).await;
+        let d = delivery(&format!("sip:bob@{addr};transport=udp"));
+        let stop = async {
+            let mut buf = vec![0u8; 65536];
+            silent.recv_from(&mut buf).await.unwrap();
+            be.shutdown();
+        };
+        let (outcome, ()) = tokio::join!(be.send_message(&d), stop);
+        match &outcome {
+            Outcome::Failure { kind, detail, .. } => {
+                assert_eq!(*kind, FailureKind::Transport, "{detail}");
+                assert!(detail.contains("stopped"), "{detail}");
+            }
+            o => panic!("{o:?}"),
+        }
+    })
+    .await;
+}
