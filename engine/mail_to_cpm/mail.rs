@@ -299,6 +299,10 @@ fn raw_value(raw: &[u8], h: &mail_parser::Header) -> String {
 
 /// Unfolds a header value (RFC 5322 §2.2.3) and trims it; any remaining CR/LF becomes a space.
 fn unfold(s: &str) -> String {
+    let s = s.trim();
+    if memchr::memchr2(b'\r', b'\n', s.as_bytes()).is_none() {
+        return s.to_string();
+    }
     let mut out = String::with_capacity(s.len());
     let mut pending_space = false;
     for c in s.chars() {
@@ -317,7 +321,10 @@ fn unfold(s: &str) -> String {
         }
         out.push(c);
     }
-    out.trim().to_string()
+    // Trimmed first, so only a line break between spaces can leave an end to trim.
+    let end = out.trim_end().len();
+    out.truncate(end);
+    out
 }
 
 /// Normalizes line ends to CRLF.
@@ -432,6 +439,11 @@ Sch=F6n\r\n";
     fn unfolding() {
         assert_eq!(unfold("a\r\n b\r\n\tc"), "a b c");
         assert_eq!(unfold("x\r\ny"), "x y");
+        assert_eq!(unfold("  a \r\n b  "), "a  b");
+        assert_eq!(unfold("\r\n a\r\n"), "a");
+        assert_eq!(unfold(" plain "), "plain");
+        assert_eq!(unfold("\u{a0}x\u{a0}"), "x");
+        assert_eq!(unfold("\r\n\r\n"), "");
     }
 
     #[test]
