@@ -470,15 +470,25 @@ impl Request {
     /// [`String::from_utf8_lossy`], which is fine for logging but corrupts
     /// non-UTF-8 bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        // iwf patch: one buffer sized for the usual head plus the body (no second copy of
-        // the head to append the body).
+        // iwf patch: one buffer sized for the head and the body (no second copy of the head
+        // to append the body, no growth), and each header written as `name: value` CRLF
+        // without the formatting machinery - the text `Header`'s Display writes for every
+        // variant (each delegates to `"<name()>: {}"` of its value, `Other` to `"{}: {}"`).
         use core::fmt::Write as _;
-        let mut head = String::with_capacity(512 + self.body.len());
-        let _ = write!(
-            head,
-            "{} {} {}\r\n{}\r\n",
-            self.method, self.uri, self.version, self.headers
-        );
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.name().len() + h.value().len() + 4)
+            .sum();
+        let mut head = String::with_capacity(256 + headers + 2 + self.body.len());
+        let _ = write!(head, "{} {} {}\r\n", self.method, self.uri, self.version);
+        for h in self.headers.iter() {
+            head.push_str(h.name());
+            head.push_str(": ");
+            head.push_str(h.value());
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
         let mut buf = head.into_bytes();
         buf.extend_from_slice(&self.body);
         buf
