@@ -1149,9 +1149,21 @@ impl Inner {
         };
         let reliable = conn.is_reliable();
         let mut tx = NonInviteClient::new(self.clock.instant(), reliable, self.timers, deadline);
-        if let Err(e) = send_raw(&conn, &bytes, &dest).await {
-            tx.on_transport_error();
-            return TxEnd::Transport(format!("send failed: {e}"));
+        // A stream whose peer does not read blocks the write: Timer F bounds it too.
+        match tokio::time::timeout_at(tx.timer_f(), send_raw(&conn, &bytes, &dest)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tx.on_transport_error();
+                return TxEnd::Transport(format!("send failed: {e}"));
+            }
+            Err(_) => {
+                // Part of the request may be on the stream: its framing is lost, so the
+                // connection is closed rather than reused.
+                if let Some(token) = conn.cancel_token().filter(|_| reliable) {
+                    token.cancel();
+                }
+                return TxEnd::Timeout;
+            }
         }
         // A stream's token fires when it closes; the UDP socket's when the back end stops.
         let closed = conn.cancel_token();

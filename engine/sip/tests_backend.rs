@@ -962,3 +962,58 @@ async fn stopping_the_back_end_ends_a_pending_udp_message() {
     })
     .await;
 }
+
+/// A TCP peer that accepts and never reads: the MESSAGE's write blocks once the socket
+/// buffers are full, and Timer F (64 × 10 ms) still ends the delivery as a timeout. The
+/// connection, which may hold part of that request, is not used again: the next MESSAGE to
+/// the peer opens a new one.
+#[tokio::test]
+async fn a_tcp_peer_that_never_reads_times_out_at_timer_f() {
+    bounded(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let held = tokio::spawn(async move {
+            let mut streams = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                streams.push(stream);
+                accepted_tx.send(streams.len()).ok();
+            }
+        });
+        let be = backend(SipConfig {
+            timers: timers(10),
+            ..SipConfig::default()
+        })
+        .await;
+        let mut big = delivery(&format!("sip:bob@{addr};transport=tcp"));
+        big.content.body = bytes::Bytes::from(vec![b'x'; 32 << 20]).into();
+        let start = Instant::now();
+        let outcome = be.send_message(&big).await;
+        let timed_out = |o: &Outcome| {
+            matches!(
+                o,
+                Outcome::Failure {
+                    kind: FailureKind::Timeout,
+                    ..
+                }
+            )
+        };
+        assert!(timed_out(&outcome), "{outcome:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(accepted.recv().await, Some(1));
+        let small = delivery(&format!("sip:bob@{addr};transport=tcp"));
+        let outcome = be.send_message(&small).await;
+        assert!(timed_out(&outcome), "{outcome:?}");
+        assert_eq!(
+            accepted.try_recv().ok(),
+            Some(2),
+            "the half-written connection was reused"
+        );
+        held.abort();
+    })
+    .await;
+}

@@ -85,6 +85,11 @@ impl NonInviteClient {
         self.state
     }
 
+    /// When Timer F fires: the latest the transaction can end without a final response.
+    pub fn timer_f(&self) -> Instant {
+        self.timer_f
+    }
+
     /// The earliest armed timer, or `None` once Terminated.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
