@@ -91,19 +91,20 @@ pub async fn start() -> Result<DemoEndpoint, DemoError> {
             }
             text.push('\n');
             text.push_str(&String::from_utf8_lossy(&req.body));
-            println!("{text}\n---");
+            text.push_str("\n---\n");
+            print_whole(&text);
         }
     });
     tokio::spawn(async move {
         while let Some(m) = messages.recv().await {
-            println!(
-                "\n--- MSRP message received by the demo CPM endpoint ({} bytes in {} chunk(s), Message-ID {}) ---\nContent-Type: {}\n\n{}\n---",
+            print_whole(&format!(
+                "\n--- MSRP message received by the demo CPM endpoint ({} bytes in {} chunk(s), Message-ID {}) ---\nContent-Type: {}\n\n{}\n---\n",
                 m.content.len(),
                 m.chunks,
                 m.message_id,
                 m.content_type.as_deref().unwrap_or("-"),
                 String::from_utf8_lossy(&m.content)
-            );
+            ));
         }
     });
     Ok(DemoEndpoint {
@@ -111,4 +112,14 @@ pub async fn start() -> Result<DemoEndpoint, DemoError> {
         msrp: Arc::new(receiver),
         uri,
     })
+}
+
+/// Writes `text` to stdout in one piece: `println!` of a long text goes out through stdout's
+/// line buffer in several writes, between which another thread's output (or, on a shared
+/// terminal, a log line on stderr) could land.
+fn print_whole(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }

@@ -113,6 +113,9 @@ pub struct Proc {
     pub name: String,
     child: Child,
     out: Arc<Mutex<Vec<u8>>>,
+    /// Stdout alone: what a process prints for the test to parse, which the interleaving
+    /// with stderr (at the granularity of each pipe read) could cut in two.
+    stdout: Arc<Mutex<Vec<u8>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -138,6 +141,11 @@ impl Proc {
     /// Everything the process wrote so far (stdout and stderr).
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    /// What the process wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
     }
 
     /// Waits for the process to exit; `None` if it still runs after `limit`.
@@ -276,9 +284,10 @@ impl Iwf {
         }
     }
 
-    /// For `iwf demo`: every request its in-process endpoint printed, as parsed requests.
+    /// For `iwf demo`: every request its in-process endpoint printed (on stdout; the logs
+    /// go to stderr), as parsed requests.
     pub fn demo_requests(&self) -> Vec<SipRequest> {
-        let out = self.proc.output();
+        let out = self.proc.stdout();
         out.split("--- SIP request received by the demo CPM endpoint ---\n")
             .skip(1)
             .filter_map(|block| {
@@ -558,30 +567,40 @@ impl Proc {
     /// Takes over an already spawned child whose stdout/stderr are piped.
     pub fn adopt(name: &str, mut child: Child) -> Proc {
         let out = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
-        let pipes: [Option<Box<dyn Read + Send>>; 2] = [
-            child.stdout.take().map(|p| Box::new(p) as _),
-            child.stderr.take().map(|p| Box::new(p) as _),
-        ];
-        for mut pipe in pipes.into_iter().flatten() {
-            let out = out.clone();
-            readers.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            }));
+        if let Some(pipe) = child.stdout.take() {
+            readers.push(collect(pipe, vec![out.clone(), stdout.clone()]));
+        }
+        if let Some(pipe) = child.stderr.take() {
+            readers.push(collect(pipe, vec![out.clone()]));
         }
         Proc {
             name: name.to_string(),
             child,
             out,
+            stdout,
             readers,
         }
     }
+}
+
+/// A thread that reads `pipe` to its end, appending each read to every one of `into`.
+fn collect(
+    mut pipe: impl Read + Send + 'static,
+    into: Vec<Arc<Mutex<Vec<u8>>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for out in &into {
+                out.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+    })
 }
 
 /// Runs a command to completion within `limit` (killed after it) and returns its status and
