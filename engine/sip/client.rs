@@ -1276,13 +1276,17 @@ async fn drive(tx: &mut Transaction) -> TxEnd {
     TxEnd::Transport("connection closed before a final response".into())
 }
 
-/// Writes a serialized request on `conn` (to `dest` on UDP).
+/// Writes a serialized request on `conn` (to `dest` on UDP). [`Inner::connect`] only ever
+/// hands out UDP, TCP and TLS connections; any other kind is refused, not re-parsed.
 async fn send_raw(conn: &SipConnection, bytes: &[u8], dest: &SipAddr) -> rsipstack::Result<()> {
     match conn {
         SipConnection::Udp(udp) => udp.send_raw(bytes, dest).await,
         SipConnection::Tcp(tcp) => tcp.send_raw(bytes).await,
         SipConnection::Tls(tls) => tls.send_raw(bytes).await,
-        other => other.send(SipMessage::try_from(bytes)?, Some(dest)).await,
+        other => Err(rsipstack::Error::TransportLayerError(
+            "not a connection iwf sends MESSAGE on".into(),
+            other.get_addr().clone(),
+        )),
     }
 }
 
